@@ -1,0 +1,167 @@
+//! `gateway`: run a Gatehouse config, check one, or explain which route a request takes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use gateway_core::routing::{normalize_path, request_host, RequestView};
+use gateway_core::{Config, Gateway, Snapshot};
+
+/// Gatehouse: an edge API gateway on Pingora.
+#[derive(Parser)]
+#[command(name = "gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config: proxy and admin listeners, reloading the file when it changes or on SIGHUP.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Check a config without binding any port: print every problem and exit 1, or exit 0.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show which route a request would take, and why the routes before it did not match.
+    Explain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Request method, e.g. GET.
+        method: String,
+        /// Request URL (`http://host/path?query`) or just a path.
+        url: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => return check(&config),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => explain(&config, &method, &url, &headers),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    let gateway = Gateway::builder()
+        .config_file(config)
+        .reload_on_sighup(true)
+        .build()?;
+    let snapshot = gateway.store().load();
+    tracing::info!(
+        config = %config.display(),
+        listen = ?snapshot.config.server.listen,
+        admin = %snapshot.config.admin.listen,
+        routes = snapshot.router.routes().len(),
+        "gatehouse starting"
+    );
+    gateway.run()?;
+    Ok(())
+}
+
+fn check(config: &Path) -> ExitCode {
+    match Config::load_file(config) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} upstreams, {} routes)",
+                config.display(),
+                c.upstreams.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                println!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow::Result<()> {
+    let source = gateway_core::config::Source::read(config)?;
+    let snapshot = Snapshot::from_source(&source, 1, None)?;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    let mut header_map = http::HeaderMap::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("header {h:?} is not `name: value`"))?;
+        header_map.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("bad header name in {h:?}"))?,
+            http::HeaderValue::from_str(value.trim())
+                .with_context(|| format!("bad header value in {h:?}"))?,
+        );
+    }
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            header_map
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .and_then(|a| request_host(&a));
+    let path = normalize_path(uri.path()).map_err(|e| anyhow!("{e}: {}", uri.path()))?;
+    let view = RequestView {
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        headers: &header_map,
+    };
+    let explanation = snapshot.router.explain(&view);
+    println!("{explanation}");
+    if let Some(route) = explanation
+        .matched
+        .as_ref()
+        .and_then(|name| snapshot.router.routes().iter().find(|r| &*r.name == name))
+    {
+        println!(
+            "   upstream {:?}, forwarded path {:?}",
+            &**route.upstream.name(),
+            route.upstream_path(&path)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! The operator's configuration: the serde model of `gateway.toml`, loading with line and
+//! column errors, and [`Config::validate`] that reports every problem in one pass.
+//!
+//! This module is pure data: it reads a file and parses it, nothing more. Turning a valid
+//! [`Config`] into something that serves traffic is [`crate::snapshot`]'s job.
+
+mod duration;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use validate::parse_cidr;
+pub use validate::ConfigIssue;
+
+use crate::error::ConfigError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The edge listener(s) and process-wide settings. Changes here need a restart.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The admin listener (health, metrics, config, reload).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Named pools of backends that routes forward to.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The route table; order in the file only breaks ties (see [`RouteConfig::priority`]).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Edge listener settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses the proxy listens on (`ip:port`; port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Accept HTTP/2 over cleartext (prior knowledge) next to HTTP/1.1.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
+    /// CIDRs whose `X-Forwarded-*` headers are believed; everyone else's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Upper bound on retries per request across all routes (each route's policy applies below it).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// On shutdown, how long to keep accepting before draining (lets a load balancer deregister us).
+    #[serde(default, with = "duration")]
+    pub grace_period: Duration,
+    /// On shutdown, how long in-flight requests get to finish.
+    #[serde(default = "default_shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Admin listener settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; loopback by default because it can reload config.
+    /// An empty string disables the listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+/// A named pool of backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The name routes refer to.
+    pub name: String,
+    /// `"ip:port"` or `{ addr = "ip:port", weight = N }`.
+    pub backends: Vec<BackendConfig>,
+    /// How a backend is picked for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `consistent_hash` hashes: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Active health checking; without it every backend counts as healthy.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Default timeouts for routes to this upstream (a route's own `timeouts` win).
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    /// Just an address, weight 1.
+    Addr(String),
+    /// An address with a relative weight (used by `weighted` and `consistent_hash`).
+    Weighted {
+        /// `ip:port` of the backend.
+        addr: String,
+        /// Relative share of traffic.
+        #[serde(default = "default_weight")]
+        weight: usize,
+    },
+}
+
+impl BackendConfig {
+    /// The backend's `ip:port` text.
+    pub fn addr(&self) -> &str {
+        match self {
+            BackendConfig::Addr(a) => a,
+            BackendConfig::Weighted { addr, .. } => addr,
+        }
+    }
+
+    /// The configured weight (1 when not given).
+    pub fn weight(&self) -> usize {
+        match self {
+            BackendConfig::Addr(_) => 1,
+            BackendConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each backend in turn, ignoring weights.
+    #[default]
+    RoundRobin,
+    /// Round robin proportional to each backend's weight.
+    Weighted,
+    /// Power of two random choices, the one with fewer requests in flight wins.
+    LeastRequest,
+    /// Ketama consistent hashing on [`UpstreamConfig::hash_key`].
+    ConsistentHash,
+}
+
+/// Active health check of a pool.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (a GET that must answer 2xx) or `tcp` (a connect).
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// Path of the HTTP check.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// `Host` header of the HTTP check (defaults to the backend address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Time between two checks of one backend.
+    #[serde(default = "default_health_interval", with = "duration")]
+    pub interval: Duration,
+    /// Connect and read timeout of one check.
+    #[serde(default = "default_health_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that take a backend out.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: usize,
+    /// Consecutive successes that bring it back.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: usize,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// `GET path` answered with a 2xx.
+    #[default]
+    Http,
+    /// A TCP connect succeeds.
+    Tcp,
+}
+
+/// Upstream timeouts; unset fields fall back to the upstream's, then to the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect timeout (default 5 s).
+    #[serde(default, with = "duration::option")]
+    pub connect: Option<Duration>,
+    /// Longest wait for any read from the upstream, response head included (default 60 s).
+    #[serde(default, with = "duration::option")]
+    pub read: Option<Duration>,
+    /// Longest wait for any write to the upstream (default 60 s).
+    #[serde(default, with = "duration::option")]
+    pub write: Option<Duration>,
+    /// How long an idle pooled upstream connection is kept (default 60 s).
+    #[serde(default, with = "duration::option")]
+    pub idle: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Fields set here win; the rest come from `fallback`.
+    pub fn or(self, fallback: Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.or(fallback.connect),
+            read: self.read.or(fallback.read),
+            write: self.write.or(fallback.write),
+            idle: self.idle.or(fallback.idle),
+        }
+    }
+}
+
+/// One route: what it matches and where it sends the request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name; used in metrics, logs and `explain`.
+    pub name: String,
+    /// What a request must look like to take this route.
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// Name of the [`UpstreamConfig`] to forward to.
+    pub upstream: String,
+    /// Higher wins; among equal priorities the most specific match wins, then file order.
+    #[serde(default)]
+    pub priority: i32,
+    /// Removed from the front of the (normalized) path before forwarding, on a segment boundary.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Regex rewrite of the path applied after `strip_prefix`.
+    #[serde(default)]
+    pub rewrite: Option<RewriteConfig>,
+    /// Per-route timeouts (override the upstream's).
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// When a failed attempt may be tried again on another backend.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Request matchers; all given ones must hold.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// `api.example.com` (exact, case-insensitive) or `*.example.com` (any subdomain).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The normalized path equals this.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The normalized path is this or continues it after a `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The normalized path matches this regex (anchor it yourself).
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    /// Allowed methods; empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values (`"*"`: present with any value).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Path rewrite: `regex` replaced by `replace` (`$1`, `${name}` refer to captures).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// Pattern searched in the path.
+    pub regex: String,
+    /// Replacement text.
+    pub replace: String,
+}
+
+/// Retry policy of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Total attempts including the first (1 disables retries).
+    #[serde(default = "default_attempts")]
+    pub attempts: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: default_attempts(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            threads: default_threads(),
+            h2c: true,
+            trusted_proxies: Vec::new(),
+            max_retries: default_max_retries(),
+            grace_period: Duration::ZERO,
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".to_string()]
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_retries() -> usize {
+    3
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_string()
+}
+fn default_weight() -> usize {
+    1
+}
+fn default_health_path() -> String {
+    "/health".to_string()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_after() -> usize {
+    2
+}
+fn default_healthy_after() -> usize {
+    1
+}
+fn default_attempts() -> usize {
+    2
+}
+
+/// The text of a config file and where it came from, kept together so errors can name both.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Path shown in error messages (`<inline>` for strings).
+    pub path: PathBuf,
+    /// The file's bytes as text.
+    pub text: String,
+}
+
+impl Source {
+    /// Read a file.
+    pub fn read(path: impl AsRef<Path>) -> Result<Source, ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Source { path, text })
+    }
+
+    /// Wrap text that did not come from a file.
+    pub fn inline(text: impl Into<String>) -> Source {
+        Source {
+            path: PathBuf::from("<inline>"),
+            text: text.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML; a syntax or type error names the line and column.
+    pub fn parse(source: &Source) -> Result<Config, ConfigError> {
+        toml::from_str(&source.text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(&source.text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Syntax {
+                path: source.path.clone(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Parse and validate: a config that comes back `Ok` is ready to build a snapshot from.
+    pub fn load(source: &Source) -> Result<Config, ConfigError> {
+        let config = Config::parse(source)?;
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: source.path.clone(),
+                issues,
+            })
+        }
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Config::load(&Source::read(path)?)
+    }
+
+    /// Parse and validate TOML text (for tests and embedders that build config in code).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::load(&Source::inline(text))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file from the foundation issue must load as it is.
+    pub(crate) const ISSUE_EXAMPLE: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+threads = 2
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[[upstreams]]
+name = "users"
+backends = ["127.0.0.1:3001"]
+
+[[upstreams]]
+name = "products"
+backends = [{ addr = "127.0.0.1:3002", weight = 2 }, { addr = "127.0.0.1:3012", weight = 1 }]
+balance = "weighted"   # round_robin (default) | weighted | least_request | consistent_hash
+health_check = { kind = "http", path = "/health", interval = "2s", unhealthy_after = 2, healthy_after = 1 }
+
+[[routes]]
+name = "users"
+match = { path_prefix = "/api/users", methods = ["GET", "POST"] }
+upstream = "users"
+strip_prefix = "/api"
+
+[[routes]]
+name = "products"
+match = { host = "shop.example.com", path_prefix = "/api/products" }
+upstream = "products"
+"#;
+
+    #[test]
+    fn issue_example_loads() {
+        let c = Config::from_toml(ISSUE_EXAMPLE).expect("loads");
+        assert_eq!(c.upstreams[1].balance, Balance::Weighted);
+        assert_eq!(c.upstreams[1].backends[0].weight(), 2);
+        let hc = c.upstreams[1].health_check.as_ref().expect("health check");
+        assert_eq!(hc.interval, Duration::from_secs(2));
+        assert_eq!(c.routes[0].strip_prefix.as_deref(), Some("/api"));
+        assert_eq!(
+            c.routes[1].matcher.host.as_deref(),
+            Some("shop.example.com")
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = Config::load(&Source::inline("[server]\nthreads = 2\nlisten = [\"a\"\n"))
+            .expect_err("broken");
+        let text = err.to_string();
+        assert!(text.starts_with("<inline>:"), "{text}");
+        match err {
+            ConfigError::Syntax { line, .. } => assert!(line >= 3, "line {line}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_duration_is_a_syntax_error_with_position() {
+        let src = "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\nhealth_check = { interval = \"soon\" }\n";
+        let err = Config::load(&Source::inline(src)).expect_err("bad duration");
+        match err {
+            ConfigError::Syntax { line, message, .. } => {
+                assert_eq!(line, 4);
+                assert!(message.contains("soon"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::from_toml("[server]\nlisten = []\nthreds = 2\n").expect_err("typo");
+        assert!(err.to_string().contains("threds"), "{err}");
+    }
+}

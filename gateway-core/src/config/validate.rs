@@ -1,0 +1,353 @@
+//! `Config::validate`: every problem of a parsed config, each with its field path, in one pass.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Balance, Config, HealthCheckKind, MatchConfig, RouteConfig, UpstreamConfig};
+
+/// One problem found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where in the file: `routes[3].upstream`.
+    pub field: String,
+    /// What is wrong and, where we can tell, what was meant.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Collects issues with their field path.
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Every problem of this config, in file order; empty means it can be served.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Issues::default();
+        self.validate_server(&mut issues);
+        let mut names = HashSet::new();
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            if !names.insert(up.name.as_str()) {
+                issues.add(
+                    format!("{at}.name"),
+                    format!("duplicate upstream name {:?}", up.name),
+                );
+            }
+            validate_upstream(up, &at, &mut issues);
+        }
+        let upstream_names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut route_names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if !route_names.insert(route.name.as_str()) {
+                issues.add(
+                    format!("{at}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            validate_route(route, &at, &upstream_names, &mut issues);
+        }
+        issues.0
+    }
+
+    fn validate_server(&self, issues: &mut Issues) {
+        if self.server.listen.is_empty() {
+            issues.add("server.listen", "at least one listen address is needed");
+        }
+        for (i, addr) in self.server.listen.iter().enumerate() {
+            if addr.parse::<SocketAddr>().is_err() {
+                issues.add(
+                    format!("server.listen[{i}]"),
+                    format!("{addr:?} is not an ip:port address"),
+                );
+            }
+        }
+        if self.server.threads == 0 {
+            issues.add("server.threads", "must be at least 1");
+        }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                issues.add(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+                );
+            }
+        }
+        let admin = &self.admin.listen;
+        if !admin.is_empty() && admin.parse::<SocketAddr>().is_err() {
+            issues.add(
+                "admin.listen",
+                format!("{admin:?} is not an ip:port address (use \"\" to disable)"),
+            );
+        }
+    }
+}
+
+/// An IP network from `10.0.0.0/8` or a bare address (a /32 or /128).
+pub(crate) fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn validate_upstream(up: &UpstreamConfig, at: &str, issues: &mut Issues) {
+    if up.name.trim().is_empty() {
+        issues.add(format!("{at}.name"), "must not be empty");
+    }
+    if up.backends.is_empty() {
+        issues.add(format!("{at}.backends"), "at least one backend is needed");
+    }
+    let mut seen = HashSet::new();
+    for (j, b) in up.backends.iter().enumerate() {
+        match b.addr().parse::<SocketAddr>() {
+            Err(_) => issues.add(
+                format!("{at}.backends[{j}]"),
+                format!("{:?} is not an ip:port address", b.addr()),
+            ),
+            Ok(addr) if !seen.insert(addr) => issues.add(
+                format!("{at}.backends[{j}]"),
+                format!("backend {addr} is listed twice"),
+            ),
+            Ok(_) => {}
+        }
+        if b.weight() == 0 {
+            issues.add(format!("{at}.backends[{j}].weight"), "must be at least 1");
+        }
+    }
+    match (&up.balance, &up.hash_key) {
+        (Balance::ConsistentHash, None) => issues.add(
+            format!("{at}.hash_key"),
+            "consistent_hash needs a hash_key: client_ip, path, \"header:NAME\" or \"cookie:NAME\"",
+        ),
+        (Balance::ConsistentHash, Some(key)) => {
+            if let Err(msg) = crate::upstream::HashKey::parse(key) {
+                issues.add(format!("{at}.hash_key"), msg);
+            }
+        }
+        (_, Some(_)) => issues.add(
+            format!("{at}.hash_key"),
+            "only used with balance = \"consistent_hash\"",
+        ),
+        (_, None) => {}
+    }
+    if let Some(hc) = &up.health_check {
+        let at = format!("{at}.health_check");
+        if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
+            issues.add(format!("{at}.path"), "must start with '/'");
+        }
+        if hc.interval.is_zero() {
+            issues.add(format!("{at}.interval"), "must be greater than zero");
+        }
+        if hc.timeout.is_zero() {
+            issues.add(format!("{at}.timeout"), "must be greater than zero");
+        }
+        if hc.unhealthy_after == 0 {
+            issues.add(format!("{at}.unhealthy_after"), "must be at least 1");
+        }
+        if hc.healthy_after == 0 {
+            issues.add(format!("{at}.healthy_after"), "must be at least 1");
+        }
+    }
+}
+
+fn validate_route(route: &RouteConfig, at: &str, upstreams: &[&str], issues: &mut Issues) {
+    if route.name.trim().is_empty() {
+        issues.add(format!("{at}.name"), "must not be empty");
+    }
+    if !upstreams.contains(&route.upstream.as_str()) {
+        let hint = did_you_mean(&route.upstream, upstreams)
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        issues.add(
+            format!("{at}.upstream"),
+            format!("no upstream named {:?}{hint}", route.upstream),
+        );
+    }
+    validate_match(&route.matcher, &format!("{at}.match"), issues);
+    if let Some(prefix) = &route.strip_prefix {
+        if !prefix.starts_with('/') {
+            issues.add(format!("{at}.strip_prefix"), "must start with '/'");
+        }
+    }
+    if let Some(rw) = &route.rewrite {
+        if let Err(e) = regex::Regex::new(&rw.regex) {
+            issues.add(format!("{at}.rewrite.regex"), first_line(&e.to_string()));
+        }
+    }
+    if route.retry.attempts == 0 {
+        issues.add(
+            format!("{at}.retry.attempts"),
+            "must be at least 1 (1 = no retries)",
+        );
+    }
+}
+
+fn validate_match(m: &MatchConfig, at: &str, issues: &mut Issues) {
+    let kinds = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        issues.add(
+            at.to_string(),
+            "give at most one of path, path_prefix and path_regex",
+        );
+    }
+    for (field, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+        if let Some(p) = value {
+            if !p.starts_with('/') {
+                issues.add(format!("{at}.{field}"), "must start with '/'");
+            } else if crate::routing::normalize_path(p).as_deref() != Ok(p.as_str()) {
+                issues.add(
+                    format!("{at}.{field}"),
+                    format!(
+                        "{p:?} is not in normalized form (no '.', '..', '//' or encoded unreserved \
+                         characters), so no request could match it"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(re) = &m.path_regex {
+        if let Err(e) = regex::Regex::new(re) {
+            issues.add(format!("{at}.path_regex"), first_line(&e.to_string()));
+        }
+    }
+    if let Some(host) = &m.host {
+        if let Err(msg) = crate::routing::HostMatch::parse(host) {
+            issues.add(format!("{at}.host"), msg);
+        }
+    }
+    for (j, method) in m.methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+            issues.add(
+                format!("{at}.methods[{j}]"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+    }
+    for name in m.headers.keys() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            issues.add(
+                format!("{at}.headers.{name}"),
+                "not a valid header name".to_string(),
+            );
+        }
+    }
+}
+
+/// The closest known name, if one is close enough to be a typo.
+fn did_you_mean<'a>(wrong: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(wrong, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(text)
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    const BROKEN: &str = r#"
+[server]
+listen = ["nowhere"]
+threads = 0
+trusted_proxies = ["10.0.0.0/33"]
+
+[[upstreams]]
+name = "users"
+backends = []
+
+[[upstreams]]
+name = "users"
+backends = ["127.0.0.1:1", "127.0.0.1:1"]
+balance = "consistent_hash"
+
+[[routes]]
+name = "a"
+match = { path_prefix = "api", path_regex = "([" }
+upstream = "userz"
+
+[[routes]]
+name = "a"
+match = { host = "*.*.example.com", methods = ["GE T"], path = "/x/../y" }
+upstream = "users"
+rewrite = { regex = "(", replace = "" }
+"#;
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let config = Config::parse(&Source::inline(BROKEN)).expect("parses");
+        let issues = config.validate();
+        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        for expected in [
+            "server.listen[0]",
+            "server.threads",
+            "server.trusted_proxies[0]",
+            "upstreams[0].backends",
+            "upstreams[1].name",
+            "upstreams[1].backends[1]",
+            "upstreams[1].hash_key",
+            "routes[0].upstream",
+            "routes[0].match",
+            "routes[0].match.path_prefix",
+            "routes[0].match.path_regex",
+            "routes[1].name",
+            "routes[1].match.host",
+            "routes[1].match.methods[0]",
+            "routes[1].match.path",
+            "routes[1].rewrite.regex",
+        ] {
+            assert!(
+                fields.contains(&expected),
+                "missing {expected} in {fields:?}"
+            );
+        }
+        let unknown = issues
+            .iter()
+            .find(|i| i.field == "routes[0].upstream")
+            .expect("unknown upstream");
+        assert_eq!(
+            unknown.to_string(),
+            r#"routes[0].upstream: no upstream named "userz" (did you mean "users"?)"#
+        );
+    }
+
+    #[test]
+    fn cidrs_and_bare_addresses_parse() {
+        assert!(parse_cidr("10.0.0.0/8").is_some());
+        assert!(parse_cidr("::1").is_some());
+        assert!(parse_cidr("192.168.1.7").is_some());
+        assert!(parse_cidr("10.0.0.0/40").is_none());
+    }
+}

@@ -1,0 +1,160 @@
+//! The gateway's Prometheus metrics, in a registry of its own (several gateways can live in
+//! one process, as tests and embedders do).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::upstream::Upstream;
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `gatehouse_requests_total{route,method,status}`.
+    requests: IntCounterVec,
+    /// `gatehouse_request_duration_seconds{route}`: from request start to the end of logging.
+    duration: HistogramVec,
+    /// `gatehouse_requests_in_flight`.
+    pub in_flight: IntGauge,
+    /// `gatehouse_upstream_backend_healthy{upstream,backend}`: 1 healthy, 0 not.
+    upstream_healthy: IntGaugeVec,
+    /// `gatehouse_config_generation`: generation of the snapshot serving now.
+    pub generation: IntGauge,
+    /// `gatehouse_config_reloads_total{result}`: applied, unchanged, failed.
+    reloads: IntCounterVec,
+}
+
+/// Methods get their own label value; anything else is `OTHER` so clients cannot grow the
+/// label set.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Create and register the metric set.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_request_duration_seconds",
+                "Time from request head to the end of the response, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("gatehouse_requests_in_flight", "Requests being served now.")
+            .expect("valid metric");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_upstream_backend_healthy",
+                "1 when the backend passes its health check.",
+            ),
+            &["upstream", "backend"],
+        )
+        .expect("valid metric");
+        let generation = IntGauge::new(
+            "gatehouse_config_generation",
+            "Generation of the configuration snapshot now serving.",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(upstream_healthy.clone()),
+            Box::new(generation.clone()),
+            Box::new(reloads.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for result in ["applied", "unchanged", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_healthy,
+            generation,
+            reloads,
+        }
+    }
+
+    /// Record one finished request.
+    pub fn observe_request(&self, route: &str, method: &http::Method, status: u16, seconds: f64) {
+        let mut buf = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[route, method_label(method), buf.format(status)])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Record a reload's result: `applied`, `unchanged` or `failed`.
+    pub fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// How many reloads ended with `result`.
+    pub fn reload_count(&self, result: &str) -> u64 {
+        self.reloads.with_label_values(&[result]).get()
+    }
+
+    /// Publish the current health of a pool's backends.
+    pub fn record_health(&self, upstream: &Upstream) {
+        for (addr, healthy) in upstream.health() {
+            self.upstream_healthy
+                .with_label_values(&[&**upstream.name(), addr.to_string().as_str()])
+                .set(i64::from(healthy));
+        }
+    }
+
+    /// Forget health series (after a reload removed pools).
+    pub fn reset_health(&self) {
+        self.upstream_healthy.reset();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,5 @@
+//! Observability: the Prometheus metric set of one gateway.
+
+mod metrics;
+
+pub use metrics::Metrics;

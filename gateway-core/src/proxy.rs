@@ -1,0 +1,449 @@
+//! The `ProxyHttp` implementation. Thin on purpose: it wires the snapshot's router and pools,
+//! the forwarding headers and the error answers into Pingora's phases.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::header::{HeaderName, HOST};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::observe::Metrics;
+use crate::problem;
+use crate::reload::ConfigStore;
+use crate::routing::{normalize_path, request_host, RequestView, Route};
+use crate::snapshot::Snapshot;
+use crate::upstream::{HashKey, InFlight};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The gateway's proxy logic; one instance serves every request of a [`crate::Gateway`].
+pub struct GatewayProxy {
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl GatewayProxy {
+    /// A proxy serving whatever snapshot `store` holds.
+    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> GatewayProxy {
+        GatewayProxy { store, metrics }
+    }
+}
+
+/// Per-request state, carried through Pingora's phases.
+pub struct RequestCtx {
+    started: Instant,
+    counted: bool,
+    /// The snapshot this request is served by, loaded once at its start.
+    snapshot: Option<Arc<Snapshot>>,
+    /// The route it took.
+    route: Option<Arc<Route>>,
+    /// Sent upstream and echoed to the client.
+    request_id: String,
+    /// Path and query to send upstream (after normalization, strip_prefix and rewrite).
+    upstream_path: Option<String>,
+    client_ip: Option<IpAddr>,
+    has_body: bool,
+    /// Backends already tried by this request (a retry picks another).
+    tried: Vec<SocketAddr>,
+    in_flight: Option<InFlight>,
+}
+
+impl RequestCtx {
+    fn attempts_left(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|r| self.tried.len() < r.attempts.min(r.upstream.len()))
+    }
+}
+
+/// A client's own request id is kept when it is short printable ASCII; otherwise we mint one.
+fn request_id_from(header: Option<&http::HeaderValue>) -> String {
+    match header.and_then(|v| v.to_str().ok()) {
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn host_of(req: &RequestHeader) -> Option<String> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .and_then(request_host)
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+async fn respond_problem(
+    session: &mut Session,
+    status: u16,
+    detail: &str,
+    request_id: &str,
+) -> Result<()> {
+    let (header, body) = problem::render(status, detail, request_id);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn hash_input(session: &Session, ctx: &RequestCtx, key: Option<&HashKey>) -> Vec<u8> {
+    let req = session.req_header();
+    match key {
+        None => Vec::new(),
+        Some(HashKey::ClientIp) => ctx
+            .client_ip
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+        Some(HashKey::Path) => req.uri.path().as_bytes().to_vec(),
+        Some(HashKey::Header(name)) => req
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        Some(HashKey::Cookie(name)) => cookie(req, name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The status a failed request is answered with, and what to tell the client.
+fn failure_status(e: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(503) => (503, "no healthy backend is available for this route"),
+        HTTPStatus(code) => (*code, "the request could not be served"),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            (504, "the upstream did not answer in time")
+        }
+        ConnectRefused | ConnectError | ConnectNoRoute | ConnectProxyFailure | SocketError => {
+            (502, "the upstream could not be reached")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "the upstream failed to answer"),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (0, ""),
+                _ => (400, "the request could not be read"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                (500, "the gateway failed to serve the request")
+            }
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            counted: false,
+            snapshot: None,
+            route: None,
+            request_id: String::new(),
+            upstream_path: None,
+            client_ip: None,
+            has_body: false,
+            tried: Vec::new(),
+            in_flight: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        ctx.counted = true;
+        self.metrics.in_flight.inc();
+        let snapshot = self.store.load();
+        ctx.client_ip = client_ip(session);
+        let req = session.req_header();
+        ctx.request_id = request_id_from(req.headers.get(X_REQUEST_ID));
+        ctx.has_body = has_body(req);
+        let path = match normalize_path(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                let id = ctx.request_id.clone();
+                respond_problem(session, 400, &e.to_string(), &id).await?;
+                return Ok(true);
+            }
+        };
+        let host = host_of(req);
+        let view = RequestView {
+            method: &req.method,
+            host: host.as_deref(),
+            path: &path,
+            headers: &req.headers,
+        };
+        let Some(route) = snapshot.router.find(&view).cloned() else {
+            let detail = format!("no route matches {} {}", req.method, path);
+            let id = ctx.request_id.clone();
+            respond_problem(session, 404, &detail, &id).await?;
+            return Ok(true);
+        };
+        let mut upstream_path = route.upstream_path(&path).into_owned();
+        if let Some(query) = req.uri.query() {
+            upstream_path.push('?');
+            upstream_path.push_str(query);
+        }
+        ctx.upstream_path = Some(upstream_path);
+        ctx.route = Some(route);
+        ctx.snapshot = Some(snapshot);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let upstream = &route.upstream;
+        let key = hash_input(session, ctx, upstream.hash_key());
+        let Some(addr) = upstream.select(&key, &ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy backend in upstream {:?}", upstream.name()),
+            );
+        };
+        ctx.tried.push(addr);
+        ctx.in_flight = upstream.track(addr);
+        Ok(Box::new(upstream.peer(addr, &route.timeouts)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.upstream_path {
+            let mut parts = upstream_request.uri.clone().into_parts();
+            parts.path_and_query = Some(path.parse().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewritten path is not a valid URI",
+                    e,
+                )
+            })?);
+            let uri = http::Uri::from_parts(parts).map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewritten URI is invalid", e)
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        let trusted = match (ctx.client_ip, &ctx.snapshot) {
+            (Some(ip), Some(s)) => s.is_trusted_proxy(ip),
+            _ => false,
+        };
+        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let forwarded_for = match upstream_request
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) if trusted => format!("{prior}, {client}"),
+            _ => client,
+        };
+        upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
+            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
+            match host_of(session.req_header()) {
+                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    upstream_request.remove_header(&X_FORWARDED_HOST);
+                }
+            }
+        }
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            strip_response_hop_by_hop(upstream_response);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend: any method may go to another one.
+        e.set_retry(ctx.attempts_left());
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // The backend may have acted on the request: only a bodiless idempotent request is
+        // sent again, and never once its body is gone.
+        let safe = session.req_header().method.is_idempotent()
+            && !ctx.has_body
+            && !session.as_ref().retry_buffer_truncated();
+        if safe && ctx.attempts_left() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (status, detail) = failure_status(e);
+        if status > 0 && session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = uuid::Uuid::new_v4().to_string();
+            }
+            let (header, body) = problem::render(status, detail, &ctx.request_id);
+            let _ = session
+                .as_downstream_mut()
+                .write_error_response(header, body)
+                .await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // "No healthy backend" is answered and counted; it is not a gateway fault to log per request.
+        matches!(e.etype(), ErrorType::HTTPStatus(503))
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !ctx.counted {
+            return;
+        }
+        ctx.in_flight = None;
+        self.metrics.in_flight.dec();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| e.map(|e| failure_status(e).0))
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map_or("(none)", |r| &r.name);
+        self.metrics.observe_request(
+            route,
+            &session.req_header().method,
+            status,
+            ctx.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// Hop-by-hop fields of a response (RFC 9110 §7.6.1) that must not be relayed.
+fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .collect();
+    for name in nominated {
+        resp.remove_header(name.as_str());
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
+        resp.remove_header(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let kept = http::HeaderValue::from_static("abc-123");
+        assert_eq!(request_id_from(Some(&kept)), "abc-123");
+        let spaced = http::HeaderValue::from_static("a b");
+        assert_ne!(request_id_from(Some(&spaced)), "a b");
+        assert_eq!(request_id_from(None).len(), 36);
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        let timeout = Error::new(ErrorType::ConnectTimedout);
+        assert_eq!(failure_status(&timeout).0, 504);
+        let mut refused = Error::new(ErrorType::ConnectRefused);
+        refused.esource = ErrorSource::Upstream;
+        assert_eq!(failure_status(&refused).0, 502);
+        let none = Error::new(ErrorType::HTTPStatus(503));
+        assert_eq!(failure_status(&none).0, 503);
+    }
+}

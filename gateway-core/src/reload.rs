@@ -1,0 +1,242 @@
+//! Hot reload: the `ConfigStore` that holds the serving snapshot, and the sources that ask it
+//! to reload (a file watch, SIGHUP, the admin API).
+//!
+//! A reload builds and validates the whole new snapshot off the request path, then swaps it in
+//! with one atomic store. A config that fails is logged and counted and the last good snapshot
+//! keeps serving. Requests hold the `Arc<Snapshot>` they started with until they end.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use crate::config::Source;
+use crate::error::ConfigError;
+use crate::observe::Metrics;
+use crate::snapshot::{content_hash, Snapshot};
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new snapshot is serving.
+    Applied {
+        /// Its generation.
+        generation: u64,
+    },
+    /// The text is the same as the serving config's; nothing changed.
+    Unchanged {
+        /// The generation still serving.
+        generation: u64,
+    },
+}
+
+/// Holds the snapshot in service and swaps in new ones.
+pub struct ConfigStore {
+    current: ArcSwap<Snapshot>,
+    /// The file reloads read, if the config came from one.
+    path: Option<PathBuf>,
+    /// Serializes reloads so two sources cannot race on the generation or the carry-over.
+    reload_lock: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConfigStore {
+    /// Start with an initial snapshot.
+    pub fn new(initial: Snapshot, path: Option<PathBuf>, metrics: Arc<Metrics>) -> ConfigStore {
+        metrics.generation.set(initial.generation as i64);
+        ConfigStore {
+            current: ArcSwap::from_pointee(initial),
+            path,
+            reload_lock: Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The snapshot serving now.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The config file this store reloads from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Re-read the config file and apply it. Without a file there is nothing to reload.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(ReloadOutcome::Unchanged {
+                generation: self.load().generation,
+            });
+        };
+        let source = Source::read(path).inspect_err(|_| self.metrics.reload("failed"))?;
+        self.apply(&source)
+    }
+
+    /// Apply config text: build it completely, then swap. On error the old snapshot stays.
+    pub fn apply(&self, source: &Source) -> Result<ReloadOutcome, ConfigError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.load();
+        if content_hash(&source.text) == old.content_hash {
+            self.metrics.reload("unchanged");
+            return Ok(ReloadOutcome::Unchanged {
+                generation: old.generation,
+            });
+        }
+        let next = match Snapshot::from_source(source, old.generation + 1, Some(&old)) {
+            Ok(next) => next,
+            Err(e) => {
+                self.metrics.reload("failed");
+                return Err(e);
+            }
+        };
+        warn_restart_only_changes(&old, &next);
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        self.metrics.generation.set(generation as i64);
+        self.metrics.reset_health();
+        self.metrics.reload("applied");
+        Ok(ReloadOutcome::Applied { generation })
+    }
+
+    /// Reload from the file and log what happened (for the watch and signal sources).
+    pub fn reload_logged(&self, cause: &str) {
+        match self.reload() {
+            Ok(ReloadOutcome::Applied { generation }) => {
+                tracing::info!(cause, generation, "configuration reloaded")
+            }
+            Ok(ReloadOutcome::Unchanged { .. }) => {
+                tracing::debug!(cause, "configuration unchanged")
+            }
+            Err(e) => {
+                tracing::error!(cause, error = %e, "configuration rejected; the previous one keeps serving")
+            }
+        }
+    }
+}
+
+fn warn_restart_only_changes(old: &Snapshot, next: &Snapshot) {
+    if old.config.server != next.config.server {
+        tracing::warn!(
+            "[server] changed: listeners, threads and shutdown settings apply after a restart"
+        );
+    }
+    if old.config.admin != next.config.admin {
+        tracing::warn!("[admin] changed: the admin listener applies after a restart");
+    }
+}
+
+/// Background service: reloads when the config file changes, and on SIGHUP when asked to.
+pub(crate) struct ReloadService {
+    pub store: Arc<ConfigStore>,
+    pub watch_file: bool,
+    pub sighup: bool,
+}
+
+/// Editors save in bursts (truncate + write, or write temp + rename): wait for quiet.
+const DEBOUNCE: Duration = Duration::from_millis(75);
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let _watcher = match (self.watch_file, self.store.path()) {
+            (true, Some(path)) => match watch_parent(path, tx.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut hangup = if self.sighup {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+        } else {
+            None
+        };
+        loop {
+            let cause = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = rx.recv() => {
+                    // Swallow the rest of the burst.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    "file change"
+                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            };
+            let store = Arc::clone(&self.store);
+            let _ = tokio::task::spawn_blocking(move || store.reload_logged(cause)).await;
+        }
+    }
+}
+
+/// Watch the file's directory: editors replace files by rename, which a watch on the file
+/// itself would lose.
+fn watch_parent(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let ours = event.paths.is_empty()
+            || event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+        if ours {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Background service: runs each pool's active health checks when they are due, including
+/// pools a reload adds, and publishes backend health as metrics.
+pub(crate) struct HealthService {
+    pub store: Arc<ConfigStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How often due checks are looked for; a pool's own interval decides when it is checked.
+const HEALTH_TICK: Duration = Duration::from_millis(50);
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HEALTH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snapshot = self.store.load();
+            let now = std::time::Instant::now();
+            for pool in snapshot.upstreams.values() {
+                let pool = Arc::clone(pool);
+                let metrics = Arc::clone(&self.metrics);
+                tokio::spawn(async move {
+                    if pool.health_check_if_due(now).await {
+                        metrics.record_health(&pool);
+                    }
+                });
+            }
+        }
+    }
+}

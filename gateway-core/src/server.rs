@@ -1,0 +1,340 @@
+//! `Gateway`: build one from a config, then `run()` it (blocking, for binaries) or `spawn()` it
+//! (background threads, for tests and embedders) and stop it through its handle.
+//!
+//! Under the hood it is one Pingora `Server` with four services: the proxy, the admin
+//! listener, the reload watcher and the health checker.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::{Config, Source};
+use crate::error::{ConfigError, GatewayError};
+use crate::observe::Metrics;
+use crate::proxy::GatewayProxy;
+use crate::reload::{ConfigStore, HealthService, ReloadService};
+use crate::snapshot::Snapshot;
+
+enum ConfigInput {
+    File(PathBuf),
+    Text(String),
+}
+
+/// Builds a [`Gateway`]. Start with [`Gateway::builder`].
+#[must_use]
+pub struct GatewayBuilder {
+    input: Option<ConfigInput>,
+    watch_file: bool,
+    sighup: bool,
+}
+
+impl GatewayBuilder {
+    /// Serve this config file; it is watched and reloaded when it changes.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.input = Some(ConfigInput::File(path.into()));
+        self
+    }
+
+    /// Serve config given as TOML text (no file, so no file reloads).
+    pub fn config_toml(mut self, text: impl Into<String>) -> Self {
+        self.input = Some(ConfigInput::Text(text.into()));
+        self
+    }
+
+    /// Serve a config built in code.
+    pub fn config(mut self, config: &Config) -> Self {
+        self.input = Some(ConfigInput::Text(
+            toml::to_string(config).unwrap_or_default(),
+        ));
+        self
+    }
+
+    /// Watch the config file and reload on change (default: on).
+    pub fn watch_config(mut self, on: bool) -> Self {
+        self.watch_file = on;
+        self
+    }
+
+    /// Reload the config file on SIGHUP (default: off; a process-wide signal is the binary's
+    /// business, not a library's).
+    pub fn reload_on_sighup(mut self, on: bool) -> Self {
+        self.sighup = on;
+        self
+    }
+
+    /// Load and validate the config and build the first snapshot. Binds nothing yet.
+    pub fn build(self) -> Result<Gateway, GatewayError> {
+        let (source, path) = match self.input {
+            Some(ConfigInput::File(path)) => (Source::read(&path)?, Some(path)),
+            Some(ConfigInput::Text(text)) => (Source::inline(text), None),
+            None => return Err(GatewayError::Start("no configuration given".into())),
+        };
+        let snapshot = Snapshot::from_source(&source, 1, None)?;
+        let config = Arc::clone(&snapshot.config);
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(ConfigStore::new(snapshot, path, Arc::clone(&metrics)));
+        Ok(Gateway {
+            config,
+            store,
+            metrics,
+            watch_file: self.watch_file,
+            sighup: self.sighup,
+        })
+    }
+}
+
+/// A gateway ready to start.
+pub struct Gateway {
+    /// The config it started with (listeners and threads come from here).
+    config: Arc<Config>,
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    watch_file: bool,
+    sighup: bool,
+}
+
+impl Gateway {
+    /// Start building a gateway.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            input: None,
+            watch_file: true,
+            sighup: false,
+        }
+    }
+
+    /// The store holding the serving snapshot.
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// Serve until SIGTERM (graceful), SIGINT (fast) or SIGQUIT. Blocks the calling thread.
+    pub fn run(self) -> Result<(), GatewayError> {
+        let (server, _addrs) = self.into_server()?;
+        server.run(RunArgs::default());
+        Ok(())
+    }
+
+    /// Serve on background threads; returns once every listener accepts connections.
+    pub fn spawn(self) -> Result<GatewayHandle, GatewayError> {
+        let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
+        let (server, addrs) = self.into_server()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let signal = HandleSignal(tokio::sync::Mutex::new(Some(rx)));
+        let thread = std::thread::Builder::new()
+            .name("gatehouse".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(signal),
+                })
+            })
+            .map_err(|e| GatewayError::Start(format!("cannot start the server thread: {e}")))?;
+        let mut handle = GatewayHandle {
+            listen: addrs.listen,
+            admin: addrs.admin,
+            store,
+            metrics,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let all: Vec<SocketAddr> = handle.listen.iter().copied().chain(handle.admin).collect();
+        for addr in all {
+            if let Err(e) = wait_until_accepting(addr, Duration::from_secs(10)) {
+                handle.stop_with(ShutdownSignal::FastShutdown);
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+
+    fn into_server(self) -> Result<(Server, BoundAddrs), GatewayError> {
+        let addrs = BoundAddrs::resolve(&self.config)?;
+        let server_cfg = &self.config.server;
+        let conf = ServerConf {
+            threads: server_cfg.threads,
+            max_retries: server_cfg.max_retries,
+            grace_period_seconds: Some(server_cfg.grace_period.as_secs_f64().ceil() as u64),
+            graceful_shutdown_timeout_seconds: Some(
+                server_cfg.shutdown_timeout.as_secs_f64().ceil() as u64,
+            ),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let proxy = GatewayProxy::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy,
+            "gatehouse proxy",
+        );
+        for addr in &addrs.listen {
+            proxy_service.add_tcp(&addr.to_string());
+        }
+        if let Some(app) = proxy_service.app_logic_mut() {
+            let mut options = HttpServerOptions::default();
+            options.h2c = server_cfg.h2c;
+            app.server_options = Some(options);
+        }
+        server.add_service(proxy_service);
+
+        if let Some(admin) = addrs.admin {
+            let app = AdminApp::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+            let mut admin_service =
+                Service::new("gatehouse admin".into(), HttpServer::new_app(app));
+            admin_service.add_tcp(&admin.to_string());
+            admin_service.threads = Some(1);
+            server.add_service(admin_service);
+        }
+        server.add_service(background_service(
+            "gatehouse reload",
+            ReloadService {
+                store: Arc::clone(&self.store),
+                watch_file: self.watch_file,
+                sighup: self.sighup,
+            },
+        ));
+        server.add_service(background_service(
+            "gatehouse health",
+            HealthService {
+                store: Arc::clone(&self.store),
+                metrics: Arc::clone(&self.metrics),
+            },
+        ));
+        Ok((server, addrs))
+    }
+}
+
+/// Listener addresses with every port 0 replaced by a free port.
+struct BoundAddrs {
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl BoundAddrs {
+    fn resolve(config: &Config) -> Result<BoundAddrs, GatewayError> {
+        let listen = config
+            .server
+            .listen
+            .iter()
+            .map(|a| reserve(a, "server.listen"))
+            .collect::<Result<_, _>>()?;
+        let admin = match config.admin.listen.as_str() {
+            "" => None,
+            a => Some(reserve(a, "admin.listen")?),
+        };
+        Ok(BoundAddrs { listen, admin })
+    }
+}
+
+/// Check that `addr` can be bound, and pick a port when it says 0. Pingora binds by address
+/// text and does not report the port it got, so the choice is made here.
+fn reserve(addr: &str, field: &str) -> Result<SocketAddr, GatewayError> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| ConfigError::Build {
+        path: PathBuf::from(field),
+        message: format!("{addr:?} is not an ip:port address"),
+    })?;
+    let probe = TcpListener::bind(parsed)
+        .map_err(|e| GatewayError::Start(format!("cannot listen on {parsed} ({field}): {e}")))?;
+    probe
+        .local_addr()
+        .map_err(|e| GatewayError::Start(format!("cannot listen on {parsed} ({field}): {e}")))
+}
+
+fn wait_until_accepting(addr: SocketAddr, limit: Duration) -> Result<(), GatewayError> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(GatewayError::Start(format!(
+        "{addr} did not start listening within {limit:?}"
+    )))
+}
+
+/// Shutdown requests from a [`GatewayHandle`].
+struct HandleSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for HandleSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A running gateway. Dropping it stops the gateway at once; [`GatewayHandle::shutdown`]
+/// stops it gracefully.
+pub struct GatewayHandle {
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    /// The first proxy listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listen[0]
+    }
+
+    /// Every proxy listener's address.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// The admin listener's address, unless disabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The store holding the serving snapshot (reload it, read its generation).
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stop accepting, let in-flight requests finish (within `server.shutdown_timeout`), and
+    /// wait until every thread has ended.
+    pub fn shutdown(mut self) {
+        self.stop_with(ShutdownSignal::GracefulTerminate);
+    }
+
+    fn stop_with(&mut self, signal: ShutdownSignal) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(signal);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.stop_with(ShutdownSignal::FastShutdown);
+    }
+}

@@ -1,0 +1,366 @@
+//! Upstream pools: backends, how one is picked, their health, and the peer Pingora connects to.
+//!
+//! Selection is `pingora-load-balancing` (round robin, weighted round robin, Ketama consistent
+//! hashing) plus least-request by power of two random choices over the healthy backends. Health
+//! lives in the pool's `Backends`, so a pool that a reload keeps (same config) keeps its health;
+//! [`crate::snapshot`] does that by reusing the `Arc<Upstream>`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use http::HeaderName;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::{Consistent, RoundRobin};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+
+use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
+
+/// What a `consistent_hash` pool hashes to pick a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP (after trusted-proxy resolution).
+    ClientIp,
+    /// The normalized request path.
+    Path,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parse `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> Result<HashKey, String> {
+        let bad = || {
+            format!("{text:?} is not a hash key: use client_ip, path, \"header:NAME\" or \"cookie:NAME\"")
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(HashKey::ClientIp),
+            None if text == "path" => Ok(HashKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| bad()),
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Ketama(LoadBalancer<Consistent>),
+}
+
+impl Selector {
+    fn backends(&self) -> &Backends {
+        match self {
+            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::Ketama(lb) => lb.backends(),
+        }
+    }
+}
+
+/// A named pool of backends with its selection state and health.
+pub struct Upstream {
+    name: Arc<str>,
+    config: UpstreamConfig,
+    selector: Selector,
+    /// Requests in flight per backend, in the order of `addrs` (least-request reads these).
+    in_flight: Vec<AtomicUsize>,
+    addrs: Vec<SocketAddr>,
+    /// The same backends as Pingora knows them (health is keyed by these).
+    members: Vec<Backend>,
+    hash_key: Option<HashKey>,
+    last_check: Mutex<Option<Instant>>,
+    checking: AtomicBool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("backends", &self.addrs)
+            .finish()
+    }
+}
+
+/// Default timeouts when neither the route nor the upstream sets one.
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Some(Duration::from_secs(5)),
+    read: Some(Duration::from_secs(60)),
+    write: Some(Duration::from_secs(60)),
+    idle: Some(Duration::from_secs(60)),
+};
+
+/// Ketama may need to walk past unhealthy points; bounded so a dead pool costs little.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+impl Upstream {
+    /// Build a pool from a validated config.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut set = BTreeSet::new();
+        let mut addrs = Vec::new();
+        let mut members = Vec::new();
+        for b in &config.backends {
+            let weight = match config.balance {
+                Balance::RoundRobin | Balance::LeastRequest => 1,
+                Balance::Weighted | Balance::ConsistentHash => b.weight(),
+            };
+            let backend = Backend::new_with_weight(b.addr(), weight)
+                .map_err(|e| format!("backend {:?}: {e}", b.addr()))?;
+            addrs.push(b.addr().parse::<SocketAddr>().map_err(|e| e.to_string())?);
+            members.push(backend.clone());
+            set.insert(backend);
+        }
+        let backends = Backends::new(Static::new(set));
+        let selector = match config.balance {
+            Balance::ConsistentHash => {
+                Selector::Ketama(build_lb(backends, config.health_check.as_ref())?)
+            }
+            _ => Selector::RoundRobin(build_lb(backends, config.health_check.as_ref())?),
+        };
+        let hash_key = config.hash_key.as_deref().map(HashKey::parse).transpose()?;
+        Ok(Upstream {
+            name: Arc::from(config.name.as_str()),
+            in_flight: addrs.iter().map(|_| AtomicUsize::new(0)).collect(),
+            addrs,
+            members,
+            config: config.clone(),
+            selector,
+            hash_key,
+            last_check: Mutex::new(None),
+            checking: AtomicBool::new(false),
+        })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The config this pool was built from (a reload reuses the pool when it is unchanged).
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// What consistent hashing hashes, if this pool hashes.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key.as_ref()
+    }
+
+    /// Number of backends in the pool.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether the pool has no backends (validation does not allow that).
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// The upstream's own timeouts over the defaults.
+    pub fn timeouts(&self) -> Timeouts {
+        self.config.timeouts.or(DEFAULT_TIMEOUTS)
+    }
+
+    /// Pick a healthy backend not in `exclude` (the ones a retry already tried).
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| healthy && !exclude.contains(&inet(b));
+        let picked = match (&self.selector, self.config.balance) {
+            (Selector::RoundRobin(_), Balance::LeastRequest) => return self.least_request(exclude),
+            (Selector::RoundRobin(lb), _) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            (Selector::Ketama(lb), _) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        };
+        picked.map(|b| inet(&b))
+    }
+
+    fn least_request(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let backends = self.selector.backends();
+        let candidates: Vec<usize> = (0..self.addrs.len())
+            .filter(|&i| !exclude.contains(&self.addrs[i]))
+            .filter(|&i| backends.ready(&self.members[i]))
+            .collect();
+        let pick = match candidates.len() {
+            0 => return None,
+            1 => candidates[0],
+            n => {
+                let a = candidates[rand::random_range(0..n)];
+                let mut b = candidates[rand::random_range(0..n - 1)];
+                if b == a {
+                    b = candidates[n - 1];
+                }
+                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(self.addrs[pick])
+    }
+
+    /// Count a request in flight on `addr` until the guard is dropped.
+    pub fn track(self: &Arc<Self>, addr: SocketAddr) -> Option<InFlight> {
+        let index = self.addrs.iter().position(|a| *a == addr)?;
+        self.in_flight[index].fetch_add(1, Ordering::Relaxed);
+        Some(InFlight {
+            upstream: Arc::clone(self),
+            index,
+        })
+    }
+
+    /// Whether at least one backend is healthy.
+    pub fn any_healthy(&self) -> bool {
+        self.health().iter().any(|(_, up)| *up)
+    }
+
+    /// Each backend with its current health.
+    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+        let backends = self.selector.backends();
+        backends
+            .get_backend()
+            .iter()
+            .map(|b| (inet(b), backends.ready(b)))
+            .collect()
+    }
+
+    /// Run one health-check pass if this pool checks health and its interval has passed.
+    /// Returns whether a pass ran.
+    pub async fn health_check_if_due(&self, now: Instant) -> bool {
+        let Some(hc) = &self.config.health_check else {
+            return false;
+        };
+        {
+            let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| now.duration_since(t) < hc.interval) {
+                return false;
+            }
+            if self.checking.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        self.selector.backends().run_health_check(true).await;
+        self.checking.store(false, Ordering::Release);
+        true
+    }
+
+    /// Build the peer for one attempt. Deterministic for the same backend and route settings,
+    /// so Pingora's connection pool reuses upstream connections.
+    pub fn peer(&self, addr: SocketAddr, timeouts: &Timeouts) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = timeouts.connect;
+        peer.options.read_timeout = timeouts.read;
+        peer.options.write_timeout = timeouts.write;
+        peer.options.idle_timeout = timeouts.idle;
+        peer
+    }
+}
+
+/// A request counted in flight on one backend (least-request reads the count).
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.in_flight[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn inet(b: &Backend) -> SocketAddr {
+    match b.addr {
+        pingora_core::protocols::l4::socket::SocketAddr::Inet(a) => a,
+        // Only `ip:port` backends are accepted by validation.
+        #[allow(unreachable_patterns)]
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
+}
+
+fn build_lb<S>(
+    backends: Backends,
+    hc: Option<&HealthCheckConfig>,
+) -> Result<LoadBalancer<S>, String>
+where
+    S: pingora_load_balancing::selection::BackendSelection + 'static,
+    S::Iter: pingora_load_balancing::selection::BackendIter,
+{
+    let mut lb = LoadBalancer::<S>::from_backends(backends);
+    if let Some(hc) = hc {
+        lb.set_health_check(health_check(hc));
+    }
+    lb.update()
+        .now_or_never()
+        .ok_or("static discovery blocked")?
+        .map_err(|e| e.to_string())?;
+    Ok(lb)
+}
+
+fn health_check(
+    cfg: &HealthCheckConfig,
+) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
+    match cfg.kind {
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.consecutive_failure = cfg.unhealthy_after;
+            check.consecutive_success = cfg.healthy_after;
+            check.peer_template.options.connection_timeout = Some(cfg.timeout);
+            check
+        }
+        HealthCheckKind::Http => {
+            let host = cfg.host.as_deref().unwrap_or("localhost");
+            let mut check = HttpHealthCheck::new(host, false);
+            check.consecutive_failure = cfg.unhealthy_after;
+            check.consecutive_success = cfg.healthy_after;
+            check.peer_template.options.connection_timeout = Some(cfg.timeout);
+            check.peer_template.options.read_timeout = Some(cfg.timeout);
+            if let Ok(mut req) =
+                pingora_http::RequestHeader::build("GET", cfg.path.as_bytes(), None)
+            {
+                let _ = req.insert_header("Host", host);
+                let _ = req.insert_header("User-Agent", "gatehouse-health-check");
+                check.req = req;
+            }
+            check.validator = Some(Box::new(|resp| {
+                if resp.status.is_success() {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::HTTPStatus(resp.status.as_u16()),
+                        "health check answered non-2xx",
+                    )
+                }
+            }));
+            Box::new(check)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_keys_parse() {
+        assert_eq!(HashKey::parse("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(HashKey::parse("path"), Ok(HashKey::Path));
+        assert_eq!(
+            HashKey::parse("cookie:sid"),
+            Ok(HashKey::Cookie("sid".into()))
+        );
+        assert!(matches!(
+            HashKey::parse("header:x-user"),
+            Ok(HashKey::Header(_))
+        ));
+        assert!(HashKey::parse("header:bad header").is_err());
+        assert!(HashKey::parse("ip").is_err());
+    }
+}

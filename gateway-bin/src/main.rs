@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use gateway_core::routing::{normalize_path, request_host, RequestView};
-use gateway_core::{Config, Gateway, Snapshot};
+use gateway_core::{Gateway, Snapshot};
 
 /// Gatehouse: an edge API gateway on Pingora.
 #[derive(Parser)]
@@ -94,13 +94,18 @@ fn run(config: &Path) -> anyhow::Result<()> {
 }
 
 fn check(config: &Path) -> ExitCode {
-    match Config::load_file(config) {
-        Ok(c) => {
+    // Build the snapshot `run` would serve (route compilation included), without binding or
+    // spawning anything, so that "ok" here means `run` and a reload accept the file too.
+    let loaded = gateway_core::config::Source::read(config)
+        .and_then(|source| Snapshot::from_source(&source, 1, None));
+    match loaded {
+        Ok(snapshot) => {
+            let c = &snapshot.config;
             println!(
-                "{}: ok ({} upstreams, {} routes)",
+                "{}: ok ({}, {})",
                 config.display(),
-                c.upstreams.len(),
-                c.routes.len()
+                count(c.upstreams.len(), "upstream"),
+                count(c.routes.len(), "route")
             );
             ExitCode::SUCCESS
         }
@@ -111,6 +116,11 @@ fn check(config: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow::Result<()> {

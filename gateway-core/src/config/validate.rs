@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Balance, Config, HealthCheckKind, MatchConfig, RouteConfig, UpstreamConfig};
+use super::{Balance, Config, HealthCheckKind, MatchConfig, RouteConfig, Timeouts, UpstreamConfig};
 
 /// One problem found by [`Config::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +69,19 @@ impl Config {
         if self.server.listen.is_empty() {
             issues.add("server.listen", "at least one listen address is needed");
         }
+        // Port 0 picks a free port each time, so only fixed ports can collide.
+        let mut bound: Vec<SocketAddr> = Vec::new();
         for (i, addr) in self.server.listen.iter().enumerate() {
-            if addr.parse::<SocketAddr>().is_err() {
-                issues.add(
+            match addr.parse::<SocketAddr>() {
+                Err(_) => issues.add(
                     format!("server.listen[{i}]"),
                     format!("{addr:?} is not an ip:port address"),
-                );
+                ),
+                Ok(a) if a.port() != 0 && bound.contains(&a) => issues.add(
+                    format!("server.listen[{i}]"),
+                    format!("{a} is listed twice"),
+                ),
+                Ok(a) => bound.push(a),
             }
         }
         if self.server.threads == 0 {
@@ -89,11 +96,17 @@ impl Config {
             }
         }
         let admin = &self.admin.listen;
-        if !admin.is_empty() && admin.parse::<SocketAddr>().is_err() {
-            issues.add(
+        match admin.parse::<SocketAddr>() {
+            _ if admin.is_empty() => {}
+            Err(_) => issues.add(
                 "admin.listen",
                 format!("{admin:?} is not an ip:port address (use \"\" to disable)"),
-            );
+            ),
+            Ok(a) if a.port() != 0 && bound.contains(&a) => issues.add(
+                "admin.listen",
+                format!("{a} is also a proxy listen address (server.listen)"),
+            ),
+            Ok(_) => {}
         }
     }
 }
@@ -147,6 +160,7 @@ fn validate_upstream(up: &UpstreamConfig, at: &str, issues: &mut Issues) {
         ),
         (_, None) => {}
     }
+    validate_timeouts(&up.timeouts, &format!("{at}.timeouts"), issues);
     if let Some(hc) = &up.health_check {
         let at = format!("{at}.health_check");
         if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
@@ -188,14 +202,31 @@ fn validate_route(route: &RouteConfig, at: &str, upstreams: &[&str], issues: &mu
     }
     if let Some(rw) = &route.rewrite {
         if let Err(e) = regex::Regex::new(&rw.regex) {
-            issues.add(format!("{at}.rewrite.regex"), first_line(&e.to_string()));
+            issues.add(format!("{at}.rewrite.regex"), regex_problem(&rw.regex, &e));
         }
     }
+    validate_timeouts(&route.timeouts, &format!("{at}.timeouts"), issues);
     if route.retry.attempts == 0 {
         issues.add(
             format!("{at}.retry.attempts"),
             "must be at least 1 (1 = no retries)",
         );
+    }
+}
+
+fn validate_timeouts(t: &Timeouts, at: &str, issues: &mut Issues) {
+    for (field, value) in [
+        ("connect", t.connect),
+        ("read", t.read),
+        ("write", t.write),
+        ("idle", t.idle),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            issues.add(
+                format!("{at}.{field}"),
+                "must be greater than zero (leave it out for the default)",
+            );
+        }
     }
 }
 
@@ -228,7 +259,7 @@ fn validate_match(m: &MatchConfig, at: &str, issues: &mut Issues) {
     }
     if let Some(re) = &m.path_regex {
         if let Err(e) = regex::Regex::new(re) {
-            issues.add(format!("{at}.path_regex"), first_line(&e.to_string()));
+            issues.add(format!("{at}.path_regex"), regex_problem(re, &e));
         }
     }
     if let Some(host) = &m.host {
@@ -244,11 +275,17 @@ fn validate_match(m: &MatchConfig, at: &str, issues: &mut Issues) {
             );
         }
     }
-    for name in m.headers.keys() {
+    for (name, value) in &m.headers {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             issues.add(
                 format!("{at}.headers.{name}"),
                 "not a valid header name".to_string(),
+            );
+        }
+        if value != "*" && http::HeaderValue::from_str(value).is_err() {
+            issues.add(
+                format!("{at}.headers.{name}"),
+                format!("{value:?} is not a valid header value (no control characters)"),
             );
         }
     }
@@ -264,13 +301,18 @@ fn did_you_mean<'a>(wrong: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-fn first_line(text: &str) -> String {
-    text.lines()
+/// `invalid regex "([": unclosed group`: the pattern and the last line of the regex error
+/// (the multi-line form draws a caret under the pattern, which a one-line report cannot use).
+fn regex_problem(pattern: &str, e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or(text)
-        .trim()
-        .to_string()
+        .unwrap_or(&text)
+        .trim();
+    let last = last.strip_prefix("error: ").unwrap_or(last);
+    format!("invalid regex {pattern:?}: {last}")
 }
 
 #[cfg(test)]
@@ -341,6 +383,40 @@ rewrite = { regex = "(", replace = "" }
             unknown.to_string(),
             r#"routes[0].upstream: no upstream named "userz" (did you mean "users"?)"#
         );
+    }
+
+    #[test]
+    fn what_would_fail_when_serving_is_reported_too() {
+        let config = Config::parse(&Source::inline(
+            r#"
+[server]
+listen = ["127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:0", "127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:8080"
+[[upstreams]]
+name = "u"
+backends = ["127.0.0.1:1"]
+timeouts = { connect = "0s" }
+[[routes]]
+name = "r"
+upstream = "u"
+match = { path_regex = "^/(a", headers = { "x-a" = "bad\u0001value", "x-b" = "*" } }
+timeouts = { read = "0ms" }
+"#,
+        ))
+        .expect("parses");
+        let lines: Vec<String> = config.validate().iter().map(|i| i.to_string()).collect();
+        for expected in [
+            "server.listen[1]: 127.0.0.1:8080 is listed twice",
+            "admin.listen: 127.0.0.1:8080 is also a proxy listen address (server.listen)",
+            "upstreams[0].timeouts.connect: must be greater than zero (leave it out for the default)",
+            "routes[0].timeouts.read: must be greater than zero (leave it out for the default)",
+            r#"routes[0].match.path_regex: invalid regex "^/(a": unclosed group"#,
+            r#"routes[0].match.headers.x-a: "bad\u{1}value" is not a valid header value (no control characters)"#,
+        ] {
+            assert!(lines.iter().any(|l| l == expected), "missing {expected:?} in {lines:#?}");
+        }
+        assert_eq!(lines.len(), 6, "{lines:#?}");
     }
 
     #[test]

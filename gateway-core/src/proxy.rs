@@ -49,6 +49,8 @@ pub struct RequestCtx {
     request_id: String,
     /// Path and query to send upstream (after normalization, strip_prefix and rewrite).
     upstream_path: Option<String>,
+    /// The normalized request path (what routing and path hashing see).
+    path: String,
     client_ip: Option<IpAddr>,
     has_body: bool,
     /// Backends already tried by this request (a retry picks another).
@@ -83,12 +85,17 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-fn host_of(req: &RequestHeader) -> Option<String> {
+/// The host the client asked for, as sent (`:authority` for HTTP/2, else `Host`).
+fn raw_host(req: &RequestHeader) -> Option<&str> {
     req.uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
-        .and_then(request_host)
+}
+
+/// The host for matching: lower case, no port.
+fn host_of(req: &RequestHeader) -> Option<String> {
+    raw_host(req).and_then(request_host)
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -121,7 +128,7 @@ fn hash_input(session: &Session, ctx: &RequestCtx, key: Option<&HashKey>) -> Vec
             .client_ip
             .map(|ip| ip.to_string().into_bytes())
             .unwrap_or_default(),
-        Some(HashKey::Path) => req.uri.path().as_bytes().to_vec(),
+        Some(HashKey::Path) => ctx.path.as_bytes().to_vec(),
         Some(HashKey::Header(name)) => req
             .headers
             .get(name)
@@ -181,6 +188,7 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             request_id: String::new(),
             upstream_path: None,
+            path: String::new(),
             client_ip: None,
             has_body: false,
             tried: Vec::new(),
@@ -224,6 +232,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_path.push_str(query);
         }
         ctx.upstream_path = Some(upstream_path);
+        ctx.path = path;
         ctx.route = Some(route);
         ctx.snapshot = Some(snapshot);
         Ok(false)
@@ -275,12 +284,18 @@ impl ProxyHttp for GatewayProxy {
             _ => false,
         };
         let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let forwarded_for = match upstream_request
+        // Several X-Forwarded-For lines are one list (a proxy may add its own line rather
+        // than extend the client's): keep every hop, in order.
+        let prior: Option<Vec<&str>> = upstream_request
             .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) if trusted => format!("{prior}, {client}"),
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect();
+        let forwarded_for = match prior {
+            Some(lines) if trusted && !lines.is_empty() => {
+                format!("{}, {client}", lines.join(", "))
+            }
             _ => client,
         };
         upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
@@ -288,7 +303,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
         }
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match host_of(session.req_header()) {
+            match raw_host(session.req_header()).map(str::to_string) {
                 Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     upstream_request.remove_header(&X_FORWARDED_HOST);

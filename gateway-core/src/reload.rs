@@ -97,9 +97,17 @@ impl ConfigStore {
         };
         warn_restart_only_changes(&old, &next);
         let generation = next.generation;
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.current.store(Arc::clone(&next));
         self.metrics.generation.set(generation as i64);
+        // Drop the series of removed pools, and republish the kept ones at once: a pool that
+        // survives the reload keeps its health, so its gauge must not vanish until its next check.
         self.metrics.reset_health();
+        for pool in next.upstreams.values() {
+            if pool.config().health_check.is_some() {
+                self.metrics.record_health(pool);
+            }
+        }
         self.metrics.reload("applied");
         Ok(ReloadOutcome::Applied { generation })
     }
@@ -229,12 +237,14 @@ impl BackgroundService for HealthService {
             let snapshot = self.store.load();
             let now = std::time::Instant::now();
             for pool in snapshot.upstreams.values() {
+                if !pool.claim_health_check(now) {
+                    continue;
+                }
                 let pool = Arc::clone(pool);
                 let metrics = Arc::clone(&self.metrics);
                 tokio::spawn(async move {
-                    if pool.health_check_if_due(now).await {
-                        metrics.record_health(&pool);
-                    }
+                    pool.run_health_check().await;
+                    metrics.record_health(&pool);
                 });
             }
         }

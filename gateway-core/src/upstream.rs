@@ -231,25 +231,27 @@ impl Upstream {
             .collect()
     }
 
-    /// Run one health-check pass if this pool checks health and its interval has passed.
-    /// Returns whether a pass ran.
-    pub async fn health_check_if_due(&self, now: Instant) -> bool {
+    /// Claim this pool's next health-check pass if it checks health, its interval has passed
+    /// and no pass is running; the caller then runs [`Upstream::run_health_check`].
+    pub fn claim_health_check(&self, now: Instant) -> bool {
         let Some(hc) = &self.config.health_check else {
             return false;
         };
-        {
-            let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| now.duration_since(t) < hc.interval) {
-                return false;
-            }
-            if self.checking.swap(true, Ordering::AcqRel) {
-                return false;
-            }
-            *last = Some(now);
+        let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < hc.interval) {
+            return false;
         }
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Run one health-check pass over every backend, in parallel (after a successful claim).
+    pub async fn run_health_check(&self) {
         self.selector.backends().run_health_check(true).await;
         self.checking.store(false, Ordering::Release);
-        true
     }
 
     /// Build the peer for one attempt. Deterministic for the same backend and route settings,

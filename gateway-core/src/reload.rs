@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::Source;
 use crate::error::ConfigError;
@@ -82,6 +83,17 @@ impl ConfigStore {
     pub fn apply(&self, source: &Source) -> Result<ReloadOutcome, ConfigError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.load();
+        if source.text.trim().is_empty() {
+            // A file caught between truncate and write would otherwise drop every route.
+            self.metrics.reload("failed");
+            return Err(ConfigError::Invalid {
+                path: source.path.clone(),
+                issues: vec![crate::config::ConfigIssue {
+                    field: "(file)".into(),
+                    message: "the file is empty; keeping the serving configuration".into(),
+                }],
+            });
+        }
         if content_hash(&source.text) == old.content_hash {
             self.metrics.reload("unchanged");
             return Ok(ReloadOutcome::Unchanged {
@@ -141,20 +153,21 @@ fn warn_restart_only_changes(old: &Snapshot, next: &Snapshot) {
 
 /// Background service: reloads when the config file changes, and on SIGHUP when asked to.
 pub(crate) struct ReloadService {
-    pub store: Arc<ConfigStore>,
-    pub watch_file: bool,
-    pub sighup: bool,
+    store: Arc<ConfigStore>,
+    sighup: bool,
+    /// File-change notifications; taken by `start`.
+    changes: Mutex<Option<UnboundedReceiver<()>>>,
+    /// Kept alive for as long as the service: dropping it stops the watch.
+    _watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
-/// Editors save in bursts (truncate + write, or write temp + rename): wait for quiet.
-const DEBOUNCE: Duration = Duration::from_millis(75);
-
-#[async_trait]
-impl BackgroundService for ReloadService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let _watcher = match (self.watch_file, self.store.path()) {
-            (true, Some(path)) => match watch_parent(path, tx.clone()) {
+impl ReloadService {
+    /// Set up the file watch now, so that a change made right after the gateway started is
+    /// not missed.
+    pub fn new(store: Arc<ConfigStore>, watch_file: bool, sighup: bool) -> ReloadService {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = match (watch_file, store.path()) {
+            (true, Some(path)) => match watch_parent(path, tx) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
@@ -163,6 +176,44 @@ impl BackgroundService for ReloadService {
             },
             _ => None,
         };
+        ReloadService {
+            store,
+            sighup,
+            changes: Mutex::new(Some(rx)),
+            _watcher: Mutex::new(watcher),
+        }
+    }
+}
+
+/// Editors save in bursts (truncate + write, or write temp + rename): a reload waits until
+/// the file has been quiet this long, but never longer than [`DEBOUNCE_MAX`].
+const DEBOUNCE: Duration = Duration::from_millis(75);
+const DEBOUNCE_MAX: Duration = Duration::from_millis(750);
+
+/// Wait until no change arrived for one [`DEBOUNCE`] period (bounded by [`DEBOUNCE_MAX`]).
+async fn settle(rx: &mut UnboundedReceiver<()>) {
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(DEBOUNCE).await;
+        let mut more = false;
+        while rx.try_recv().is_ok() {
+            more = true;
+        }
+        if !more || started.elapsed() >= DEBOUNCE_MAX {
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let taken = self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut rx) = taken else { return };
         let mut hangup = if self.sighup {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
         } else {
@@ -172,9 +223,7 @@ impl BackgroundService for ReloadService {
             let cause = tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = rx.recv() => {
-                    // Swallow the rest of the burst.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
+                    settle(&mut rx).await;
                     "file change"
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",

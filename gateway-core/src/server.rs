@@ -200,11 +200,7 @@ impl Gateway {
         }
         server.add_service(background_service(
             "gatehouse reload",
-            ReloadService {
-                store: Arc::clone(&self.store),
-                watch_file: self.watch_file,
-                sighup: self.sighup,
-            },
+            ReloadService::new(Arc::clone(&self.store), self.watch_file, self.sighup),
         ));
         server.add_service(background_service(
             "gatehouse health",

@@ -1,3 +1,6 @@
 //! End-to-end tests: the gateway spawned in-process, real upstreams on loopback, real clients.
 
+mod balancing;
+mod proxy;
+mod reload;
 mod support;

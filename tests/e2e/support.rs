@@ -225,3 +225,126 @@ pub fn client() -> reqwest::Client {
 pub fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
+
+/// An upstream that answers every request but `/health` with `{"upstream": name}` after
+/// `delay` (`/health` answers at once). Requests are counted on arrival, before the delay.
+pub struct SlowUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowUpstream {
+    /// Start on a free port.
+    pub async fn start(name: &str, delay: std::time::Duration) -> SlowUpstream {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let reply = name.to_string();
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .fallback(move || {
+                let counter = Arc::clone(&counter);
+                let reply = reply.clone();
+                async move {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    Json(json!({ "upstream": reply }))
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        SlowUpstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            task,
+        }
+    }
+
+    /// Requests received so far (answered or still waiting).
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Spawn a gateway serving a config file that is NOT watched (reloads only via
+/// `POST /admin/reload` or the store).
+pub async fn gateway_from_file_unwatched(path: std::path::PathBuf) -> GatewayHandle {
+    tokio::task::spawn_blocking(move || {
+        Gateway::builder()
+            .config_file(path)
+            .watch_config(false)
+            .build()
+            .expect("config is valid")
+            .spawn()
+            .expect("gateway starts")
+    })
+    .await
+    .unwrap()
+}
+
+/// Value of one Prometheus sample in `/metrics` text: the line of `name` whose labels
+/// include every `(label, value)` pair given.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `GET http://ADMIN/metrics` as text.
+pub async fn admin_metrics(client: &reqwest::Client, admin: SocketAddr) -> String {
+    client
+        .get(url(admin, "/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// `GET http://ADMIN/admin/config` as JSON.
+pub async fn admin_config(client: &reqwest::Client, admin: SocketAddr) -> Value {
+    client
+        .get(url(admin, "/admin/config"))
+        .send()
+        .await
+        .expect("admin/config answers")
+        .json()
+        .await
+        .expect("admin/config is JSON")
+}
+
+/// A backend's health in an `/admin/config` answer, if the upstream lists that backend.
+pub fn backend_healthy(config: &Value, upstream: &str, addr: SocketAddr) -> Option<bool> {
+    config["upstreams"]
+        .as_array()?
+        .iter()
+        .find(|u| u["name"] == upstream)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr.to_string().as_str())?["healthy"]
+        .as_bool()
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use gateway_core::routing::{normalize_path, request_host, RequestView};
-use gateway_core::{Gateway, Snapshot};
+use gateway_core::{FilterRegistry, Gateway, Snapshot};
 
 /// Gatehouse: an edge API gateway on Pingora.
 #[derive(Parser)]
@@ -97,7 +97,7 @@ fn check(config: &Path) -> ExitCode {
     // Build the snapshot `run` would serve (route compilation included), without binding or
     // spawning anything, so that "ok" here means `run` and a reload accept the file too.
     let loaded = gateway_core::config::Source::read(config)
-        .and_then(|source| Snapshot::from_source(&source, 1, None));
+        .and_then(|source| Snapshot::from_source(&source, 1, None, &FilterRegistry::builtin()));
     match loaded {
         Ok(snapshot) => {
             let c = &snapshot.config;
@@ -125,7 +125,7 @@ fn count(n: usize, noun: &str) -> String {
 
 fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow::Result<()> {
     let source = gateway_core::config::Source::read(config)?;
-    let snapshot = Snapshot::from_source(&source, 1, None)?;
+    let snapshot = Snapshot::from_source(&source, 1, None, &FilterRegistry::builtin())?;
     let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
     let uri: http::Uri = url

@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod observe;
 pub mod problem;
 pub mod proxy;
@@ -46,6 +47,7 @@ mod server;
 
 pub use config::Config;
 pub use error::{ConfigError, GatewayError};
+pub use filter::{Decision, Filter, FilterRegistry, FilterSpec, FilterState, Reply, RequestInfo};
 pub use reload::{ConfigStore, ReloadOutcome};
 pub use server::{Gateway, GatewayBuilder, GatewayHandle};
 pub use snapshot::Snapshot;

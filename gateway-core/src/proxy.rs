@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{HeaderName, HOST};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
 use crate::observe::Metrics;
 use crate::problem;
 use crate::reload::ConfigStore;
@@ -37,6 +39,95 @@ impl GatewayProxy {
     }
 }
 
+impl GatewayProxy {
+    /// Run the route's request filters in order; the first answer wins.
+    async fn run_request_filters(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Option<Reply> {
+        if route.filters.is_empty() {
+            return None;
+        }
+        let mut info = RequestInfo {
+            header: session.req_header_mut(),
+            client_ip: ctx.client_ip,
+            route: &route.name,
+            request_id: &ctx.request_id,
+        };
+        for f in &route.filters {
+            match f.filter.on_request(&mut info, &mut ctx.filters).await {
+                Decision::Continue => self.metrics.filter_continued(f),
+                Decision::Respond(reply) => {
+                    self.metrics
+                        .filter_decision(&f.name, "respond", reply.reason);
+                    return Some(reply);
+                }
+            }
+        }
+        None
+    }
+
+    /// The header and body of a filter's answer, after every filter's response phase.
+    fn render_reply(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        reply: Reply,
+    ) -> (ResponseHeader, Bytes) {
+        let (mut header, body) = match reply.body {
+            ReplyBody::Problem(detail) => {
+                problem::render(reply.status.as_u16(), &detail, &ctx.request_id)
+            }
+            ReplyBody::Raw {
+                content_type,
+                bytes,
+            } => {
+                let mut h = ResponseHeader::build(reply.status, Some(4)).expect("valid status");
+                let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, bytes.len());
+                (h, bytes)
+            }
+            ReplyBody::Empty => {
+                let mut h = ResponseHeader::build(reply.status, Some(2)).expect("valid status");
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
+                (h, Bytes::new())
+            }
+        };
+        for (name, value) in reply.headers {
+            let _ = header.append_header(name, value);
+        }
+        for f in &route.filters {
+            f.filter.on_response(&mut header, &mut ctx.filters);
+        }
+        for (name, value) in ctx.filters.response_headers.drain(..) {
+            let _ = header.append_header(name, value);
+        }
+        let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
+        (header, body)
+    }
+
+    /// Answer with a filter's reply, keeping the connection open.
+    async fn write_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        reply: Reply,
+    ) -> Result<()> {
+        let (header, body) = self.render_reply(ctx, route, reply);
+        let empty = body.is_empty();
+        session
+            .write_response_header(Box::new(header), empty)
+            .await?;
+        if !empty {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Per-request state, carried through Pingora's phases.
 pub struct RequestCtx {
     started: Instant,
@@ -56,6 +147,10 @@ pub struct RequestCtx {
     /// Backends already tried by this request (a retry picks another).
     tried: Vec<SocketAddr>,
     in_flight: Option<InFlight>,
+    /// State the route's filters share (claims, response headers to add).
+    filters: FilterState,
+    /// A filter's answer decided while the body streams, written by `fail_to_proxy`.
+    pending_reply: Option<Reply>,
 }
 
 impl RequestCtx {
@@ -193,6 +288,8 @@ impl ProxyHttp for GatewayProxy {
             has_body: false,
             tried: Vec::new(),
             in_flight: None,
+            filters: FilterState::default(),
+            pending_reply: None,
         }
     }
 
@@ -233,9 +330,38 @@ impl ProxyHttp for GatewayProxy {
         }
         ctx.upstream_path = Some(upstream_path);
         ctx.path = path;
-        ctx.route = Some(route);
+        ctx.route = Some(Arc::clone(&route));
         ctx.snapshot = Some(snapshot);
+        if let Some(reply) = self.run_request_filters(session, ctx, &route).await {
+            self.write_reply(session, ctx, &route, reply).await?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        for f in &route.filters {
+            if let Err(reply) =
+                f.filter
+                    .on_request_body(body.as_ref(), end_of_stream, &mut ctx.filters)
+            {
+                self.metrics
+                    .filter_decision(&f.name, "respond", reply.reason);
+                let status = reply.status.as_u16();
+                ctx.pending_reply = Some(reply);
+                return Error::e_explain(ErrorType::HTTPStatus(status), "refused by a filter");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -332,6 +458,14 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            for f in &route.filters {
+                f.filter.on_response(upstream_response, &mut ctx.filters);
+            }
+        }
+        for (name, value) in ctx.filters.response_headers.drain(..) {
+            upstream_response.append_header(name, value)?;
+        }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }

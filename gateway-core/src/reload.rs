@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::Source;
 use crate::error::ConfigError;
+use crate::filter::FilterRegistry;
 use crate::observe::Metrics;
 use crate::snapshot::{content_hash, Snapshot};
 
@@ -44,17 +45,25 @@ pub struct ConfigStore {
     /// Serializes reloads so two sources cannot race on the generation or the carry-over.
     reload_lock: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The filter kinds reloads build with (built-ins plus the embedder's).
+    registry: FilterRegistry,
 }
 
 impl ConfigStore {
     /// Start with an initial snapshot.
-    pub fn new(initial: Snapshot, path: Option<PathBuf>, metrics: Arc<Metrics>) -> ConfigStore {
+    pub fn new(
+        initial: Snapshot,
+        path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        registry: FilterRegistry,
+    ) -> ConfigStore {
         metrics.generation.set(initial.generation as i64);
         ConfigStore {
             current: ArcSwap::from_pointee(initial),
             path,
             reload_lock: Mutex::new(()),
             metrics,
+            registry,
         }
     }
 
@@ -100,13 +109,14 @@ impl ConfigStore {
                 generation: old.generation,
             });
         }
-        let next = match Snapshot::from_source(source, old.generation + 1, Some(&old)) {
-            Ok(next) => next,
-            Err(e) => {
-                self.metrics.reload("failed");
-                return Err(e);
-            }
-        };
+        let next =
+            match Snapshot::from_source(source, old.generation + 1, Some(&old), &self.registry) {
+                Ok(next) => next,
+                Err(e) => {
+                    self.metrics.reload("failed");
+                    return Err(e);
+                }
+            };
         warn_restart_only_changes(&old, &next);
         let generation = next.generation;
         let next = Arc::new(next);

@@ -9,8 +9,9 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Source};
+use crate::config::{Config, ConfigIssue, FilterConfig, Source};
 use crate::error::ConfigError;
+use crate::filter::{FilterRegistry, FilterSpec, NamedFilter};
 use crate::routing::{Route, Router};
 use crate::upstream::Upstream;
 
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Built filters by name, with the declaration each was built from (for carry-over).
+    pub filters: BTreeMap<String, (FilterConfig, NamedFilter)>,
 }
 
 /// SHA-256 of a config's text, as lower-case hex.
@@ -44,49 +47,83 @@ pub fn content_hash(text: &str) -> String {
 impl Snapshot {
     /// Parse, validate and build a snapshot from config text.
     ///
-    /// Pools whose config equals one in `previous` are reused as they are, so their health
-    /// (and connection state) carries over a reload.
+    /// Pools and filters whose config equals one in `previous` are reused as they are, so
+    /// their state (health, limiter buckets, key caches) carries over a reload.
     pub fn from_source(
         source: &Source,
         generation: u64,
         previous: Option<&Snapshot>,
+        registry: &FilterRegistry,
     ) -> Result<Snapshot, ConfigError> {
         let config = Config::load(source)?;
-        Snapshot::build(config, content_hash(&source.text), generation, previous).map_err(
-            |message| ConfigError::Build {
-                path: source.path.clone(),
-                message,
-            },
+        Snapshot::build(
+            config,
+            content_hash(&source.text),
+            generation,
+            previous,
+            registry,
         )
+        .map_err(|issues| ConfigError::Invalid {
+            path: source.path.clone(),
+            issues,
+        })
     }
 
-    /// Build from an already validated config.
+    /// Build from an already validated config; every problem found is returned at once.
     pub fn build(
         config: Config,
         content_hash: String,
         generation: u64,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, String> {
+        registry: &FilterRegistry,
+    ) -> Result<Snapshot, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
         let mut upstreams = BTreeMap::new();
-        for cfg in &config.upstreams {
+        for (i, cfg) in config.upstreams.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.upstreams.get(&cfg.name))
                 .filter(|u| u.config() == cfg)
                 .cloned();
-            let pool = match reused {
-                Some(pool) => pool,
-                None => Arc::new(
-                    Upstream::new(cfg).map_err(|e| format!("upstream {:?}: {e}", cfg.name))?,
-                ),
-            };
-            upstreams.insert(cfg.name.clone(), pool);
+            match reused
+                .map(Ok)
+                .unwrap_or_else(|| Upstream::new(cfg).map(Arc::new))
+            {
+                Ok(pool) => {
+                    upstreams.insert(cfg.name.clone(), pool);
+                }
+                Err(e) => issues.push(issue(format!("upstreams[{i}]"), e)),
+            }
         }
+        let filters = build_filters(&config, previous, registry, &mut issues);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, cfg) in config.routes.iter().enumerate() {
-            let upstream = upstreams.get(&cfg.upstream).cloned().ok_or_else(|| {
-                format!("routes[{i}].upstream: no upstream named {:?}", cfg.upstream)
-            })?;
-            routes.push(Route::compile(i, cfg, upstream).map_err(|e| format!("routes[{i}]: {e}"))?);
+            let Some(upstream) = upstreams.get(&cfg.upstream).cloned() else {
+                issues.push(issue(
+                    format!("routes[{i}].upstream"),
+                    format!("no upstream named {:?}", cfg.upstream),
+                ));
+                continue;
+            };
+            let defaults = if cfg.skip_default_filters {
+                &[][..]
+            } else {
+                &config.default_filters[..]
+            };
+            let mut chain: Vec<NamedFilter> = Vec::new();
+            for name in defaults.iter().chain(&cfg.filters) {
+                if let Some((_, f)) = filters.get(name) {
+                    if !chain.iter().any(|c| &*c.name == name.as_str()) {
+                        chain.push(f.clone());
+                    }
+                }
+            }
+            match Route::compile(i, cfg, upstream, chain) {
+                Ok(route) => routes.push(route),
+                Err(e) => issues.push(issue(format!("routes[{i}]"), e)),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(issues);
         }
         let trusted_proxies = config
             .server
@@ -101,6 +138,7 @@ impl Snapshot {
             router: Router::new(routes),
             upstreams,
             trusted_proxies,
+            filters,
             config: Arc::new(config),
         })
     }
@@ -109,4 +147,52 @@ impl Snapshot {
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
+}
+
+fn issue(field: String, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Build every declared filter, reusing the previous snapshot's instance when its declaration
+/// is unchanged.
+fn build_filters(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    registry: &FilterRegistry,
+    issues: &mut Vec<ConfigIssue>,
+) -> BTreeMap<String, (FilterConfig, NamedFilter)> {
+    let mut built = BTreeMap::new();
+    for (name, decl) in &config.filters {
+        if let Some((old_decl, old)) = previous.and_then(|p| p.filters.get(name)) {
+            if old_decl == decl {
+                built.insert(name.clone(), (decl.clone(), old.clone()));
+                continue;
+            }
+        }
+        let Some(factory) = registry.get(&decl.kind) else {
+            issues.push(issue(
+                format!("filters.{name}.kind"),
+                format!(
+                    "no filter kind {:?}; known kinds: {}",
+                    decl.kind,
+                    registry.kinds().join(", ")
+                ),
+            ));
+            continue;
+        };
+        let spec = FilterSpec {
+            name,
+            settings: &decl.settings,
+        };
+        match factory(&spec) {
+            Ok(filter) => {
+                built.insert(name.clone(), (decl.clone(), NamedFilter::new(name, filter)));
+            }
+            Err(e) => issues.push(issue(format!("filters.{name}"), e)),
+        }
+    }
+    built
 }

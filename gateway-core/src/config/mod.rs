@@ -22,6 +22,9 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Filters applied to every route, before the route's own (by name from `[filters]`).
+    #[serde(default)]
+    pub default_filters: Vec<String>,
     /// The edge listener(s) and process-wide settings. Changes here need a restart.
     #[serde(default)]
     pub server: ServerConfig,
@@ -34,6 +37,19 @@ pub struct Config {
     /// The route table; order in the file only breaks ties (see [`RouteConfig::priority`]).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Named filter declarations: `[filters.NAME] kind = "…"` plus the kind's settings.
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterConfig>,
+}
+
+/// One declared filter.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct FilterConfig {
+    /// The registered kind that builds it (`jwt`, `rate_limit`, `cors`, or an embedder's own).
+    pub kind: String,
+    /// Everything else in the table, handed to the kind's factory.
+    #[serde(flatten)]
+    pub settings: toml::Table,
 }
 
 /// Edge listener settings.
@@ -238,6 +254,12 @@ pub struct RouteConfig {
     /// When a failed attempt may be tried again on another backend.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Filters of this route, by name, run after `default_filters`.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Skip `default_filters` on this route (e.g. a public health endpoint).
+    #[serde(default)]
+    pub skip_default_filters: bool,
 }
 
 /// Request matchers; all given ones must hold.

@@ -51,6 +51,20 @@ impl Config {
             validate_upstream(up, &at, &mut issues);
         }
         let upstream_names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let filter_names: Vec<&str> = self.filters.keys().map(String::as_str).collect();
+        for (name, f) in &self.filters {
+            if f.kind.trim().is_empty() {
+                issues.add(format!("filters.{name}.kind"), "must name a filter kind");
+            }
+        }
+        for (j, name) in self.default_filters.iter().enumerate() {
+            check_filter_ref(
+                name,
+                &format!("default_filters[{j}]"),
+                &filter_names,
+                &mut issues,
+            );
+        }
         let mut route_names = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
@@ -61,6 +75,14 @@ impl Config {
                 );
             }
             validate_route(route, &at, &upstream_names, &mut issues);
+            for (j, name) in route.filters.iter().enumerate() {
+                check_filter_ref(
+                    name,
+                    &format!("{at}.filters[{j}]"),
+                    &filter_names,
+                    &mut issues,
+                );
+            }
         }
         issues.0
     }
@@ -288,6 +310,18 @@ fn validate_match(m: &MatchConfig, at: &str, issues: &mut Issues) {
                 format!("{value:?} is not a valid header value (no control characters)"),
             );
         }
+    }
+}
+
+fn check_filter_ref(name: &str, at: &str, known: &[&str], issues: &mut Issues) {
+    if !known.contains(&name) {
+        let hint = did_you_mean(name, known)
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        issues.add(
+            at,
+            format!("no filter named {name:?} under [filters]{hint}"),
+        );
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// `gatehouse_config_reloads_total{result}`: applied, unchanged, failed.
     reloads: IntCounterVec,
+    /// `gatehouse_filter_decisions_total{filter,decision,reason}`.
+    filter_decisions: IntCounterVec,
 }
 
 /// Methods get their own label value; anything else is `OTHER` so clients cannot grow the
@@ -88,8 +90,17 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let filter_decisions = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_filter_decisions_total",
+                "Filter decisions: continue, or respond with a reason (invalid_token, rate_limited, …).",
+            ),
+            &["filter", "decision", "reason"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filter_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_healthy.clone()),
@@ -109,7 +120,25 @@ impl Metrics {
             upstream_healthy,
             generation,
             reloads,
+            filter_decisions,
         }
+    }
+
+    /// Count a filter's decision (the rare path: answers, errors).
+    pub fn filter_decision(&self, filter: &str, decision: &str, reason: &str) {
+        self.filter_decisions
+            .with_label_values(&[filter, decision, reason])
+            .inc();
+    }
+
+    /// Count a filter letting a request through, with the label handle resolved once.
+    pub fn filter_continued(&self, f: &crate::filter::NamedFilter) {
+        f.continued
+            .get_or_init(|| {
+                self.filter_decisions
+                    .with_label_values(&[&*f.name, "continue", ""])
+            })
+            .inc();
     }
 
     /// Record one finished request.

@@ -22,6 +22,7 @@ use regex::Regex;
 pub use path::{has_segment_prefix, normalize_path, PathError};
 
 use crate::config::{RouteConfig, Timeouts};
+use crate::filter::NamedFilter;
 use crate::upstream::Upstream;
 
 /// How a route matches the request's host.
@@ -160,6 +161,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Total attempts allowed when an attempt fails in a retry-safe way.
     pub attempts: usize,
+    /// The filter chain: `default_filters` then the route's own, in order.
+    pub filters: Vec<NamedFilter>,
 }
 
 impl Route {
@@ -168,6 +171,7 @@ impl Route {
         index: usize,
         cfg: &RouteConfig,
         upstream: Arc<Upstream>,
+        filters: Vec<NamedFilter>,
     ) -> Result<Route, String> {
         let m = &cfg.matcher;
         let path = match (&m.path, &m.path_prefix, &m.path_regex) {
@@ -220,6 +224,7 @@ impl Route {
             strip_prefix: cfg.strip_prefix.clone(),
             rewrite,
             attempts: cfg.retry.attempts,
+            filters,
         })
     }
 

@@ -1,0 +1,237 @@
+//! Filters: the per-route request/response logic (auth, limits, CORS, headers, …) and the
+//! registry of filter *kinds* that builds them from config.
+//!
+//! A filter is declared once under `[filters.NAME]` with a `kind` and its settings, and listed
+//! by name on routes (`filters = ["auth", "per-client"]`) or in `default_filters` for every
+//! route. A kind is a named [`FilterFactory`]; the built-ins are registered by
+//! [`FilterRegistry::builtin`] and embedders add their own with
+//! [`crate::GatewayBuilder::filter_kind`], so a custom filter is configured in TOML exactly
+//! like a built-in one.
+//!
+//! A filter whose declaration did not change is carried over a reload as the same
+//! `Arc<dyn Filter>`, so its state (limiter buckets, key caches) survives.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// What a filter decided about a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Go on to the next filter, then the upstream.
+    Continue,
+    /// Answer the client now; later filters and the upstream are skipped.
+    Respond(Reply),
+}
+
+/// An answer written by the gateway on a filter's behalf.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status of the answer.
+    pub status: StatusCode,
+    /// Extra headers (`WWW-Authenticate`, `Retry-After`, CORS headers, …).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: ReplyBody,
+    /// Short, bounded label for `gatehouse_filter_decisions_total{reason}` (`invalid_token`,
+    /// `rate_limited`, …). Never put client-controlled text here.
+    pub reason: &'static str,
+}
+
+/// Body of a [`Reply`].
+#[derive(Debug, Clone)]
+pub enum ReplyBody {
+    /// No body.
+    Empty,
+    /// An `application/problem+json` body with this detail and the request id.
+    Problem(String),
+    /// A body of the given content type.
+    Raw {
+        /// `Content-Type` of the body.
+        content_type: HeaderValue,
+        /// The bytes.
+        bytes: Bytes,
+    },
+}
+
+impl Reply {
+    /// A `problem+json` answer.
+    pub fn problem(status: StatusCode, detail: impl Into<String>, reason: &'static str) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Problem(detail.into()),
+            reason,
+        }
+    }
+
+    /// An answer without a body (e.g. a CORS preflight's 204).
+    pub fn empty(status: StatusCode, reason: &'static str) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Empty,
+            reason,
+        }
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Per-request state shared by the filters of one request.
+#[derive(Debug, Default)]
+pub struct FilterState {
+    /// Typed values one filter leaves for later ones (the jwt filter's verified claims, read by
+    /// a rate limit keyed on a claim).
+    pub extensions: http::Extensions,
+    /// Headers to add to the response the client gets, whatever it is (rate-limit headers,
+    /// CORS headers on a proxied response).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What a filter sees of a request in the request phase.
+pub struct RequestInfo<'a> {
+    /// The request header; changes are what the upstream receives.
+    pub header: &'a mut RequestHeader,
+    /// The client's IP (the peer's, or the one a trusted proxy forwarded).
+    pub client_ip: Option<IpAddr>,
+    /// The name of the route the request took.
+    pub route: &'a str,
+    /// The request's `x-request-id`.
+    pub request_id: &'a str,
+}
+
+/// A request/response filter. Every method has a no-op default: implement the phases you need.
+#[async_trait]
+pub trait Filter: Send + Sync + 'static {
+    /// After routing, before an upstream is picked. Return [`Decision::Respond`] to answer now.
+    async fn on_request(&self, _req: &mut RequestInfo<'_>, _state: &mut FilterState) -> Decision {
+        Decision::Continue
+    }
+
+    /// For each chunk of the request body before it is forwarded (`end` on the last one).
+    /// An `Err` answers the client with that reply when it still can, and stops forwarding.
+    fn on_request_body(
+        &self,
+        _chunk: Option<&Bytes>,
+        _end: bool,
+        _state: &mut FilterState,
+    ) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    /// Before the response header goes to the client (proxied answers and gateway answers alike).
+    fn on_response(&self, _resp: &mut ResponseHeader, _state: &mut FilterState) {}
+}
+
+/// What a factory gets to build one filter.
+pub struct FilterSpec<'a> {
+    /// The filter's name (`[filters.NAME]`).
+    pub name: &'a str,
+    /// Its settings: the table without `kind`. Deserialize it with `settings.clone().try_into()`.
+    pub settings: &'a toml::Table,
+}
+
+impl FilterSpec<'_> {
+    /// Deserialize the settings into a serde type; unknown keys are errors when the type says
+    /// `#[serde(deny_unknown_fields)]`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        self.settings
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())
+    }
+}
+
+/// Builds a filter of one kind from its settings; an `Err` is reported at the filter's
+/// config path and rejects the config.
+pub type FilterFactory =
+    Arc<dyn Fn(&FilterSpec<'_>) -> Result<Arc<dyn Filter>, String> + Send + Sync>;
+
+/// The filter kinds a gateway knows.
+#[derive(Clone, Default)]
+pub struct FilterRegistry {
+    kinds: HashMap<String, FilterFactory>,
+}
+
+impl fmt::Debug for FilterRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kinds: Vec<&String> = self.kinds.keys().collect();
+        kinds.sort();
+        f.debug_struct("FilterRegistry")
+            .field("kinds", &kinds)
+            .finish()
+    }
+}
+
+impl FilterRegistry {
+    /// A registry with no kinds at all.
+    pub fn empty() -> FilterRegistry {
+        FilterRegistry::default()
+    }
+
+    /// The built-in kinds.
+    pub fn builtin() -> FilterRegistry {
+        #[allow(unused_mut)] // each built-in kind registers itself below
+        let mut registry = FilterRegistry::empty();
+        registry
+    }
+
+    /// Add or replace a kind.
+    pub fn register(&mut self, kind: impl Into<String>, factory: FilterFactory) {
+        self.kinds.insert(kind.into(), factory);
+    }
+
+    /// The factory of a kind.
+    pub fn get(&self, kind: &str) -> Option<&FilterFactory> {
+        self.kinds.get(kind)
+    }
+
+    /// Every known kind, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut kinds: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}
+
+/// A built filter with the name it was declared under, as a route holds it.
+#[derive(Clone)]
+pub struct NamedFilter {
+    /// `[filters.NAME]`: the metrics label and log name.
+    pub name: Arc<str>,
+    /// The filter.
+    pub filter: Arc<dyn Filter>,
+    /// `gatehouse_filter_decisions_total{filter=NAME,decision="continue",reason=""}`, resolved
+    /// on first use so the hot path does no label lookup.
+    pub(crate) continued: Arc<std::sync::OnceLock<prometheus::IntCounter>>,
+}
+
+impl NamedFilter {
+    /// Wrap a built filter.
+    pub fn new(name: &str, filter: Arc<dyn Filter>) -> NamedFilter {
+        NamedFilter {
+            name: Arc::from(name),
+            filter,
+            continued: Arc::default(),
+        }
+    }
+}
+
+impl fmt::Debug for NamedFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedFilter")
+            .field("name", &self.name)
+            .finish()
+    }
+}

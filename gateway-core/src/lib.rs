@@ -47,7 +47,9 @@ mod server;
 
 pub use config::Config;
 pub use error::{ConfigError, GatewayError};
-pub use filter::{Decision, Filter, FilterRegistry, FilterSpec, FilterState, Reply, RequestInfo};
+pub use filter::{
+    Decision, Filter, FilterRegistry, FilterSpec, FilterState, Reply, RequestInfo, VerifiedClaims,
+};
 pub use reload::{ConfigStore, ReloadOutcome};
 pub use server::{Gateway, GatewayBuilder, GatewayHandle};
 pub use snapshot::Snapshot;

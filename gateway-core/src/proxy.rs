@@ -142,6 +142,10 @@ pub struct RequestCtx {
     upstream_path: Option<String>,
     /// The normalized request path (what routing and path hashing see).
     path: String,
+    /// The address that connected to us.
+    peer_ip: Option<IpAddr>,
+    /// The client as far as we can trust: the peer, or, when the peer is a trusted proxy, the
+    /// nearest untrusted hop of `X-Forwarded-For`.
     client_ip: Option<IpAddr>,
     has_body: bool,
     /// Backends already tried by this request (a retry picks another).
@@ -173,11 +177,42 @@ fn request_id_from(header: Option<&http::HeaderValue>) -> String {
     }
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// Walk `X-Forwarded-For` from the nearest hop outwards while the hops are trusted proxies;
+/// the first untrusted hop is the client. A malformed hop ends the walk at the last trusted one.
+fn resolve_client_ip(
+    snapshot: &Snapshot,
+    peer: Option<IpAddr>,
+    req: &RequestHeader,
+) -> Option<IpAddr> {
+    let mut client = peer?;
+    if !snapshot.is_trusted_proxy(client) {
+        return Some(client);
+    }
+    let lines: Vec<&str> = req
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !snapshot.is_trusted_proxy(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }
 
 /// The host the client asked for, as sent (`:authority` for HTTP/2, else `Host`).
@@ -284,6 +319,7 @@ impl ProxyHttp for GatewayProxy {
             request_id: String::new(),
             upstream_path: None,
             path: String::new(),
+            peer_ip: None,
             client_ip: None,
             has_body: false,
             tried: Vec::new(),
@@ -298,8 +334,9 @@ impl ProxyHttp for GatewayProxy {
         ctx.counted = true;
         self.metrics.in_flight.inc();
         let snapshot = self.store.load();
-        ctx.client_ip = client_ip(session);
+        ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
+        ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
         ctx.request_id = request_id_from(req.headers.get(X_REQUEST_ID));
         ctx.has_body = has_body(req);
         let path = match normalize_path(req.uri.path()) {
@@ -405,11 +442,11 @@ impl ProxyHttp for GatewayProxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        let trusted = match (ctx.client_ip, &ctx.snapshot) {
+        let trusted = match (ctx.peer_ip, &ctx.snapshot) {
             (Some(ip), Some(s)) => s.is_trusted_proxy(ip),
             _ => false,
         };
-        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let client = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
         // Several X-Forwarded-For lines are one list (a proxy may add its own line rather
         // than extend the client's): keep every hop, in order.
         let prior: Option<Vec<&str>> = upstream_request

@@ -99,11 +99,29 @@ pub struct FilterState {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// The claims of a verified token, left in [`FilterState::extensions`] by an auth filter for
+/// later filters (a rate limit keyed on `claim:sub`, a role check).
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
+impl VerifiedClaims {
+    /// A claim as text: strings as they are, numbers and booleans printed, others `None`.
+    pub fn text(&self, name: &str) -> Option<String> {
+        match self.0.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// What a filter sees of a request in the request phase.
 pub struct RequestInfo<'a> {
     /// The request header; changes are what the upstream receives.
     pub header: &'a mut RequestHeader,
-    /// The client's IP (the peer's, or the one a trusted proxy forwarded).
+    /// The client's IP: the peer's, or, behind `server.trusted_proxies`, the nearest untrusted
+    /// hop of `X-Forwarded-For`.
     pub client_ip: Option<IpAddr>,
     /// The name of the route the request took.
     pub route: &'a str,

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use pingora_http::{RequestHeader, ResponseHeader};
+/// The request and response header types filters work on (re-exported so embedders need no
+/// direct Pingora dependency).
+pub use pingora_http::{RequestHeader, ResponseHeader};
 
 /// What a filter decided about a request.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
-use crate::observe::Metrics;
+use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
 use crate::problem;
 use crate::reload::ConfigStore;
 use crate::routing::{normalize_path, request_host, RequestView, Route};
@@ -25,17 +25,28 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The gateway's proxy logic; one instance serves every request of a [`crate::Gateway`].
 pub struct GatewayProxy {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
 }
 
 impl GatewayProxy {
-    /// A proxy serving whatever snapshot `store` holds.
-    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> GatewayProxy {
-        GatewayProxy { store, metrics }
+    /// A proxy serving whatever snapshot `store` holds, logging requests to `access_log`.
+    pub fn new(
+        store: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> GatewayProxy {
+        GatewayProxy {
+            store,
+            metrics,
+            access_log,
+        }
     }
 }
 
@@ -155,6 +166,14 @@ pub struct RequestCtx {
     filters: FilterState,
     /// A filter's answer decided while the body streams, written by `fail_to_proxy`.
     pending_reply: Option<Reply>,
+    /// The W3C trace this request belongs to and the gateway's span id in it.
+    trace: Option<TraceContext>,
+    /// A debug-level span for the request (disabled, and nearly free, unless enabled).
+    span: tracing::Span,
+    /// When the current attempt's backend was picked.
+    upstream_started: Option<Instant>,
+    /// How long the backend took to send its response header.
+    upstream_elapsed: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -326,6 +345,10 @@ impl ProxyHttp for GatewayProxy {
             in_flight: None,
             filters: FilterState::default(),
             pending_reply: None,
+            trace: None,
+            span: tracing::Span::none(),
+            upstream_started: None,
+            upstream_elapsed: None,
         }
     }
 
@@ -338,6 +361,22 @@ impl ProxyHttp for GatewayProxy {
         let req = session.req_header();
         ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
         ctx.request_id = request_id_from(req.headers.get(X_REQUEST_ID));
+        let trace = TraceContext::from_header(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
+        ctx.span = tracing::debug_span!(
+            "request",
+            request_id = %ctx.request_id,
+            trace_id = tracing::field::Empty,
+            method = %req.method,
+            route = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+            status = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+            upstream_us = tracing::field::Empty,
+        );
+        if !ctx.span.is_disabled() {
+            ctx.span.record("trace_id", trace.trace_id_hex());
+        }
+        ctx.trace = Some(trace);
         ctx.has_body = has_body(req);
         let path = match normalize_path(req.uri.path()) {
             Ok(p) => p,
@@ -418,6 +457,7 @@ impl ProxyHttp for GatewayProxy {
             );
         };
         ctx.tried.push(addr);
+        ctx.upstream_started = Some(Instant::now());
         ctx.in_flight = upstream.track(addr);
         Ok(Box::new(upstream.peer(addr, &route.timeouts)))
     }
@@ -474,6 +514,9 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header(TRACEPARENT, trace.header_value())?;
+        }
         Ok(())
     }
 
@@ -481,8 +524,14 @@ impl ProxyHttp for GatewayProxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
+            let elapsed = started.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            self.metrics
+                .observe_upstream(route.upstream.name(), elapsed.as_secs_f64());
+        }
         if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_response_hop_by_hop(upstream_response);
         }
@@ -504,6 +553,13 @@ impl ProxyHttp for GatewayProxy {
             upstream_response.append_header(name, value)?;
         }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.config.observability.server_timing)
+        {
+            upstream_response.insert_header(SERVER_TIMING, server_timing(ctx))?;
+        }
         Ok(())
     }
 
@@ -580,13 +636,79 @@ impl ProxyHttp for GatewayProxy {
             .map(|r| r.status.as_u16())
             .or_else(|| e.map(|e| failure_status(e).0))
             .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
         let route = ctx.route.as_ref().map_or("(none)", |r| &r.name);
         self.metrics.observe_request(
             route,
             &session.req_header().method,
             status,
-            ctx.started.elapsed().as_secs_f64(),
+            elapsed.as_secs_f64(),
         );
+        if !ctx.span.is_disabled() {
+            record_span(ctx, status, elapsed);
+        }
+        if let Some(log) = &self.access_log {
+            log.log(access_record(session, ctx, status, elapsed));
+        }
+    }
+}
+
+/// `Server-Timing` of a response: the upstream's time to header and the gateway's own share.
+fn server_timing(ctx: &RequestCtx) -> String {
+    let total = ctx.started.elapsed().as_secs_f64() * 1000.0;
+    match ctx.upstream_elapsed {
+        Some(up) => {
+            let up = up.as_secs_f64() * 1000.0;
+            format!(
+                "upstream;dur={up:.3}, gateway;dur={:.3}",
+                (total - up).max(0.0)
+            )
+        }
+        None => format!("gateway;dur={total:.3}"),
+    }
+}
+
+fn record_span(ctx: &RequestCtx, status: u16, elapsed: std::time::Duration) {
+    let span = &ctx.span;
+    if let Some(route) = &ctx.route {
+        span.record("route", &*route.name);
+    }
+    if let Some(addr) = ctx.tried.last() {
+        span.record("upstream", tracing::field::display(addr));
+    }
+    span.record("status", status);
+    span.record("duration_us", elapsed.as_micros() as u64);
+    if let Some(up) = ctx.upstream_elapsed {
+        span.record("upstream_us", up.as_micros() as u64);
+    }
+    tracing::debug!(parent: span, "request finished");
+}
+
+fn access_record(
+    session: &Session,
+    ctx: &RequestCtx,
+    status: u16,
+    elapsed: std::time::Duration,
+) -> AccessRecord {
+    let req = session.req_header();
+    AccessRecord {
+        time: std::time::SystemTime::now() - elapsed,
+        request_id: ctx.request_id.clone(),
+        trace_id: ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
+        client_ip: ctx.client_ip,
+        method: req.method.to_string(),
+        host: raw_host(req).map(str::to_string),
+        path: if ctx.path.is_empty() {
+            req.uri.path().to_string()
+        } else {
+            ctx.path.clone()
+        },
+        route: ctx.route.as_ref().map(|r| r.name.to_string()),
+        upstream: ctx.tried.last().copied(),
+        attempts: ctx.tried.len(),
+        status,
+        duration_us: elapsed.as_micros() as u64,
+        upstream_us: ctx.upstream_elapsed.map(|d| d.as_micros() as u64),
     }
 }
 

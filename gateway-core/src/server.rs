@@ -22,7 +22,7 @@ use crate::admin::AdminApp;
 use crate::config::{Config, Source};
 use crate::error::{ConfigError, GatewayError};
 use crate::filter::{Filter, FilterRegistry, FilterSpec};
-use crate::observe::Metrics;
+use crate::observe::{AccessLog, Metrics};
 use crate::proxy::GatewayProxy;
 use crate::reload::{ConfigStore, HealthService, ReloadService};
 use crate::snapshot::Snapshot;
@@ -192,7 +192,19 @@ impl Gateway {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
 
-        let proxy = GatewayProxy::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let access_log = match self.config.observability.access_log.as_str() {
+            "" => None,
+            target => Some(
+                AccessLog::open(target, self.metrics.access_log_dropped.clone()).map_err(|e| {
+                    GatewayError::Start(format!("cannot open the access log {target:?}: {e}"))
+                })?,
+            ),
+        };
+        let proxy = GatewayProxy::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+            access_log,
+        );
         let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             proxy,

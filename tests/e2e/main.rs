@@ -3,6 +3,7 @@
 mod balancing;
 mod examples;
 mod filters;
+mod observe;
 mod proxy;
 mod reload;
 mod support;

@@ -40,6 +40,22 @@ pub struct Config {
     /// Named filter declarations: `[filters.NAME] kind = "…"` plus the kind's settings.
     #[serde(default)]
     pub filters: BTreeMap<String, FilterConfig>,
+    /// Access log, `Server-Timing`, tracing.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+/// Observability switches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// JSON access log: `"stdout"`, a file path (appended), or `""` for none. Applies at start.
+    #[serde(default)]
+    pub access_log: String,
+    /// Add `Server-Timing: gateway;dur=…, upstream;dur=…` to responses (exposes timings to
+    /// clients; off by default).
+    #[serde(default)]
+    pub server_timing: bool,
 }
 
 /// One declared filter.

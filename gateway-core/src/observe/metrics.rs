@@ -26,6 +26,10 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// `gatehouse_filter_decisions_total{filter,decision,reason}`.
     filter_decisions: IntCounterVec,
+    /// `gatehouse_upstream_duration_seconds{upstream}`: from picking a backend to its response header.
+    upstream_duration: HistogramVec,
+    /// `gatehouse_access_log_dropped_total`: records the access-log writer could not keep up with.
+    pub access_log_dropped: prometheus::IntCounter,
 }
 
 /// Methods get their own label value; anything else is `OTHER` so clients cannot grow the
@@ -98,8 +102,27 @@ impl Metrics {
             &["filter", "decision", "reason"],
         )
         .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_upstream_duration_seconds",
+                "Time from picking a backend to its response header, by upstream.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let access_log_dropped = prometheus::IntCounter::new(
+            "gatehouse_access_log_dropped_total",
+            "Access-log records dropped because the writer could not keep up.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(filter_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_duration.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
@@ -121,7 +144,16 @@ impl Metrics {
             generation,
             reloads,
             filter_decisions,
+            upstream_duration,
+            access_log_dropped,
         }
+    }
+
+    /// Record how long an upstream took to answer with its header.
+    pub fn observe_upstream(&self, upstream: &str, seconds: f64) {
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(seconds);
     }
 
     /// Count a filter's decision (the rare path: answers, errors).

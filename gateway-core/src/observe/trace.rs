@@ -1,0 +1,170 @@
+//! W3C Trace Context (`traceparent`): continue the client's trace or start one, and give the
+//! hop to the upstream a span id of its own.
+
+use std::fmt::Write;
+
+/// The trace context of one request as the gateway forwards it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 16-byte trace id, shared by every hop of the trace.
+    pub trace_id: [u8; 16],
+    /// 8-byte id of the gateway's span: the parent id the upstream sees.
+    pub span_id: [u8; 8],
+    /// The client's parent id, when the request continued a trace.
+    pub parent_id: Option<[u8; 8]>,
+    /// Trace flags (bit 0: sampled), kept from the client.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Continue the trace of an incoming `traceparent` value, or start a new one when it is
+    /// absent or malformed (per the spec, a bad header is ignored rather than rejected).
+    pub fn from_header(header: Option<&[u8]>) -> TraceContext {
+        match header.and_then(parse) {
+            Some((trace_id, parent, flags)) => TraceContext {
+                trace_id,
+                span_id: new_span_id(),
+                parent_id: Some(parent),
+                flags,
+            },
+            None => TraceContext {
+                trace_id: new_trace_id(),
+                span_id: new_span_id(),
+                parent_id: None,
+                flags: 0x01,
+            },
+        }
+    }
+
+    /// The `traceparent` value to send upstream.
+    pub fn header_value(&self) -> String {
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        let _ = write!(out, "-{:02x}", self.flags);
+        out
+    }
+
+    /// The trace id as 32 hex digits (for logs).
+    pub fn trace_id_hex(&self) -> String {
+        let mut out = String::with_capacity(32);
+        push_hex(&mut out, &self.trace_id);
+        out
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+fn new_trace_id() -> [u8; 16] {
+    loop {
+        let id: [u8; 16] = rand::random();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None, // the spec allows lower-case hex only
+    }
+}
+
+fn decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks(2).enumerate() {
+        out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// `version-traceid-parentid-flags`; version `ff`, all-zero ids and bad hex are invalid.
+/// Future versions may append fields after the flags, which are ignored.
+fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let mut parts = text.split('-');
+    let version = decode::<1>(parts.next()?.as_bytes())?[0];
+    let trace_id = decode::<16>(parts.next()?.as_bytes())?;
+    let parent = decode::<8>(parts.next()?.as_bytes())?;
+    let flags = decode::<1>(parts.next()?.as_bytes())?[0];
+    if version == 0xff || (version == 0 && parts.next().is_some()) {
+        return None;
+    }
+    if trace_id == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace_id, parent, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_header_is_continued_with_a_new_span() {
+        let ctx = TraceContext::from_header(Some(VALID.as_bytes()));
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            ctx.parent_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        let out = ctx.header_value();
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
+        assert!(out.ends_with("-01"));
+        assert_ne!(
+            &out[36..52],
+            "00f067aa0ba902b7",
+            "the upstream gets a new parent id"
+        );
+    }
+
+    #[test]
+    fn malformed_headers_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let ctx = TraceContext::from_header(Some(bad.as_bytes()));
+            assert_eq!(ctx.parent_id, None, "{bad:?} must not be continued");
+            assert_eq!(ctx.header_value().len(), 55);
+        }
+    }
+
+    #[test]
+    fn future_versions_may_carry_more_fields() {
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
+        let ctx = TraceContext::from_header(Some(v.as_bytes()));
+        assert!(ctx.parent_id.is_some());
+    }
+}

@@ -102,21 +102,37 @@ impl GatewayProxy {
             }
             ReplyBody::Empty => {
                 let mut h = ResponseHeader::build(reply.status, Some(2)).expect("valid status");
-                let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
+                // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
+                if !(reply.status.is_informational()
+                    || reply.status == http::StatusCode::NO_CONTENT)
+                {
+                    let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
+                }
                 (h, Bytes::new())
             }
         };
         for (name, value) in reply.headers {
             let _ = header.append_header(name, value);
         }
+        self.finish_gateway_answer(ctx, route, &mut header);
+        (header, body)
+    }
+
+    /// Every filter's response phase and queued headers, on an answer the gateway writes
+    /// itself (a filter's reply or a failure), as on a proxied one.
+    fn finish_gateway_answer(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        header: &mut ResponseHeader,
+    ) {
         for f in &route.filters {
-            f.filter.on_response(&mut header, &mut ctx.filters);
+            f.filter.on_response(header, &mut ctx.filters);
         }
         for (name, value) in ctx.filters.response_headers.drain(..) {
             let _ = header.append_header(name, value);
         }
         let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
-        (header, body)
     }
 
     /// Answer with a filter's reply, keeping the connection open.
@@ -192,7 +208,28 @@ fn request_id_from(header: Option<&http::HeaderValue>) -> String {
         {
             id.to_string()
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned(),
+    }
+}
+
+/// An address as text; IPv4 without `fmt`, which costs ~1k instructions on every request.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+            out
+        }
+        IpAddr::V6(_) => ip.to_string(),
     }
 }
 
@@ -486,7 +523,7 @@ impl ProxyHttp for GatewayProxy {
             (Some(ip), Some(s)) => s.is_trusted_proxy(ip),
             _ => false,
         };
-        let client = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let client = ctx.peer_ip.map(ip_text).unwrap_or_default();
         // Several X-Forwarded-For lines are one list (a proxy may add its own line rather
         // than extend the client's): keep every hop, in order.
         let prior: Option<Vec<&str>> = upstream_request
@@ -506,7 +543,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
         }
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match raw_host(session.req_header()).map(str::to_string) {
+            match raw_host(session.req_header()) {
                 Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     upstream_request.remove_header(&X_FORWARDED_HOST);
@@ -608,7 +645,18 @@ impl ProxyHttp for GatewayProxy {
             if ctx.request_id.is_empty() {
                 ctx.request_id = uuid::Uuid::new_v4().to_string();
             }
-            let (header, body) = problem::render(status, detail, &ctx.request_id);
+            // A filter's refusal of the body (413) is written as the filter built it.
+            let route = ctx.route.clone();
+            let (header, body) = match (ctx.pending_reply.take(), route.as_deref()) {
+                (Some(reply), Some(route)) => self.render_reply(ctx, route, reply),
+                (_, route) => {
+                    let (mut header, body) = problem::render(status, detail, &ctx.request_id);
+                    if let Some(route) = route {
+                        self.finish_gateway_answer(ctx, route, &mut header);
+                    }
+                    (header, body)
+                }
+            };
             let _ = session
                 .as_downstream_mut()
                 .write_error_response(header, body)
@@ -714,20 +762,36 @@ fn access_record(
 
 /// Hop-by-hop fields of a response (RFC 9110 §7.6.1) that must not be relayed.
 fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    static ALWAYS: [HeaderName; 5] = [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::UPGRADE,
+    ];
     let nominated: Vec<String> = resp
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+        })
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in nominated {
         resp.remove_header(name.as_str());
     }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
-        resp.remove_header(name);
+    // Most responses carry none of these: look before removing, since a removal from
+    // Pingora's header touches both of its maps (this runs on every response).
+    for name in &ALWAYS {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
     }
 }
 
@@ -753,5 +817,39 @@ mod tests {
         assert_eq!(failure_status(&refused).0, 502);
         let none = Error::new(ErrorType::HTTPStatus(503));
         assert_eq!(failure_status(&none).0, 503);
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn response_hop_by_hop_fields_are_stripped() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in [
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Upgrade", "h2c"),
+            ("Content-Type", "text/plain"),
+        ] {
+            resp.append_header(name, value).unwrap();
+        }
+        strip_response_hop_by_hop(&mut resp);
+        for gone in ["x-private", "keep-alive", "upgrade"] {
+            assert!(!resp.headers.contains_key(gone), "{gone}");
+        }
+        assert!(resp.headers.contains_key("content-type"));
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the gateway spawned in-process, real upstreams on loopback, real clients.
 
 mod balancing;
+mod edge_filters;
 mod examples;
 mod filters;
 mod observe;

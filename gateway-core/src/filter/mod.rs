@@ -23,6 +23,11 @@ use http::{HeaderName, HeaderValue, StatusCode};
 /// direct Pingora dependency).
 pub use pingora_http::{RequestHeader, ResponseHeader};
 
+pub mod cors;
+pub mod headers;
+pub mod ip;
+pub mod limits;
+
 /// What a filter decided about a request.
 #[derive(Debug)]
 pub enum Decision {
@@ -204,6 +209,10 @@ impl FilterRegistry {
     pub fn builtin() -> FilterRegistry {
         #[allow(unused_mut)] // each built-in kind registers itself below
         let mut registry = FilterRegistry::empty();
+        registry.register("cors", Arc::new(cors::factory));
+        registry.register("headers", Arc::new(headers::factory));
+        registry.register("ip", Arc::new(ip::factory));
+        registry.register("limits", Arc::new(limits::factory));
         registry
     }
 

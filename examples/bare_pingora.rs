@@ -6,8 +6,12 @@
 //! ```sh
 //! cargo build --release --example bare_pingora
 //! bash ../shared/bench/peers.sh -d 10 -- target/release/examples/bare_pingora
-//! bash ../shared/bench/peers.sh -d 10 -- target/release/examples/bare_pingora h2c   # as Gatehouse's default listener
 //! ```
+//!
+//! Arguments: `h2c` accepts HTTP/2 prior knowledge next to HTTP/1.1 (as Gatehouse's default
+//! listener does); `timeouts` sets the peer timeouts Gatehouse sets by default.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
@@ -22,6 +26,8 @@ const UPSTREAM: &str = "127.0.0.1:18081";
 
 struct Bare {
     upstream: std::net::SocketAddr,
+    /// Set the same peer timeouts Gatehouse sets by default (connect 5 s, read/write/idle 60 s).
+    timeouts: bool,
 }
 
 #[async_trait]
@@ -31,12 +37,20 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts {
+            peer.options.connection_timeout = Some(Duration::from_secs(5));
+            peer.options.read_timeout = Some(Duration::from_secs(60));
+            peer.options.write_timeout = Some(Duration::from_secs(60));
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 }
 
 fn main() {
-    let h2c = std::env::args().skip(1).any(|a| a == "h2c");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let h2c = args.iter().any(|a| a == "h2c");
     let conf = ServerConf {
         threads: 1,
         ..ServerConf::default()
@@ -45,6 +59,7 @@ fn main() {
     server.bootstrap();
     let proxy = Bare {
         upstream: UPSTREAM.parse().expect("upstream address"),
+        timeouts: args.iter().any(|a| a == "timeouts"),
     };
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(LISTEN);

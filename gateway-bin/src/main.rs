@@ -1,5 +1,7 @@
 //! `gateway`: run a Gatehouse config, check one, or explain which route a request takes.
 
+mod logging;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,17 +48,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => return check(&config),
+        Command::Check { config } => {
+            logging::init_console();
+            return check(&config);
+        }
         Command::Explain {
             config,
             method,
             url,
             headers,
-        } => explain(&config, &method, &url, &headers),
+        } => {
+            logging::init_console();
+            explain(&config, &method, &url, &headers)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,16 +74,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn run(config: &Path) -> anyhow::Result<()> {
+    // The subscriber depends on `[observability]` (span export), so the file is read before
+    // anything logs. A file that does not load gets console logging, and the builder below
+    // reports why.
+    let telemetry = match gateway_core::Config::load_file(config) {
+        Ok(c) => logging::init(&c.observability)?,
+        Err(_) => logging::init_console(),
+    };
     let gateway = Gateway::builder()
         .config_file(config)
         .reload_on_sighup(true)
@@ -90,6 +95,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         "gatehouse starting"
     );
     gateway.run()?;
+    telemetry.shutdown();
     Ok(())
 }
 

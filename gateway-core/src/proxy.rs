@@ -410,6 +410,8 @@ impl ProxyHttp for GatewayProxy {
             duration_us = tracing::field::Empty,
             upstream_us = tracing::field::Empty,
         );
+        #[cfg(feature = "otlp")]
+        let trace = crate::observe::otlp::join_trace(&ctx.span, trace);
         if !ctx.span.is_disabled() {
             ctx.span.record("trace_id", trace.trace_id_hex());
         }

@@ -42,8 +42,14 @@ async fn the_upstream_continues_the_clients_trace_with_a_new_parent() {
     let parts: Vec<&str> = forwarded.split('-').collect();
     assert_eq!(parts.len(), 4, "{forwarded}");
     assert_eq!(parts[0], "00");
-    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace id");
-    assert_ne!(parts[2], "00f067aa0ba902b7", "a new parent id for the upstream hop");
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "same trace id"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "a new parent id for the upstream hop"
+    );
     assert_eq!(parts[2].len(), 16);
     assert_eq!(parts[3], "01", "sampling decision kept");
     assert_eq!(seen.header("tracestate"), Some("vendor=1"));
@@ -83,7 +89,10 @@ async fn access_log_server_timing_and_metrics() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let timing = resp.headers()["server-timing"].to_str().unwrap().to_string();
+    let timing = resp.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(
         timing.starts_with("upstream;dur=") && timing.contains(", gateway;dur="),
         "{timing}"
@@ -116,7 +125,10 @@ async fn access_log_server_timing_and_metrics() {
         metrics.contains(r#"gatehouse_upstream_duration_seconds_count{upstream="app"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("gatehouse_requests_in_flight 0"), "{metrics}");
+    assert!(
+        metrics.contains("gatehouse_requests_in_flight 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"gatehouse_requests_total{method="GET",route="app",status="200"} 1"#),
         "{metrics}"

@@ -46,7 +46,7 @@ pub struct Config {
 }
 
 /// Observability switches.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilityConfig {
     /// JSON access log: `"stdout"`, a file path (appended), or `""` for none. Applies at start.
@@ -56,6 +56,30 @@ pub struct ObservabilityConfig {
     /// clients; off by default).
     #[serde(default)]
     pub server_timing: bool,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (`http://127.0.0.1:4318`,
+    /// or `https://…`; spans are posted to `/v1/traces` under it), or `""` for no export. Each request's span
+    /// is exported in the client's W3C trace. Needs a binary built with the `otlp` cargo
+    /// feature (`validate` refuses it otherwise). Applies at start.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_otlp_service_name")]
+    pub otlp_service_name: String,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            access_log: String::new(),
+            server_timing: false,
+            otlp_endpoint: String::new(),
+            otlp_service_name: default_otlp_service_name(),
+        }
+    }
+}
+
+fn default_otlp_service_name() -> String {
+    "gatehouse".to_string()
 }
 
 /// One declared filter.

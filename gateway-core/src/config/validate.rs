@@ -39,6 +39,7 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Issues::default();
         self.validate_server(&mut issues);
+        self.validate_observability(&mut issues);
         let mut names = HashSet::new();
         for (i, up) in self.upstreams.iter().enumerate() {
             let at = format!("upstreams[{i}]");
@@ -129,6 +130,36 @@ impl Config {
                 format!("{a} is also a proxy listen address (server.listen)"),
             ),
             Ok(_) => {}
+        }
+    }
+}
+
+impl Config {
+    fn validate_observability(&self, issues: &mut Issues) {
+        let o = &self.observability;
+        if o.otlp_endpoint.is_empty() {
+            return;
+        }
+        if cfg!(not(feature = "otlp")) {
+            issues.add(
+                "observability.otlp_endpoint",
+                "this gateway was built without OTLP export (cargo feature `otlp`); \
+                 rebuild with `--features otlp` or set it to \"\"",
+            );
+        }
+        let uri = o.otlp_endpoint.parse::<http::Uri>().ok();
+        let web = |u: &http::Uri| matches!(u.scheme_str(), Some("http" | "https"));
+        if !uri.is_some_and(|u| web(&u) && u.authority().is_some()) {
+            issues.add(
+                "observability.otlp_endpoint",
+                format!(
+                    "{:?} is not an http:// or https:// URL (e.g. \"http://127.0.0.1:4318\")",
+                    o.otlp_endpoint
+                ),
+            );
+        }
+        if o.otlp_service_name.trim().is_empty() {
+            issues.add("observability.otlp_service_name", "must not be empty");
         }
     }
 }
@@ -459,5 +490,45 @@ timeouts = { read = "0ms" }
         assert!(parse_cidr("::1").is_some());
         assert!(parse_cidr("192.168.1.7").is_some());
         assert!(parse_cidr("10.0.0.0/40").is_none());
+    }
+
+    fn observability_issues(section: &str) -> Vec<String> {
+        let config =
+            Config::parse(&Source::inline(format!("[observability]\n{section}"))).expect("parses");
+        config.validate().iter().map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn otlp_export_is_off_by_default_and_named_gatehouse() {
+        let config = Config::parse(&Source::inline("")).expect("parses");
+        assert_eq!(config.observability.otlp_endpoint, "");
+        assert_eq!(config.observability.otlp_service_name, "gatehouse");
+        assert!(observability_issues("otlp_endpoint = \"\"").is_empty());
+    }
+
+    #[test]
+    fn an_otlp_endpoint_needs_the_feature_and_an_http_url() {
+        let ok = observability_issues("otlp_endpoint = \"http://127.0.0.1:4318\"");
+        let unbuilt = "observability.otlp_endpoint: this gateway was built without OTLP export \
+                       (cargo feature `otlp`); rebuild with `--features otlp` or set it to \"\"";
+        if cfg!(feature = "otlp") {
+            assert!(ok.is_empty(), "{ok:#?}");
+        } else {
+            assert_eq!(ok, [unbuilt]);
+        }
+        for bad in ["127.0.0.1:4318", "grpc://collector:4317", "http://"] {
+            let lines = observability_issues(&format!(
+                "otlp_endpoint = {bad:?}\notlp_service_name = \" \""
+            ));
+            let url = format!(
+                "observability.otlp_endpoint: {bad:?} is not an http:// or https:// URL \
+                 (e.g. \"http://127.0.0.1:4318\")"
+            );
+            assert!(lines.contains(&url), "{bad}: {lines:#?}");
+            assert!(
+                lines.contains(&"observability.otlp_service_name: must not be empty".to_string()),
+                "{lines:#?}"
+            );
+        }
     }
 }

@@ -23,10 +23,12 @@ use http::{HeaderName, HeaderValue, StatusCode};
 /// direct Pingora dependency).
 pub use pingora_http::{RequestHeader, ResponseHeader};
 
+pub mod auth;
 pub mod cors;
 pub mod headers;
 pub mod ip;
 pub mod limits;
+pub mod ratelimit;
 
 /// What a filter decided about a request.
 #[derive(Debug)]
@@ -209,10 +211,17 @@ impl FilterRegistry {
     pub fn builtin() -> FilterRegistry {
         #[allow(unused_mut)] // each built-in kind registers itself below
         let mut registry = FilterRegistry::empty();
+        registry.register("api_key", auth::api_key_factory());
+        registry.register("jwt", auth::jwt_factory());
         registry.register("cors", Arc::new(cors::factory));
         registry.register("headers", Arc::new(headers::factory));
         registry.register("ip", Arc::new(ip::factory));
         registry.register("limits", Arc::new(limits::factory));
+        registry.register("rate_limit", Arc::new(ratelimit::RateLimit::factory));
+        registry.register(
+            "concurrency_limit",
+            Arc::new(ratelimit::ConcurrencyLimit::factory),
+        );
         registry
     }
 

@@ -129,6 +129,8 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(generation.clone()),
             Box::new(reloads.clone()),
+            // `gatehouse_rate_limit_keys{filter}`, read from the live limiters at scrape time.
+            Box::new(crate::filter::ratelimit::RateLimitKeys::new()),
         ] {
             registry.register(c).expect("metric names are unique");
         }

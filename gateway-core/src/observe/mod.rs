@@ -1,7 +1,10 @@
-//! Observability: the Prometheus metric set, W3C trace context, and the JSON access log.
+//! Observability: the Prometheus metric set, W3C trace context, the JSON access log, and
+//! (feature `otlp`) OTLP export of the per-request spans.
 
 pub mod access_log;
 mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod trace;
 
 pub use access_log::{AccessLog, AccessRecord};

@@ -1,8 +1,6 @@
 //! W3C Trace Context (`traceparent`): continue the client's trace or start one, and give the
 //! hop to the upstream a span id of its own.
 
-use std::fmt::Write;
-
 /// The trace context of one request as the gateway forwards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
@@ -43,7 +41,8 @@ impl TraceContext {
         push_hex(&mut out, &self.trace_id);
         out.push('-');
         push_hex(&mut out, &self.span_id);
-        let _ = write!(out, "-{:02x}", self.flags);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
         out
     }
 
@@ -55,9 +54,12 @@ impl TraceContext {
     }
 }
 
+/// Lower-case hex without `fmt`: a `write!` per byte cost ~6k instructions per request.
 fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 

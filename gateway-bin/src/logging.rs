@@ -1,0 +1,78 @@
+//! The process's `tracing` subscriber: console lines on stderr filtered by `RUST_LOG`
+//! (default `info`), plus, with the `otlp` feature and `[observability] otlp_endpoint` set,
+//! OTLP export of each request's span.
+
+use gateway_core::config::ObservabilityConfig;
+
+/// Keeps span export running; [`Telemetry::shutdown`] (or dropping it) flushes what is queued.
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    exporter: Option<gateway_core::observe::otlp::OtlpExporter>,
+}
+
+impl Telemetry {
+    /// Flush queued spans to the collector and stop exporting.
+    pub fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(exporter) = self.exporter {
+            if let Err(e) = exporter.shutdown() {
+                tracing::warn!(error = %e, "span export did not finish");
+            }
+        }
+    }
+}
+
+fn console_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Console logging only (`check`, `explain`, or a config that does not load).
+pub fn init_console() -> Telemetry {
+    tracing_subscriber::fmt()
+        .with_env_filter(console_filter())
+        .with_writer(std::io::stderr)
+        .init();
+    Telemetry {
+        #[cfg(feature = "otlp")]
+        exporter: None,
+    }
+}
+
+/// Console logging, plus span export when `observability` asks for it. `Config::validate`
+/// refuses an `otlp_endpoint` in a build without the `otlp` feature, so a validated config
+/// never reaches here asking for what this build lacks.
+#[cfg(not(feature = "otlp"))]
+pub fn init(_observability: &ObservabilityConfig) -> anyhow::Result<Telemetry> {
+    Ok(init_console())
+}
+
+/// Console logging, plus span export when `observability.otlp_endpoint` is set. The export
+/// layer has its own filter (`gateway_core` at DEBUG, for the per-request span), so the console
+/// stays at `RUST_LOG`/INFO with no line per request.
+#[cfg(feature = "otlp")]
+pub fn init(observability: &ObservabilityConfig) -> anyhow::Result<Telemetry> {
+    use anyhow::Context;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    if observability.otlp_endpoint.is_empty() {
+        return Ok(init_console());
+    }
+    let exporter = gateway_core::observe::otlp::OtlpExporter::start(
+        &observability.otlp_endpoint,
+        &observability.otlp_service_name,
+    )
+    .context("cannot start OTLP span export")?;
+    let console = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(console_filter());
+    tracing_subscriber::registry()
+        .with(console)
+        .with(exporter.layer())
+        .init();
+    Ok(Telemetry {
+        exporter: Some(exporter),
+    })
+}

@@ -1,0 +1,286 @@
+//! The `jwt` filter: verifies `Authorization: Bearer` tokens, checks roles and permissions,
+//! forwards claims as headers and leaves [`VerifiedClaims`] for later filters.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::cache::{digest, TokenCache};
+use super::config::{JwtConfig, KeySource};
+use super::jwks::{Jwks, JwksSettings};
+use super::keys::{self, KeyEntry, KeySet};
+use super::now_secs;
+use super::reject::Rejection;
+use crate::filter::{Decision, Filter, FilterSpec, FilterState, RequestInfo, VerifiedClaims};
+
+/// What verifying one token produced; cached per token.
+struct Verified {
+    claims: VerifiedClaims,
+    /// Headers to send upstream, values taken from claims.
+    forward: Vec<(HeaderName, HeaderValue)>,
+    /// Set when the token is genuine but lacks a required role or permission.
+    denied: Option<Rejection>,
+}
+
+enum Keys {
+    Configured(Arc<KeySet>),
+    Jwks(Arc<Jwks>),
+}
+
+/// The `jwt` filter kind. Build it from TOML with [`JwtFilter::from_spec`].
+pub struct JwtFilter {
+    keys: Keys,
+    /// One validation per accepted algorithm (the algorithm is looked up, never trusted).
+    validations: Vec<(Algorithm, Validation)>,
+    leeway: u64,
+    require_roles: Vec<String>,
+    require_permissions: Vec<String>,
+    roles_claim: String,
+    permissions_claim: String,
+    forward: Vec<(HeaderName, String)>,
+    cache: Option<TokenCache<Verified>>,
+    max_token_bytes: usize,
+    realm: String,
+}
+
+impl JwtFilter {
+    /// Build from `[filters.NAME]` settings; every problem is reported as text.
+    pub fn from_spec(spec: &FilterSpec<'_>) -> Result<JwtFilter, String> {
+        let cfg: JwtConfig = spec.parse()?;
+        cfg.check()?;
+        let algorithms = cfg.algorithms()?;
+        let keys = match cfg.key_source()? {
+            KeySource::Secret(s) => Keys::Configured(Arc::new(KeySet::configured(
+                keys::from_secret(s, &algorithms)?,
+            ))),
+            KeySource::PemFile(p) => Keys::Configured(Arc::new(KeySet::configured(
+                keys::from_pem_file(p, &algorithms)?,
+            ))),
+            KeySource::Jwks(url) => Keys::Jwks(Arc::new(Jwks::new(JwksSettings {
+                url: url.to_string(),
+                algorithms: algorithms.clone(),
+                refresh: cfg.jwks_refresh,
+                min_refresh: cfg.jwks_min_refresh,
+                timeout: cfg.jwks_timeout,
+            })?)),
+        };
+        Ok(JwtFilter {
+            keys,
+            validations: algorithms
+                .iter()
+                .map(|a| (*a, cfg.validation(*a)))
+                .collect(),
+            leeway: cfg.leeway.as_secs(),
+            forward: cfg.forward_headers()?,
+            cache: (cfg.cache_entries > 0).then(|| TokenCache::new(cfg.cache_entries)),
+            max_token_bytes: cfg.max_token_bytes,
+            require_roles: cfg.require_roles,
+            require_permissions: cfg.require_permissions,
+            roles_claim: cfg.roles_claim,
+            permissions_claim: cfg.permissions_claim,
+            realm: cfg.realm,
+        })
+    }
+
+    /// Tokens held by the verified-token cache (0 when it is off).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    fn reject(&self, why: Rejection) -> Decision {
+        let retry_after = match &self.keys {
+            Keys::Jwks(j) => j.retry_after_secs(),
+            Keys::Configured(_) => 1,
+        };
+        Decision::Respond(why.bearer_reply(&self.realm, retry_after))
+    }
+
+    /// The generation of the keys serving now (`None`: no key set yet, nothing can be cached).
+    fn generation(&self) -> Option<u64> {
+        match &self.keys {
+            Keys::Configured(set) => Some(set.generation),
+            Keys::Jwks(j) => j.current().map(|s| s.generation),
+        }
+    }
+
+    async fn key_for(&self, kid: Option<&str>) -> Result<(Arc<KeyEntry>, u64), Rejection> {
+        match &self.keys {
+            Keys::Configured(set) => set
+                .find(kid)
+                .map(|k| (Arc::clone(k), set.generation))
+                .ok_or(Rejection::UnknownKey),
+            Keys::Jwks(j) => j.key_for(kid).await,
+        }
+    }
+
+    /// Verify a token (or find it verified in the cache).
+    async fn verify(&self, token: &str) -> Result<Arc<Verified>, Rejection> {
+        let now = now_secs();
+        let cache_key = self.cache.as_ref().map(|_| digest(token));
+        if let (Some(cache), Some(key), Some(generation)) =
+            (&self.cache, &cache_key, self.generation())
+        {
+            if let Some(hit) = cache.get(key, now, generation) {
+                return Ok(hit);
+            }
+        }
+        let header = decode_header(token).map_err(|e| Rejection::from_jwt(e.kind()))?;
+        // RFC 7515 §4.1.11: `crit` lists extensions the recipient must understand; we know
+        // none. (`jku`/`x5u`/`jwk` in the header are ignored: keys never come from the token.)
+        if header.crit.is_some() {
+            return Err(Rejection::Invalid);
+        }
+        let (entry, generation) = self.key_for(header.kid.as_deref()).await?;
+        // The token's `alg` only selects among what the key and the configuration allow.
+        if !entry.algorithms.contains(&header.alg) {
+            return Err(Rejection::BadAlgorithm);
+        }
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(Rejection::BadAlgorithm);
+        };
+        let data = decode::<Map<String, Value>>(token, &entry.key, validation)
+            .map_err(|e| Rejection::from_jwt(e.kind()))?;
+        let exp = data.claims.get("exp").and_then(seconds);
+        let verified = Arc::new(self.describe(data.claims));
+        if let (Some(cache), Some(key), Some(exp)) = (&self.cache, cache_key, exp) {
+            let valid_until = exp.saturating_add(self.leeway);
+            cache.insert(key, Arc::clone(&verified), valid_until, generation, now);
+        }
+        Ok(verified)
+    }
+
+    /// What a verified token grants: scope decision and forwarded headers.
+    fn describe(&self, claims: Map<String, Value>) -> Verified {
+        let denied = if !has_all(&claims, &self.roles_claim, &self.require_roles) {
+            Some(Rejection::MissingRole)
+        } else if !has_all(&claims, &self.permissions_claim, &self.require_permissions) {
+            Some(Rejection::MissingPermission)
+        } else {
+            None
+        };
+        let forward = self
+            .forward
+            .iter()
+            .filter_map(|(name, claim)| {
+                let value = header_value(claims.get(claim)?)?;
+                Some((name.clone(), value))
+            })
+            .collect();
+        Verified {
+            claims: VerifiedClaims(Arc::new(claims)),
+            forward,
+            denied,
+        }
+    }
+}
+
+#[async_trait]
+impl Filter for JwtFilter {
+    async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
+        // Identity headers come from a verified token or not at all.
+        for (name, _) in &self.forward {
+            req.header.remove_header(name);
+        }
+        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
+            Ok(token) => self.verify(token).await,
+            Err(why) => Err(why),
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(why) => return self.reject(why),
+        };
+        if let Some(why) = verified.denied {
+            return self.reject(why);
+        }
+        for (name, value) in &verified.forward {
+            let _ = req.header.insert_header(name.clone(), value.clone());
+        }
+        state.extensions.insert(verified.claims.clone());
+        Decision::Continue
+    }
+}
+
+/// The bearer token of a request. The size is checked on the raw header, before any parsing.
+fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Rejection::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::Malformed);
+    }
+    if value.len() > max_bytes.saturating_add("Bearer ".len()) {
+        return Err(Rejection::TokenTooLarge);
+    }
+    let text = value.to_str().map_err(|_| Rejection::Malformed)?;
+    let (scheme, token) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, …) carries no bearer token: challenge without an error.
+        return Err(Rejection::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Rejection::MissingToken);
+    }
+    if token.len() > max_bytes {
+        return Err(Rejection::TokenTooLarge);
+    }
+    Ok(token)
+}
+
+/// A time claim as whole seconds.
+fn seconds(value: &Value) -> Option<u64> {
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
+/// The strings of a claim: an array of strings, or one space-separated string (OAuth `scope`).
+fn claim_strings<'a>(claims: &'a Map<String, Value>, name: &str) -> Vec<&'a str> {
+    match claims.get(name) {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn has_all(claims: &Map<String, Value>, claim: &str, required: &[String]) -> bool {
+    if required.is_empty() {
+        return true;
+    }
+    let held = claim_strings(claims, claim);
+    required.iter().all(|r| held.contains(&r.as_str()))
+}
+
+/// A claim as a header value: strings as they are (UTF-8 passes as obs-text), numbers and
+/// booleans printed, arrays joined with commas. Objects, nulls and values with control
+/// characters are not forwarded.
+fn header_value(value: &Value) -> Option<HeaderValue> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                })
+                .collect();
+            parts?.join(",")
+        }
+        _ => return None,
+    };
+    HeaderValue::from_bytes(text.as_bytes()).ok()
+}
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+mod tests;

@@ -51,25 +51,29 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit");
     group.throughput(Throughput::Elements(1));
 
+    // One key, always admitted: only a huge burst keeps up with the bench, so `r` is beyond
+    // the 1024 header values kept ready and the fields are formatted (the slow case).
     let admitting = rate_limit("1000000/s", Some(1_000_000), None);
-    group.bench_function("one_key_admitted", |b| {
-        b.iter(|| check(&admitting, &mut header, 1))
+    group.bench_function("one_key_admitted_burst_1m", |b| {
+        b.iter(|| assert!(check(&admitting, &mut header, 1)))
     });
 
-    let refusing = rate_limit("1/h", None, None);
-    check(&refusing, &mut header, 1);
+    // One key over its limit (the steady state of an abusive client): the 429 path.
+    let refusing = rate_limit("5/s", Some(5), None);
     group.bench_function("one_key_refused_429", |b| {
         b.iter(|| check(&refusing, &mut header, 1))
     });
 
+    // 100 000 keys at 1000/s, burst 1000: each key is back every ~50 ms with its bucket nearly
+    // full, so every check is admitted with ready-made fields.
     const KEYS: u32 = 100_000;
-    let many = rate_limit("1000000/s", Some(1_000_000), Some("1h"));
+    let many = rate_limit("1000/s", Some(1000), Some("1h"));
     for ip in 0..KEYS {
         check(&many, &mut header, ip);
     }
     assert_eq!(many.key_count(), KEYS as usize);
     let mut next = 0u32;
-    group.bench_function("among_100k_keys", |b| {
+    group.bench_function("among_100k_keys_admitted", |b| {
         b.iter(|| {
             // Stride through the keys so consecutive checks hit different cache lines.
             next = (next + 7919) % KEYS;

@@ -17,6 +17,7 @@
 //! buckets that are full again (a full bucket is the same as no bucket), and `shrink_to_fit`
 //! gives the freed slots back.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,8 +26,6 @@ use dashmap::DashMap;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
-
-use std::hash::{BuildHasher, Hasher};
 
 use super::key::{BucketKey, OVERFLOW};
 
@@ -61,7 +60,9 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-/// Upper bound of table bytes per key held (see the module docs for the derivation).
+/// Upper bound of table bytes per key held by a local `rate_limit`: an entry is 24 bytes plus a
+/// control byte, in hashbrown tables filled to between 7/16 and 7/8, so at most
+/// `25 × 16/7 ≈ 57.2` bytes; 64 leaves room for allocator slack. Measured: 52 at a million keys.
 pub const MAX_BYTES_PER_KEY: usize = 64;
 
 /// Bytes of one table slot: the entry and its control byte.

@@ -671,8 +671,14 @@ impl ProxyHttp for GatewayProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        // "No healthy backend" is answered and counted; it is not a gateway fault to log per request.
-        matches!(e.etype(), ErrorType::HTTPStatus(503))
+        // Answered-and-counted outcomes are not gateway faults to log per request: "no healthy
+        // backend", a filter's refusal mid-body, and a client that hung up mid-request.
+        matches!(e.etype(), ErrorType::HTTPStatus(_))
+            || (e.esource() == &ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -4,7 +4,7 @@
 //! This module is pure data: it reads a file and parses it, nothing more. Turning a valid
 //! [`Config`] into something that serves traffic is [`crate::snapshot`]'s job.
 
-mod duration;
+pub(crate) mod duration;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use jsonwebtoken::{Algorithm, Validation};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::is_quotable;
 
@@ -21,13 +21,22 @@ pub(crate) struct JwtConfig {
     /// JWKS document URL (`http://` or `https://`).
     pub jwks_url: Option<String>,
     /// Scheduled refresh of the JWKS.
-    #[serde(default = "default_jwks_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_jwks_refresh",
+        deserialize_with = "crate::config::duration::deserialize"
+    )]
     pub jwks_refresh: Duration,
     /// Least gap between two refreshes asked for by tokens with an unknown `kid`.
-    #[serde(default = "default_jwks_min_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_jwks_min_refresh",
+        deserialize_with = "crate::config::duration::deserialize"
+    )]
     pub jwks_min_refresh: Duration,
     /// Time allowed for one JWKS fetch.
-    #[serde(default = "default_jwks_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_jwks_timeout",
+        deserialize_with = "crate::config::duration::deserialize"
+    )]
     pub jwks_timeout: Duration,
     /// Accepted algorithms (required).
     pub algorithms: Vec<String>,
@@ -36,7 +45,10 @@ pub(crate) struct JwtConfig {
     /// Accepted `aud` value(s); makes `aud` required.
     pub audience: Option<OneOrMany>,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[serde(
+        default = "default_leeway",
+        deserialize_with = "crate::config::duration::deserialize"
+    )]
     pub leeway: Duration,
     /// Roles that must all be present (403 otherwise).
     #[serde(default)]
@@ -107,15 +119,6 @@ fn default_max_token_bytes() -> usize {
 }
 fn default_realm() -> String {
     "gatehouse".into()
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"5m\""
-        ))
-    })
 }
 
 /// Where the keys come from, once checked.

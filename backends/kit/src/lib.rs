@@ -1,0 +1,27 @@
+//! What every Gatehouse backend shares.
+//!
+//! A backend is a lib with `router(state) -> axum::Router` plus a thin `main`. The kit gives
+//! it the same plumbing everywhere:
+//!
+//! - [`db`]: one sqlx pool, SQLite (embedded default) or PostgreSQL, one SQL dialect, the
+//!   kit's migrations run with the service's, unique violations mapped to one `Conflict`;
+//! - [`problem`]: `application/problem+json` errors and a JSON extractor that rejects with them;
+//! - [`config`]: settings from the environment with embedded defaults;
+//! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
+//! - [`serve`]: serving with graceful shutdown;
+//! - `testing` (feature `testing`): a fresh database per test, on SQLite always and on
+//!   PostgreSQL when `TEST_DATABASE_URL` is set, and an app served on port 0.
+
+pub mod config;
+pub mod db;
+mod migrations;
+pub mod problem;
+pub mod serve;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::ServiceConfig;
+pub use db::{Db, DbError, DbKind};
+pub use problem::{Json, Problem};
+pub use telemetry::{Telemetry, TraceContext};

@@ -1,0 +1,188 @@
+//! Test harness for services on the kit: a fresh database per test and an app served on
+//! port 0 with a real client.
+//!
+//! Every storage test runs on SQLite (a file in a temporary folder) and, when
+//! `TEST_DATABASE_URL` is set, on PostgreSQL in a schema of its own that is dropped
+//! afterwards:
+//!
+//! ```ignore
+//! for db in kit::testing::databases().await {
+//!     let app = spawn_app(router(state(db.db.clone()))).await;
+//!     // …
+//! }
+//! ```
+//!
+//! Logs are printed only when `TEST_LOG` is set.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use axum::Router;
+use tokio::sync::oneshot;
+
+use crate::db::{Db, DbKind};
+
+/// A database that lives as long as the test: a SQLite file in a temporary folder, or a
+/// PostgreSQL schema dropped on drop.
+pub struct TestDb {
+    /// The connected, unmigrated database.
+    pub db: Db,
+    /// The URL it was opened with (for a second pool or a restart).
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// `sqlite` or `postgres`, for assertion messages.
+    pub fn label(&self) -> &'static str {
+        match self.db.kind() {
+            DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestDb({})", self.label())
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, schema)) = self.pg_schema.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: drop the schema from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(db) = Db::connect(&admin_url).await {
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(db.pool())
+                            .await;
+                        db.close().await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Installs a log subscriber once when `TEST_LOG` is set.
+pub fn init_test_log() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+                )
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A fresh SQLite database in a temporary folder.
+pub async fn sqlite() -> TestDb {
+    init_test_log();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let db = Db::connect(&url).await.expect("open sqlite");
+    TestDb {
+        db,
+        url,
+        _dir: Some(dir),
+        pg_schema: None,
+    }
+}
+
+/// A fresh PostgreSQL schema on `TEST_DATABASE_URL`, or `None` (with a message saying what
+/// is needed) when it is not set.
+pub async fn postgres() -> Option<TestDb> {
+    init_test_log();
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("skipping PostgreSQL: set TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test)");
+        return None;
+    };
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Db::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL={admin_url} is set but unreachable: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(admin.pool())
+        .await
+        .expect("create test schema");
+    admin.close().await;
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
+    let db = Db::connect(&url).await.expect("connect to test schema");
+    Some(TestDb {
+        db,
+        url,
+        _dir: None,
+        pg_schema: Some((admin_url, schema)),
+    })
+}
+
+/// SQLite always, plus PostgreSQL when `TEST_DATABASE_URL` is set: run a storage test on
+/// each.
+pub async fn databases() -> Vec<TestDb> {
+    let mut all = vec![sqlite().await];
+    all.extend(postgres().await);
+    all
+}
+
+/// An app served on `127.0.0.1:0` until dropped.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client without a cookie jar or proxy.
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves `app` on a free port and returns a client for it.
+pub async fn spawn_app(app: Router) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = crate::serve::serve(listener, app, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    TestApp {
+        addr,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client"),
+        stop: Some(stop),
+    }
+}

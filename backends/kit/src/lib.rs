@@ -6,6 +6,8 @@
 //! - [`db`]: one sqlx pool, SQLite (embedded default) or PostgreSQL, one SQL dialect, the
 //!   kit's migrations run with the service's, unique violations mapped to one `Conflict`;
 //! - [`problem`]: `application/problem+json` errors and a JSON extractor that rejects with them;
+//! - [`identity`]: the bearer-token [`Identity`] extractor (EdDSA, JWKS URL or in-process
+//!   keys) with role/permission guards, and the [`identity::SigningKey`] that issues tokens;
 //! - [`config`]: settings from the environment with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
@@ -14,6 +16,7 @@
 
 pub mod config;
 pub mod db;
+pub mod identity;
 mod migrations;
 pub mod problem;
 pub mod serve;
@@ -23,5 +26,6 @@ pub mod testing;
 
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
+pub use identity::{Identity, Verifier};
 pub use problem::{Json, Problem};
 pub use telemetry::{Telemetry, TraceContext};

@@ -27,12 +27,18 @@ pub struct Problem {
     pub title: String,
     /// What went wrong with this request, for a human.
     pub detail: Option<String>,
+    /// The rarely used parts, boxed so a `Result<_, Problem>` stays small.
+    extra: Box<Extra>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Extra {
     /// A URI naming the problem type; `about:blank` when absent.
-    pub kind: Option<String>,
+    kind: Option<String>,
     /// Extension members (e.g. `errors` for field-level validation failures).
-    pub extensions: Map<String, Value>,
+    extensions: Map<String, Value>,
     /// Extra response headers (e.g. `WWW-Authenticate`, `Retry-After`).
-    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -42,9 +48,7 @@ impl Problem {
             status,
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             detail: None,
-            kind: None,
-            extensions: Map::new(),
-            headers: Vec::new(),
+            extra: Box::default(),
         }
     }
 
@@ -63,14 +67,25 @@ impl Problem {
     /// Adds an extension member.
     pub fn with(mut self, name: &str, value: impl Serialize) -> Problem {
         let value = serde_json::to_value(value).unwrap_or(Value::Null);
-        self.extensions.insert(name.to_owned(), value);
+        self.extra.extensions.insert(name.to_owned(), value);
         self
     }
 
     /// Adds a response header.
     pub fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
-        self.headers.push((name, value));
+        self.extra.headers.push((name, value));
         self
+    }
+
+    /// Sets the problem type URI (instead of `about:blank`).
+    pub fn kind(mut self, uri: impl Into<String>) -> Problem {
+        self.extra.kind = Some(uri.into());
+        self
+    }
+
+    /// An extension member, if set.
+    pub fn extension(&self, name: &str) -> Option<&Value> {
+        self.extra.extensions.get(name)
     }
 
     /// 400 with a reason.
@@ -139,17 +154,22 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
+        let Extra {
+            kind,
+            extensions,
+            headers,
+        } = *self.extra;
         let mut body = Map::new();
         body.insert(
             "type".into(),
-            Value::String(self.kind.unwrap_or_else(|| "about:blank".into())),
+            Value::String(kind.unwrap_or_else(|| "about:blank".into())),
         );
         body.insert("title".into(), Value::String(self.title));
         body.insert("status".into(), Value::from(self.status.as_u16()));
         if let Some(d) = self.detail {
             body.insert("detail".into(), Value::String(d));
         }
-        body.extend(self.extensions);
+        body.extend(extensions);
         let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
         let mut resp = (self.status, bytes).into_response();
         let h = resp.headers_mut();
@@ -157,7 +177,7 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        for (name, value) in self.headers {
+        for (name, value) in headers {
             h.append(name, value);
         }
         resp

@@ -1,0 +1,457 @@
+//! Logging in, refreshing, logging out, sessions, and the published keys.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kit::db::{new_id, now_ms};
+use kit::identity::AccessClaims;
+use kit::{Identity, Json};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{Any, Row, Transaction};
+
+use crate::accounts::{normalize_email, roles_of};
+use crate::error::Error;
+use crate::password::Verified;
+use crate::{permissions_of, AppState};
+
+/// `POST /auth/login`.
+#[derive(Deserialize)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token pair.
+#[derive(Serialize)]
+pub struct Tokens {
+    /// EdDSA JWT.
+    pub access_token: String,
+    /// Opaque; rotate it at `POST /auth/refresh`.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds the access token lives.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens { .. }")
+    }
+}
+
+/// SHA-256 hex of a refresh token: what the database keeps.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_refresh_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(200).collect())
+}
+
+/// `POST /auth/login` → a token pair. Unknown email and wrong password give the same
+/// answer after the same work; failed logins per email back off exponentially.
+pub async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<Login>,
+) -> Result<Json<Tokens>, Error> {
+    // A malformed email is just an unknown one: same answer, same cost.
+    let email = normalize_email(&req.email).unwrap_or_else(|_| req.email.trim().to_lowercase());
+    let now = now_ms();
+    if let Some(retry_after_s) = locked_out(&s, &email, now).await? {
+        return Err(Error::Throttled { retry_after_s });
+    }
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(s.db.pool())
+        .await?;
+    let stored: Option<String> = row.as_ref().map(|r| r.get("password_hash"));
+    let verdict = s.passwords.verify(&req.password, stored.as_deref()).await;
+    let (Some(row), Verified::Yes { rehash }) = (row, verdict) else {
+        record_failure(&s, &email, now).await?;
+        return Err(Error::BadCredentials);
+    };
+    let user_id: String = row.get("id");
+    sqlx::query("DELETE FROM login_failures WHERE email = $1")
+        .bind(&email)
+        .execute(s.db.pool())
+        .await?;
+    if rehash {
+        let hash = s.passwords.hash(&req.password).await?;
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(&hash)
+            .bind(now)
+            .bind(&user_id)
+            .execute(s.db.pool())
+            .await?;
+        tracing::info!(user_id = %user_id, "password rehashed with the current parameters");
+    }
+    let session_id = new_id();
+    let refresh = new_refresh_token();
+    let mut tx = s.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, user_agent) \
+         VALUES ($1, $2, $3, $3, $4, $5)",
+    )
+    .bind(&session_id)
+    .bind(&user_id)
+    .bind(now)
+    .bind(now + s.settings.session_ttl.as_millis() as i64)
+    .bind(user_agent(&headers))
+    .execute(&mut *tx)
+    .await?;
+    insert_refresh(&mut tx, &refresh, &session_id, now).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, session_id = %session_id, "logged in");
+    Ok(Json(issue(&s, &user_id, &session_id, refresh).await?))
+}
+
+/// Seconds until `email` may try again, when it is locked out.
+async fn locked_out(s: &AppState, email: &str, now: i64) -> Result<Option<u64>, Error> {
+    let row = sqlx::query("SELECT locked_until FROM login_failures WHERE email = $1")
+        .bind(email)
+        .fetch_optional(s.db.pool())
+        .await?;
+    Ok(row
+        .map(|r| r.get::<i64, _>("locked_until"))
+        .filter(|until| *until > now)
+        .map(|until| ((until - now) as u64).div_ceil(1000)))
+}
+
+/// Counts a failed login; past the free attempts, locks the email for 1 s, 2 s, 4 s, …
+/// up to the maximum. Failures older than the maximum lockout are forgotten.
+async fn record_failure(s: &AppState, email: &str, now: i64) -> Result<(), Error> {
+    let max_ms = s.settings.max_lockout.as_millis() as i64;
+    let row = sqlx::query(
+        "INSERT INTO login_failures (email, failures, locked_until, last_failed_at) \
+         VALUES ($1, 1, 0, $2) \
+         ON CONFLICT (email) DO UPDATE SET \
+           failures = CASE WHEN login_failures.last_failed_at < $3 THEN 1 \
+                           ELSE login_failures.failures + 1 END, \
+           last_failed_at = $2 \
+         RETURNING failures",
+    )
+    .bind(email)
+    .bind(now)
+    .bind(now - max_ms)
+    .fetch_one(s.db.pool())
+    .await?;
+    let failures = row.get::<i64, _>("failures").max(0) as u32;
+    let over = failures.saturating_sub(s.settings.free_failures);
+    if over > 0 {
+        let lock_ms = (1000_i64 << (over - 1).min(20)).min(max_ms);
+        sqlx::query("UPDATE login_failures SET locked_until = $1 WHERE email = $2")
+            .bind(now + lock_ms)
+            .bind(email)
+            .execute(s.db.pool())
+            .await?;
+        tracing::warn!(
+            failures,
+            lock_ms,
+            "failed logins: email locked out for a while"
+        );
+    }
+    Ok(())
+}
+
+async fn insert_refresh(
+    tx: &mut Transaction<'static, Any>,
+    token: &str,
+    session_id: &str,
+    now: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash(token))
+    .bind(session_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Signs an access token for the session, with the user's current roles.
+async fn issue(
+    s: &AppState,
+    user_id: &str,
+    session_id: &str,
+    refresh_token: String,
+) -> Result<Tokens, Error> {
+    let roles = roles_of(&s.db, user_id).await?;
+    let now = now_ms() / 1000;
+    let ttl = s.settings.access_ttl.as_secs();
+    let claims = AccessClaims {
+        sub: user_id.to_owned(),
+        iss: s.settings.issuer.clone(),
+        aud: s.settings.audience.clone(),
+        exp: now + ttl as i64,
+        iat: now,
+        jti: new_id(),
+        sid: session_id.to_owned(),
+        perms: permissions_of(&roles),
+        roles,
+    };
+    Ok(Tokens {
+        access_token: s.keys.active().sign(&claims),
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+    })
+}
+
+/// `POST /auth/refresh`.
+#[derive(Deserialize)]
+pub struct Refresh {
+    refresh_token: String,
+}
+
+impl std::fmt::Debug for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refresh { .. }")
+    }
+}
+
+/// `POST /auth/refresh` → a new pair; the presented token is spent. A token presented
+/// again after it was spent ends its session.
+pub async fn refresh(
+    State(s): State<AppState>,
+    Json(req): Json<Refresh>,
+) -> Result<Json<Tokens>, Error> {
+    let hash = token_hash(&req.refresh_token);
+    let now = now_ms();
+    let mut tx = s.db.begin().await?;
+    // The conditional update is the lock: of two racing refreshes exactly one spends it.
+    let spent = sqlx::query(
+        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+    )
+    .bind(now)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let row = sqlx::query(
+        "SELECT s.id, s.user_id, s.revoked_at, s.expires_at FROM refresh_tokens r \
+         JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::BadRefreshToken("unknown refresh token"));
+    };
+    let session_id: String = row.get("id");
+    let user_id: String = row.get("user_id");
+    if spent == 0 {
+        let ended = revoke_session_tx(&mut tx, &session_id, "refresh token reused").await?;
+        tx.commit().await?;
+        if ended {
+            tracing::warn!(user_id = %user_id, session_id = %session_id, "a rotated refresh token was presented again: session revoked");
+        }
+        return Err(Error::BadRefreshToken(
+            "this refresh token was already used; the session has been ended",
+        ));
+    }
+    let revoked: Option<i64> = row.get("revoked_at");
+    let expires_at: i64 = row.get("expires_at");
+    if revoked.is_some() || expires_at <= now {
+        tx.commit().await?;
+        return Err(Error::BadRefreshToken(
+            "the session has ended; log in again",
+        ));
+    }
+    let next = new_refresh_token();
+    insert_refresh(&mut tx, &next, &session_id, now).await?;
+    sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&session_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(issue(&s, &user_id, &session_id, next).await?))
+}
+
+async fn revoke_session_tx(
+    tx: &mut Transaction<'static, Any>,
+    session_id: &str,
+    reason: &str,
+) -> Result<bool, Error> {
+    let n = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(session_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Ends every open session of `user_id` but `keep`; returns how many ended.
+pub async fn revoke_sessions_except(
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+    keep: &str,
+    reason: &str,
+) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE user_id = $3 AND id <> $4 AND revoked_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(user_id)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// 401 unless the access token's session is still open (this service's endpoints honour
+/// logout and revocation at once).
+pub async fn active_session(s: &AppState, id: &Identity) -> Result<(), Error> {
+    let row =
+        sqlx::query("SELECT revoked_at, expires_at FROM sessions WHERE id = $1 AND user_id = $2")
+            .bind(&id.session_id)
+            .bind(&id.user_id)
+            .fetch_optional(s.db.pool())
+            .await?;
+    match row {
+        Some(r)
+            if r.get::<Option<i64>, _>("revoked_at").is_none()
+                && r.get::<i64, _>("expires_at") > now_ms() =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::SessionEnded),
+    }
+}
+
+/// `POST /auth/logout` → 204; the session and its refresh tokens end.
+pub async fn logout(State(s): State<AppState>, id: Identity) -> Result<StatusCode, Error> {
+    active_session(&s, &id).await?;
+    let mut tx = s.db.begin().await?;
+    revoke_session_tx(&mut tx, &id.session_id, "logout").await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A session as its owner sees it.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the last refresh.
+    pub last_used_at: i64,
+    /// Unix ms after which it cannot be refreshed.
+    pub expires_at: i64,
+    /// The client that logged in.
+    pub user_agent: Option<String>,
+    /// Whether this is the session of the token that asked.
+    pub current: bool,
+}
+
+/// `GET /users/me/sessions` → the open sessions, newest first.
+pub async fn list_sessions(
+    State(s): State<AppState>,
+    id: Identity,
+) -> Result<Json<serde_json::Value>, Error> {
+    active_session(&s, &id).await?;
+    let rows = sqlx::query(
+        "SELECT id, created_at, last_used_at, expires_at, user_agent FROM sessions \
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+         ORDER BY created_at DESC LIMIT 100",
+    )
+    .bind(&id.user_id)
+    .bind(now_ms())
+    .fetch_all(s.db.pool())
+    .await?;
+    let sessions: Vec<SessionView> = rows
+        .iter()
+        .map(|r| {
+            let sid: String = r.get("id");
+            SessionView {
+                current: sid == id.session_id,
+                id: sid,
+                created_at: r.get("created_at"),
+                last_used_at: r.get("last_used_at"),
+                expires_at: r.get("expires_at"),
+                user_agent: r.get("user_agent"),
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "sessions": sessions })))
+}
+
+/// `DELETE /users/me/sessions/{id}` → 204, or 404 for a session that is not the caller's.
+pub async fn revoke_session(
+    State(s): State<AppState>,
+    id: Identity,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, Error> {
+    active_session(&s, &id).await?;
+    let mut tx = s.db.begin().await?;
+    let n = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = 'revoked by owner' \
+         WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(&session_id)
+    .bind(&id.user_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if n == 0 {
+        return Err(Error::NotFound("no such open session"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /.well-known/jwks.json`: the active key and retired keys whose tokens may still be
+/// alive.
+pub async fn jwks(State(s): State<AppState>) -> Response {
+    let mut resp = axum::Json(s.keys.jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    resp
+}
+
+/// `POST /admin/keys/rotate` (permission `keys:rotate`) → the new key's id. The old key
+/// stays published for the access-token lifetime plus a minute.
+pub async fn rotate_keys(
+    State(s): State<AppState>,
+    id: Identity,
+) -> Result<Json<serde_json::Value>, Error> {
+    active_session(&s, &id).await?;
+    id.require_permission("keys:rotate")?;
+    let keep = s.settings.access_ttl.as_millis() as i64 + 60_000;
+    let kid = s.keys.rotate(&s.db, keep).await?;
+    Ok(Json(serde_json::json!({ "kid": kid })))
+}

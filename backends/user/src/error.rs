@@ -1,0 +1,120 @@
+//! The user service's errors and how each is answered (problem+json).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kit::{DbError, Problem};
+use serde::Serialize;
+
+use crate::keys::KeyError;
+use crate::password::PasswordError;
+
+/// One invalid input field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's name in the request body.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Everything a user-service handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input that breaks a rule: 422 with each field's problem.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// The email is registered already: 409.
+    #[error("email already registered")]
+    EmailTaken,
+    /// Wrong email or password (the same answer for both): 401.
+    #[error("invalid email or password")]
+    BadCredentials,
+    /// Too many failed logins for this email: 429 with Retry-After.
+    #[error("too many failed logins")]
+    Throttled {
+        /// Seconds until the next attempt is considered.
+        retry_after_s: u64,
+    },
+    /// The refresh token is unknown, expired, or its session has ended: 401.
+    #[error("{0}")]
+    BadRefreshToken(&'static str),
+    /// The access token's session has ended: 401.
+    #[error("the session has ended")]
+    SessionEnded,
+    /// Not allowed: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing: 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// An answer already shaped as a problem (extractor rejections).
+    #[error("{0}")]
+    Problem(Problem),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Hashing failed.
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// The key ring failed.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl From<Problem> for Error {
+    fn from(p: Problem) -> Error {
+        Error::Problem(p)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        Error::Db(e.into())
+    }
+}
+
+impl Error {
+    /// One invalid field.
+    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
+        Error::Invalid(vec![FieldError {
+            field,
+            message: message.into(),
+        }])
+    }
+
+    fn problem(self) -> Problem {
+        match self {
+            Error::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Problem::unprocessable(detail).with("errors", errors)
+            }
+            Error::EmailTaken => Problem::conflict("an account with this email already exists"),
+            Error::BadCredentials => {
+                Problem::new(StatusCode::UNAUTHORIZED).detail("invalid email or password")
+            }
+            Error::Throttled { retry_after_s } => Problem::new(StatusCode::TOO_MANY_REQUESTS)
+                .detail("too many failed logins; try again later")
+                .header(header::RETRY_AFTER, HeaderValue::from(retry_after_s)),
+            Error::BadRefreshToken(why) => {
+                Problem::new(StatusCode::UNAUTHORIZED).detail(why.to_owned())
+            }
+            Error::SessionEnded => Problem::unauthorized("the session has ended; log in again"),
+            Error::Forbidden(why) => Problem::forbidden(why),
+            Error::NotFound(what) => Problem::not_found(what),
+            Error::Problem(p) => p,
+            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
+            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            e @ (Error::Db(_) | Error::Password(_) | Error::Keys(_)) => Problem::internal(&e),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}

@@ -1,0 +1,213 @@
+//! The user service: accounts, passwords (argon2id), EdDSA access tokens with rotating
+//! refresh tokens, sessions, roles, and the JWKS every other part of Gatehouse verifies
+//! access tokens against.
+//!
+//! `router(state)` is the whole HTTP surface; `main.rs` only reads settings and serves it,
+//! and the gateway's platform mode mounts the same router in-process.
+//!
+//! Tokens: an access token is a 15-minute EdDSA JWT (`sub iss aud exp iat jti sid roles
+//! perms`); a refresh token is 32 random bytes, stored as its SHA-256 and rotated on every
+//! use. Presenting a refresh token that was already rotated ends its whole session (it
+//! was stolen, or replayed), atomically: of two concurrent refreshes of one token exactly
+//! one succeeds. Endpoints of this service also check that the access token's session is
+//! still open, so logout takes effect here at once; elsewhere an access token lives until
+//! it expires (at most 15 minutes).
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod password;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use kit::{Db, Telemetry, Verifier};
+use sqlx::migrate::Migrator;
+
+pub use error::Error;
+use keys::{KeyRing, KeySource};
+use password::{HashParams, Passwords};
+
+/// The service's migrations (versions from 1000; the kit's run with them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the kit's and the service's migrations.
+pub async fn migrate(db: &Db) -> Result<(), kit::DbError> {
+    db.migrate(&MIGRATIONS).await
+}
+
+/// Roles and the permissions each grants. A caller's permissions are the union over its
+/// roles.
+pub const ROLES: &[(&str, &[&str])] = &[
+    (
+        "customer",
+        &[
+            "profile:read",
+            "profile:write",
+            "products:read",
+            "orders:read",
+            "orders:write",
+            "payments:write",
+        ],
+    ),
+    (
+        "admin",
+        &[
+            "users:read",
+            "users:write",
+            "products:write",
+            "inventory:write",
+            "orders:admin",
+            "payments:admin",
+            "analytics:read",
+            "keys:rotate",
+        ],
+    ),
+];
+
+/// The role every new account gets.
+pub const DEFAULT_ROLE: &str = "customer";
+
+/// The permissions `roles` grant, sorted and without duplicates.
+pub fn permissions_of(roles: &[String]) -> Vec<String> {
+    let mut perms: Vec<String> = ROLES
+        .iter()
+        .filter(|(r, _)| roles.iter().any(|x| x == r))
+        .flat_map(|(_, p)| p.iter().map(|s| s.to_string()))
+        .collect();
+    perms.sort();
+    perms.dedup();
+    perms
+}
+
+/// How the service behaves; defaults are the production values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `iss` of the access tokens.
+    pub issuer: String,
+    /// `aud` of the access tokens.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// How long a session lives without a login (refresh tokens stop working after it).
+    pub session_ttl: Duration,
+    /// argon2id parameters for new hashes.
+    pub hash: HashParams,
+    /// Failed logins allowed before back-off starts.
+    pub free_failures: u32,
+    /// The longest back-off after failed logins.
+    pub max_lockout: Duration,
+    /// Where the active signing key comes from.
+    pub signing_key: KeySource,
+    /// An existing account's email to make admin at start-up.
+    pub bootstrap_admin: Option<String>,
+}
+
+impl Settings {
+    /// Production defaults with the key file under `data_dir`.
+    pub fn new(data_dir: &std::path::Path) -> Settings {
+        Settings {
+            issuer: "gatehouse-user".into(),
+            audience: "gatehouse".into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            hash: HashParams::OWASP,
+            free_failures: 5,
+            max_lockout: Duration::from_secs(15 * 60),
+            signing_key: KeySource::File(data_dir.join("user-signing-key.pem")),
+            bootstrap_admin: None,
+        }
+    }
+
+    /// Reads overrides from the environment (`USER_`-prefixed or bare): `TOKEN_ISSUER`,
+    /// `TOKEN_AUDIENCE`, `SIGNING_KEY` (PEM text), `SIGNING_KEY_FILE`, `BOOTSTRAP_ADMIN`.
+    pub fn from_env(data_dir: &std::path::Path) -> Settings {
+        let get = |name: &str| {
+            std::env::var(format!("USER_{name}"))
+                .or_else(|_| std::env::var(name))
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        };
+        let mut s = Settings::new(data_dir);
+        if let Some(v) = get("TOKEN_ISSUER") {
+            s.issuer = v;
+        }
+        if let Some(v) = get("TOKEN_AUDIENCE") {
+            s.audience = v;
+        }
+        if let Some(v) = get("SIGNING_KEY_FILE") {
+            s.signing_key = KeySource::File(v.into());
+        }
+        if let Some(v) = get("SIGNING_KEY") {
+            s.signing_key = KeySource::Inline(v);
+        }
+        s.bootstrap_admin = get("BOOTSTRAP_ADMIN");
+        s
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Signing keys and the published JWKS.
+    pub keys: KeyRing,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Verifies this service's own access tokens (in-process key set).
+    pub verifier: Arc<Verifier>,
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Arc<Verifier> {
+        s.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Migrates `db`, loads the key ring, prepares hashing, and applies the bootstrap admin.
+    pub async fn build(db: Db, settings: Settings) -> Result<AppState, Error> {
+        migrate(&db).await?;
+        let keys = KeyRing::load(settings.signing_key.clone(), &db).await?;
+        let passwords = Passwords::new(settings.hash)?;
+        let verifier = Verifier::local(keys.published(), &settings.issuer, &settings.audience);
+        let state = AppState {
+            db,
+            settings: Arc::new(settings),
+            keys,
+            passwords,
+            verifier: Arc::new(verifier),
+        };
+        if let Some(email) = state.settings.bootstrap_admin.clone() {
+            accounts::bootstrap_admin(&state, &email).await?;
+        }
+        Ok(state)
+    }
+}
+
+/// The HTTP surface, with `/health`, `/ready` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let telemetry = Telemetry::new("user", vec![Arc::new(state.db.clone())]);
+    let api = Router::new()
+        .route("/users", post(accounts::register))
+        .route("/users/me", get(accounts::me))
+        .route("/users/me/password", put(accounts::change_password))
+        .route("/users/me/sessions", get(auth::list_sessions))
+        .route("/users/me/sessions/{id}", delete(auth::revoke_session))
+        .route("/admin/users/{id}/roles", put(accounts::set_roles))
+        .route("/admin/keys/rotate", post(auth::rotate_keys))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .with_state(state);
+    telemetry.wrap(api)
+}

@@ -1,0 +1,10 @@
+//! The user service over real sockets, each test on SQLite and (with `TEST_DATABASE_URL`)
+//! PostgreSQL.
+
+mod helpers;
+
+mod accounts;
+mod admin;
+mod login;
+mod refresh;
+mod sessions;

@@ -6,6 +6,7 @@
 //! - [`db`]: one sqlx pool, SQLite (embedded default) or PostgreSQL, one SQL dialect, the
 //!   kit's migrations run with the service's, unique violations mapped to one `Conflict`;
 //! - [`problem`]: `application/problem+json` errors and a JSON extractor that rejects with them;
+//! - [`idempotency`]: the `Idempotency-Key` layer (Stripe semantics) for POST and PATCH;
 //! - [`config`]: settings from the environment with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod db;
+pub mod idempotency;
 mod migrations;
 pub mod problem;
 pub mod serve;
@@ -23,5 +25,6 @@ pub mod testing;
 
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
+pub use idempotency::IdempotencyLayer;
 pub use problem::{Json, Problem};
 pub use telemetry::{Telemetry, TraceContext};

@@ -8,6 +8,7 @@
 //! - [`problem`]: `application/problem+json` errors and a JSON extractor that rejects with them;
 //! - [`identity`]: the bearer-token [`Identity`] extractor (EdDSA, JWKS URL or in-process
 //!   keys) with role/permission guards, and the [`identity::SigningKey`] that issues tokens;
+//! - [`idempotency`]: the `Idempotency-Key` layer (Stripe semantics) for POST and PATCH;
 //! - [`config`]: settings from the environment with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod idempotency;
 mod migrations;
 pub mod problem;
 pub mod serve;
@@ -27,5 +29,6 @@ pub mod testing;
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
 pub use identity::{Identity, Verifier};
+pub use idempotency::IdempotencyLayer;
 pub use problem::{Json, Problem};
 pub use telemetry::{Telemetry, TraceContext};

@@ -1,6 +1,9 @@
 //! `gateway`: run a Gatehouse config, check one, or explain which route a request takes.
+//! A config with a `[platform]` section also runs the backend services it names in the same
+//! process (see [`platform`]).
 
 mod logging;
+mod platform;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a config: proxy and admin listeners, reloading the file when it changes or on SIGHUP.
+    /// Serve a config: proxy and admin listeners, reloading the file when it changes or on SIGHUP;
+    /// with a `[platform]` section, the backend services it names too.
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config/gateway.toml")]
@@ -82,10 +86,16 @@ fn run(config: &Path) -> anyhow::Result<()> {
         Ok(c) => logging::init(&c.observability)?,
         Err(_) => logging::init_console(),
     };
+    let platform = match std::fs::read_to_string(config) {
+        Ok(text) => platform::parse(config, &text)?,
+        Err(_) => None, // the builder below says why the file cannot be read
+    };
     let gateway = Gateway::builder()
         .config_file(config)
         .reload_on_sighup(true)
         .build()?;
+    // Services first: the gateway's first JWKS fetch should find the user service up.
+    let services = platform.as_ref().map(platform::start).transpose()?;
     let snapshot = gateway.store().load();
     tracing::info!(
         config = %config.display(),
@@ -94,18 +104,26 @@ fn run(config: &Path) -> anyhow::Result<()> {
         routes = snapshot.router.routes().len(),
         "gatehouse starting"
     );
-    gateway.run()?;
+    let served = gateway.run();
+    if let Some(services) = services {
+        services.stop();
+    }
     telemetry.shutdown();
-    Ok(())
+    Ok(served?)
 }
 
 fn check(config: &Path) -> ExitCode {
     // Build the snapshot `run` would serve (route compilation included), without binding or
     // spawning anything, so that "ok" here means `run` and a reload accept the file too.
-    let loaded = gateway_core::config::Source::read(config)
-        .and_then(|source| Snapshot::from_source(&source, 1, None, &FilterRegistry::builtin()));
+    let loaded = gateway_core::config::Source::read(config).and_then(|source| {
+        Snapshot::from_source(&source, 1, None, &FilterRegistry::builtin()).map(|s| (s, source))
+    });
     match loaded {
-        Ok(snapshot) => {
+        Ok((snapshot, source)) => {
+            if let Err(e) = platform::parse(config, &source.text) {
+                println!("{e}");
+                return ExitCode::FAILURE;
+            }
             let c = &snapshot.config;
             println!(
                 "{}: ok ({}, {})",

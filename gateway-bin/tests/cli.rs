@@ -69,7 +69,10 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn check_accepts_the_reference_config_and_every_example() {
     let root = workspace();
-    let mut files = vec![root.join("config/gateway.toml")];
+    let mut files = vec![
+        root.join("config/gateway.toml"),
+        root.join("config/platform.toml"),
+    ];
     let mut examples: Vec<PathBuf> = fs::read_dir(root.join("config/examples"))
         .expect("config/examples exists")
         .map(|e| e.expect("dir entry").path())
@@ -166,6 +169,25 @@ retry = {{ attempts = 0 }}
     // `check` binds nothing: it returns at once and the file's listen port is still free.
     assert!(took < Duration::from_secs(10), "check took {took:?}");
     TcpListener::bind(("127.0.0.1", listen)).expect("the checked listen port is still free");
+}
+
+#[test]
+fn check_reports_a_bad_platform_section_with_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = write_config(
+        dir.path(),
+        "platform.toml",
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[platform.user]\nlisten = \"127.0.0.1:3001\"\ndatabase = \"x\"\n",
+    );
+    let path = bad.to_str().expect("utf-8 path");
+    let out = gateway(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    assert!(
+        lines[0].starts_with(&format!("{path}:6:")) && lines[0].contains("database"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

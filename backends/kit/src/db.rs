@@ -218,3 +218,33 @@ pub fn now_ms() -> i64 {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            super::redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            super::redact_url("postgres://app@db/x"),
+            "postgres://app@db/x"
+        );
+        assert_eq!(
+            super::redact_url("sqlite://data/u.db"),
+            "sqlite://data/u.db"
+        );
+    }
+}

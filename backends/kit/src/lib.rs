@@ -17,8 +17,8 @@
 
 pub mod config;
 pub mod db;
-pub mod identity;
 pub mod idempotency;
+pub mod identity;
 mod migrations;
 pub mod problem;
 pub mod serve;
@@ -28,7 +28,7 @@ pub mod testing;
 
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
-pub use identity::{Identity, Verifier};
 pub use idempotency::IdempotencyLayer;
+pub use identity::{Identity, Verifier};
 pub use problem::{Json, Problem};
 pub use telemetry::{Telemetry, TraceContext};

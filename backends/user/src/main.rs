@@ -30,9 +30,12 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let db = Db::connect(&config.database_url)
-        .await
-        .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
+    let db = Db::connect(&config.database_url).await.with_context(|| {
+        format!(
+            "opening the database {}",
+            kit::db::redact_url(&config.database_url)
+        )
+    })?;
     let state = AppState::build(db.clone(), settings)
         .await
         .context("starting the user service")?;
@@ -43,18 +46,4 @@ async fn main() -> anyhow::Result<()> {
     kit::serve::serve(listener, router(state), kit::serve::shutdown_signal()).await?;
     db.close().await;
     Ok(())
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

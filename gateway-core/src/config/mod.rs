@@ -43,6 +43,11 @@ pub struct Config {
     /// Access log, `Server-Timing`, tracing.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// The `gateway` binary's all-in-one mode: which backend services to run in the same
+    /// process (`[platform]`). The library only carries it; the binary reads and checks it.
+    /// Changes need a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<toml::Table>,
 }
 
 /// Observability switches.

@@ -14,7 +14,9 @@
 
 pub mod config;
 pub mod db;
+pub mod event;
 mod migrations;
+pub mod outbox;
 pub mod problem;
 pub mod serve;
 pub mod telemetry;
@@ -23,5 +25,6 @@ pub mod testing;
 
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
+pub use event::Event;
 pub use problem::{Json, Problem};
 pub use telemetry::{Telemetry, TraceContext};

@@ -96,6 +96,19 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
     topic.next().is_none()
 }
 
+/// Checks a durable consumer name: one plain token (no dots, so it is a valid NATS name).
+pub(crate) fn validate_consumer(name: &str) -> Result<(), TopicError> {
+    if is_plain_token(name) {
+        Ok(())
+    } else {
+        Err(TopicError {
+            kind: "consumer name",
+            value: name.to_owned(),
+            reason: "expected letters, digits, '_' and '-' only",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

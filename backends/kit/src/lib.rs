@@ -12,6 +12,7 @@
 //! - `testing` (feature `testing`): a fresh database per test, on SQLite always and on
 //!   PostgreSQL when `TEST_DATABASE_URL` is set, and an app served on port 0.
 
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod event;
@@ -23,6 +24,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use bus::{BusError, Delivery, EventBus, InProcessBus, NatsBus, Subscription};
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
 pub use event::Event;

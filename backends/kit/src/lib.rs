@@ -19,6 +19,7 @@ pub mod event;
 mod migrations;
 pub mod outbox;
 pub mod problem;
+pub mod relay;
 pub mod serve;
 pub mod telemetry;
 #[cfg(feature = "testing")]
@@ -29,4 +30,5 @@ pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
 pub use event::Event;
 pub use problem::{Json, Problem};
+pub use relay::{OutboxWaker, Relay};
 pub use telemetry::{Telemetry, TraceContext};

@@ -9,6 +9,11 @@
 //! - [`config`]: settings from the environment with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
+//! - events, at least once from a committed transaction to every consumer:
+//!   [`outbox::record`] writes an [`Event`] in the producer's transaction, the [`Relay`]
+//!   publishes committed rows to an [`EventBus`] ([`InProcessBus`] embedded,
+//!   [`NatsBus`] for JetStream), and a [`Consumer`] applies each delivery once through the
+//!   [`inbox`] in its own transaction before acking it;
 //! - `testing` (feature `testing`): a fresh database per test, on SQLite always and on
 //!   PostgreSQL when `TEST_DATABASE_URL` is set, and an app served on port 0.
 
@@ -16,6 +21,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod inbox;
 mod migrations;
 pub mod outbox;
 pub mod problem;
@@ -29,6 +35,7 @@ pub use bus::{BusError, Delivery, EventBus, InProcessBus, NatsBus, Subscription}
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
 pub use event::Event;
+pub use inbox::{Consumer, Handler};
 pub use problem::{Json, Problem};
 pub use relay::{OutboxWaker, Relay};
 pub use telemetry::{Telemetry, TraceContext};

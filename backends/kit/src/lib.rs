@@ -12,23 +12,37 @@
 //! - [`config`]: settings from the environment with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
+//! - events, at least once from a committed transaction to every consumer:
+//!   [`outbox::record`] writes an [`Event`] in the producer's transaction, the [`Relay`]
+//!   publishes committed rows to an [`EventBus`] ([`InProcessBus`] embedded,
+//!   [`NatsBus`] for JetStream), and a [`Consumer`] applies each delivery once through the
+//!   [`inbox`] in its own transaction before acking it;
 //! - `testing` (feature `testing`): a fresh database per test, on SQLite always and on
 //!   PostgreSQL when `TEST_DATABASE_URL` is set, and an app served on port 0.
 
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod idempotency;
 pub mod identity;
+pub mod event;
+pub mod inbox;
 mod migrations;
+pub mod outbox;
 pub mod problem;
+pub mod relay;
 pub mod serve;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use bus::{BusError, Delivery, EventBus, InProcessBus, NatsBus, Subscription};
 pub use config::ServiceConfig;
 pub use db::{Db, DbError, DbKind};
 pub use idempotency::IdempotencyLayer;
 pub use identity::{Identity, Verifier};
+pub use event::Event;
+pub use inbox::{Consumer, Handler};
 pub use problem::{Json, Problem};
+pub use relay::{OutboxWaker, Relay};
 pub use telemetry::{Telemetry, TraceContext};

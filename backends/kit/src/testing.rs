@@ -12,6 +12,9 @@
 //! }
 //! ```
 //!
+//! Event tests get a NATS JetStream bus with [`nats`] when `TEST_NATS_URL` is set: a stream
+//! and subject prefix of their own, deleted afterwards, so tests run in parallel.
+//!
 //! Logs are printed only when `TEST_LOG` is set.
 
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use std::sync::Once;
 use axum::Router;
 use tokio::sync::oneshot;
 
+use crate::bus::{NatsBus, NatsOptions};
 use crate::db::{Db, DbKind};
 
 /// A database that lives as long as the test: a SQLite file in a temporary folder, or a
@@ -138,6 +142,67 @@ pub async fn databases() -> Vec<TestDb> {
     let mut all = vec![sqlite().await];
     all.extend(postgres().await);
     all
+}
+
+/// A NATS JetStream bus on a stream of its own, deleted on drop.
+pub struct TestNats {
+    /// The connected bus.
+    pub bus: NatsBus,
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let options = self.bus.options().clone();
+        // Drop runs inside the test's runtime, which drives the bus's connection and is
+        // blocked here: delete over a connection of a thread of its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let deleted = match async_nats::connect(&options.url).await {
+                        Ok(client) => async_nats::jetstream::new(client)
+                            .delete_stream(&options.stream)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = deleted {
+                        eprintln!("could not delete test stream {}: {e}", options.stream);
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A JetStream bus on `TEST_NATS_URL` with a unique stream and subject prefix, adjusted by
+/// `configure` (e.g. a short `ack_wait`), or `None` (with a message saying what is needed)
+/// when it is not set.
+pub async fn nats_with(configure: impl FnOnce(&mut NatsOptions)) -> Option<TestNats> {
+    init_test_log();
+    let Ok(url) = std::env::var("TEST_NATS_URL") else {
+        eprintln!("skipping NATS: set TEST_NATS_URL (e.g. nats://127.0.0.1:4222)");
+        return None;
+    };
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let mut options = NatsOptions::new(&url);
+    options.stream = format!("TEST_{unique}");
+    options.subject_prefix = format!("t{unique}");
+    options.max_age = std::time::Duration::from_secs(3600);
+    configure(&mut options);
+    let bus = NatsBus::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_NATS_URL={url} is set but unusable: {e:?}"));
+    Some(TestNats { bus })
+}
+
+/// [`nats_with`] the default options.
+pub async fn nats() -> Option<TestNats> {
+    nats_with(|_| {}).await
 }
 
 /// An app served on `127.0.0.1:0` until dropped.

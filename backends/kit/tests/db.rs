@@ -15,7 +15,13 @@ async fn migrations_create_the_kit_tables_and_the_service_tables_and_run_twice()
         t.db.migrate(&MIGRATIONS)
             .await
             .expect("migrate again is a no-op");
-        for table in ["kit_outbox", "kit_inbox", "kit_idempotency", "counters"] {
+        for table in [
+            "kit_outbox",
+            "kit_outbox_lease",
+            "kit_inbox",
+            "kit_idempotency",
+            "counters",
+        ] {
             let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
                 .fetch_one(t.db.pool())
                 .await

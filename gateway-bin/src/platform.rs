@@ -7,6 +7,7 @@
 //! ```toml
 //! [platform]
 //! data_dir = "data"
+//! # nats_url = "nats://127.0.0.1:4222"  (default: the in-process event bus)
 //!
 //! [platform.user]
 //! listen = "127.0.0.1:3001"
@@ -33,6 +34,10 @@ pub struct PlatformConfig {
     /// directory).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// NATS JetStream for events between services; absent = the in-process bus (events
+    /// live while the process runs; the outbox keeps what was not yet published).
+    #[serde(default)]
+    pub nats_url: Option<String>,
     /// The user service (accounts, tokens, JWKS).
     #[serde(default)]
     pub user: Option<ServiceConfig>,
@@ -111,6 +116,7 @@ struct Running {
     name: &'static str,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    service: user_service::Service,
 }
 
 /// Starts every service the section names; returns once each is listening.
@@ -122,13 +128,20 @@ pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
         .build()
         .context("starting the platform runtime")?;
     let mut running = Vec::new();
+    let bus = rt
+        .block_on(kit::bus::from_config(config.nats_url.as_deref()))
+        .context("platform.nats_url: connecting to the event bus")?;
     if let Some(user) = &config.user {
-        running.push(rt.block_on(start_user(&config.data_dir, user))?);
+        running.push(rt.block_on(start_user(&config.data_dir, user, bus.clone()))?);
     }
     Ok(Platform { rt, running })
 }
 
-async fn start_user(data_dir: &Path, c: &ServiceConfig) -> anyhow::Result<Running> {
+async fn start_user(
+    data_dir: &Path,
+    c: &ServiceConfig,
+    bus: std::sync::Arc<dyn kit::EventBus>,
+) -> anyhow::Result<Running> {
     let url = c
         .database_url
         .clone()
@@ -143,14 +156,14 @@ async fn start_user(data_dir: &Path, c: &ServiceConfig) -> anyhow::Result<Runnin
     if c.bootstrap_admin.is_some() {
         settings.bootstrap_admin = c.bootstrap_admin.clone();
     }
-    let state = user_service::AppState::build(db, settings)
+    let service = user_service::Service::start(db, settings, bus)
         .await
         .context("platform.user: starting the user service")?;
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .with_context(|| format!("platform.user.listen: cannot bind {}", c.listen))?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = user_service::router(state);
+    let app = service.router();
     let task = tokio::spawn(kit::serve::serve(listener, app, async {
         let _ = stopped.await;
     }));
@@ -159,6 +172,7 @@ async fn start_user(data_dir: &Path, c: &ServiceConfig) -> anyhow::Result<Runnin
         name: "user",
         stop,
         task,
+        service,
     })
 }
 
@@ -174,6 +188,7 @@ impl Platform {
                     Ok(Ok(Err(e))) => tracing::warn!(service = r.name, error = %e, "platform: stopped with an error"),
                     _ => tracing::warn!(service = r.name, "platform: did not stop in time"),
                 }
+                r.service.shutdown().await;
             }
         });
     }

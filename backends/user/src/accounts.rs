@@ -148,13 +148,15 @@ pub async fn register(
         .bind(DEFAULT_ROLE)
         .execute(&mut *tx)
         .await?;
-    events::record(
-        &mut tx,
-        "user.registered",
-        serde_json::json!({ "user_id": id, "email": email, "name": name, "at": now }),
-    )
-    .await?;
+    let fact = events::UserRegistered {
+        user_id: &id,
+        email: &email,
+        name: name.as_deref(),
+        at: now,
+    };
+    events::record(&mut tx, "user.registered", &fact).await?;
     tx.commit().await?;
+    s.outbox.wake();
     tracing::info!(user_id = %id, "account registered");
     let account = Account {
         id,
@@ -244,13 +246,13 @@ pub async fn change_password(
         .await?;
     let ended =
         revoke_sessions_except(&mut tx, &id.user_id, &id.session_id, "password changed").await?;
-    events::record(
-        &mut tx,
-        "user.password_changed",
-        serde_json::json!({ "user_id": id.user_id, "at": now }),
-    )
-    .await?;
+    let fact = events::PasswordChanged {
+        user_id: &id.user_id,
+        at: now,
+    };
+    events::record(&mut tx, "user.password_changed", &fact).await?;
     tx.commit().await?;
+    s.outbox.wake();
     tracing::info!(user_id = %id.user_id, sessions_ended = ended, "password changed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,23 +1,40 @@
 //! The facts this service publishes, written to the kit's outbox in the same transaction
-//! as the change they describe: `user.registered`, `user.password_changed`.
+//! as the change they describe: `user.registered`, `user.password_changed`. The relay
+//! started by [`crate::Service`] publishes them to the event bus after commit.
 
-use kit::db::{new_id, now_ms};
+use serde::Serialize;
 use sqlx::{Any, Transaction};
 
 use crate::error::Error;
+
+/// `user.registered`.
+#[derive(Debug, Serialize)]
+pub struct UserRegistered<'a> {
+    /// The new account's id.
+    pub user_id: &'a str,
+    /// Its normalized email.
+    pub email: &'a str,
+    /// Display name.
+    pub name: Option<&'a str>,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// `user.password_changed`.
+#[derive(Debug, Serialize)]
+pub struct PasswordChanged<'a> {
+    /// The account's id.
+    pub user_id: &'a str,
+    /// Unix ms.
+    pub at: i64,
+}
 
 /// Records `topic` with `payload` in the outbox, inside `tx`.
 pub async fn record(
     tx: &mut Transaction<'static, Any>,
     topic: &str,
-    payload: serde_json::Value,
+    payload: &impl Serialize,
 ) -> Result<(), Error> {
-    sqlx::query("INSERT INTO kit_outbox (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(new_id())
-        .bind(topic)
-        .bind(payload.to_string())
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
+    kit::outbox::record(tx, topic, payload).await?;
     Ok(())
 }

@@ -26,7 +26,10 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use kit::{Db, Telemetry, Verifier};
+use kit::bus::BusReady;
+use kit::relay::RelayOptions;
+use kit::telemetry::ReadyCheck;
+use kit::{Db, EventBus, OutboxWaker, Relay, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 
 pub use error::Error;
@@ -164,6 +167,10 @@ pub struct AppState {
     pub passwords: Passwords,
     /// Verifies this service's own access tokens (in-process key set).
     pub verifier: Arc<Verifier>,
+    /// Wakes the outbox relay after a commit that recorded events (a no-op without one).
+    pub outbox: OutboxWaker,
+    /// The event bus the relay publishes to, when one runs (checked by `/ready`).
+    pub bus: Option<Arc<dyn EventBus>>,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -185,6 +192,8 @@ impl AppState {
             keys,
             passwords,
             verifier: Arc::new(verifier),
+            outbox: OutboxWaker::default(),
+            bus: None,
         };
         if let Some(email) = state.settings.bootstrap_admin.clone() {
             accounts::bootstrap_admin(&state, &email).await?;
@@ -193,9 +202,45 @@ impl AppState {
     }
 }
 
+/// The user service running: its state plus the relay that publishes its outbox.
+pub struct Service {
+    /// What the router serves.
+    pub state: AppState,
+    relay: Relay,
+}
+
+impl Service {
+    /// Builds the state (see [`AppState::build`]) and starts the outbox relay on `bus`.
+    pub async fn start(
+        db: Db,
+        settings: Settings,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<Service, Error> {
+        let mut state = AppState::build(db.clone(), settings).await?;
+        let relay = Relay::spawn(db, bus.clone(), RelayOptions::default());
+        state.outbox = relay.waker();
+        state.bus = Some(bus);
+        Ok(Service { state, relay })
+    }
+
+    /// The HTTP surface.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the relay (after serving has stopped), releasing its lease at once.
+    pub async fn shutdown(self) {
+        self.relay.shutdown().await;
+    }
+}
+
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    let telemetry = Telemetry::new("user", vec![Arc::new(state.db.clone())]);
+    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
+    if let Some(bus) = &state.bus {
+        checks.push(Arc::new(BusReady(bus.clone())));
+    }
+    let telemetry = Telemetry::new("user", checks);
     let api = Router::new()
         .route("/users", post(accounts::register))
         .route("/users/me", get(accounts::me))

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use kit::{Db, ServiceConfig};
-use user_service::{router, AppState, Settings};
+use user_service::{Service, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,14 +36,18 @@ async fn main() -> anyhow::Result<()> {
             kit::db::redact_url(&config.database_url)
         )
     })?;
-    let state = AppState::build(db.clone(), settings)
+    let bus = kit::bus::from_config(config.nats_url.as_deref())
+        .await
+        .context("connecting to the event bus (NATS_URL)")?;
+    let service = Service::start(db.clone(), settings, bus)
         .await
         .context("starting the user service")?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(addr = %config.bind, "user service listening");
-    kit::serve::serve(listener, router(state), kit::serve::shutdown_signal()).await?;
+    kit::serve::serve(listener, service.router(), kit::serve::shutdown_signal()).await?;
+    service.shutdown().await;
     db.close().await;
     Ok(())
 }

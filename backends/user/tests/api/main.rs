@@ -5,6 +5,7 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod events;
 mod login;
 mod refresh;
 mod sessions;

@@ -12,6 +12,9 @@
 //!
 //! Each variable may be prefixed with the service's name in capitals (`USER_DATABASE_URL`),
 //! which wins over the bare name, so several services can share one environment.
+//!
+//! `CONFIG_FILE` (or `USER_CONFIG_FILE`…) names a TOML file with the same settings in lower
+//! case (`bind = "127.0.0.1:3001"`, `database_url = "…"`); the environment wins over it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,9 +47,25 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    /// Reads the settings of `service` (default port `port`) from the process environment.
+    /// Reads the settings of `service` (default port `port`) from the process environment,
+    /// over those of the `CONFIG_FILE` it names, if any.
     pub fn from_env(service: &'static str, port: u16) -> Result<ServiceConfig, ConfigError> {
-        ServiceConfig::from_lookup(service, port, |k| std::env::var(k).ok())
+        let env = |k: &str| std::env::var(k).ok();
+        let prefixed = format!("{}_CONFIG_FILE", service.to_ascii_uppercase());
+        let file = match env(&prefixed)
+            .map(|f| (prefixed.clone(), f))
+            .or_else(|| env("CONFIG_FILE").map(|f| ("CONFIG_FILE".to_owned(), f)))
+        {
+            Some((variable, path)) => read_file(&variable, &path)?,
+            None => Default::default(),
+        };
+        let prefix = format!("{}_", service.to_ascii_uppercase());
+        ServiceConfig::from_lookup(service, port, |k| {
+            env(k).or_else(|| {
+                let bare = k.strip_prefix(&prefix).unwrap_or(k);
+                file.get(&bare.to_ascii_lowercase()).cloned()
+            })
+        })
     }
 
     /// Reads the settings through `get` (the environment, or a map in tests).
@@ -99,6 +118,50 @@ impl ServiceConfig {
     }
 }
 
+/// The settings in a TOML file, as strings by lower-case name; an error names the file and
+/// the line.
+fn read_file(
+    variable: &str,
+    path: &str,
+) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let err = |reason: String| ConfigError {
+        variable: variable.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("{path}: {e}")))?;
+    parse_file(path, &text).map_err(err)
+}
+
+fn parse_file(path: &str, text: &str) -> Result<std::collections::HashMap<String, String>, String> {
+    const KEYS: [&str; 5] = ["bind", "data_dir", "database_url", "nats_url", "jwks_url"];
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        format!("{path}:{line}: {}", e.message())
+    })?;
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in table {
+        if !KEYS.contains(&k.as_str()) {
+            return Err(format!(
+                "{path}: unknown setting {k:?} (known: {})",
+                KEYS.join(", ")
+            ));
+        }
+        match v {
+            toml::Value::String(s) => out.insert(k, s),
+            other => {
+                return Err(format!(
+                    "{path}: {k} must be a string, not {}",
+                    other.type_str()
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +191,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.database_url, "postgres://c/d");
+    }
+
+    #[test]
+    fn a_config_file_gives_settings_and_names_its_mistakes() {
+        let f = parse_file(
+            "u.toml",
+            "bind = \"127.0.0.1:4000\"\ndatabase_url = \"sqlite://x.db\"\n",
+        )
+        .unwrap();
+        assert_eq!(f["bind"], "127.0.0.1:4000");
+        let e = parse_file("u.toml", "bind = \"a\"\nport = \"1\"\n").unwrap_err();
+        assert!(e.contains("unknown setting \"port\""), "{e}");
+        let e = parse_file("u.toml", "bind = \"a\"\ndatabase_url = 3\n").unwrap_err();
+        assert!(e.contains("database_url must be a string"), "{e}");
+        let e = parse_file("u.toml", "bind = \"a\"\nx = = 1\n").unwrap_err();
+        assert!(e.starts_with("u.toml:2:"), "{e}");
     }
 
     #[test]

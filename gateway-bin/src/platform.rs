@@ -152,7 +152,8 @@ async fn start_user(
             kit::db::redact_url(&url)
         )
     })?;
-    let mut settings = user_service::Settings::from_env(data_dir);
+    let mut settings =
+        user_service::Settings::from_env(data_dir).map_err(|e| anyhow!("platform.user: {e}"))?;
     if c.bootstrap_admin.is_some() {
         settings.bootstrap_admin = c.bootstrap_admin.clone();
     }

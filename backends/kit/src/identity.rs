@@ -499,6 +499,160 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// Where a service gets the bearer token it sends on service-to-service calls (the order
+/// saga calling inventory and payments). Tokens are cached until a minute before they
+/// expire. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenSource(Arc<TokenInner>);
+
+enum TokenKind {
+    /// Mint locally with a key the verifiers trust (tests; single-process setups).
+    Signing {
+        key: SigningKey,
+        template: AccessClaims,
+        ttl_s: i64,
+    },
+    /// OAuth 2.0 client credentials against the user service's `POST /auth/token`.
+    ClientCredentials {
+        url: String,
+        client_id: String,
+        secret: String,
+        client: reqwest::Client,
+    },
+}
+
+struct TokenInner {
+    kind: TokenKind,
+    cache: tokio::sync::Mutex<Option<(String, i64)>>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.kind {
+            TokenKind::Signing { template, .. } => {
+                write!(f, "TokenSource::Signing({})", template.sub)
+            }
+            TokenKind::ClientCredentials { url, client_id, .. } => {
+                write!(f, "TokenSource::ClientCredentials({client_id} at {url})")
+            }
+        }
+    }
+}
+
+impl TokenSource {
+    /// Mints tokens for `subject` (e.g. `service:order`) with role `service` and
+    /// `permissions`, signed by `key`, living 15 minutes.
+    pub fn signing(
+        key: SigningKey,
+        issuer: &str,
+        audience: &str,
+        subject: &str,
+        permissions: &[&str],
+    ) -> TokenSource {
+        let template = AccessClaims {
+            sub: subject.to_owned(),
+            iss: issuer.to_owned(),
+            aud: audience.to_owned(),
+            exp: 0,
+            iat: 0,
+            jti: String::new(),
+            sid: "service".to_owned(),
+            roles: vec!["service".to_owned()],
+            perms: permissions.iter().map(|p| p.to_string()).collect(),
+        };
+        TokenSource::new(TokenKind::Signing {
+            key,
+            template,
+            ttl_s: 900,
+        })
+    }
+
+    /// Fetches tokens from `token_url` (the user service's `/auth/token`) with the client
+    /// credentials grant.
+    pub fn client_credentials(token_url: &str, client_id: &str, secret: &str) -> TokenSource {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        TokenSource::new(TokenKind::ClientCredentials {
+            url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            secret: secret.to_owned(),
+            client,
+        })
+    }
+
+    fn new(kind: TokenKind) -> TokenSource {
+        TokenSource(Arc::new(TokenInner {
+            kind,
+            cache: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// A token valid for at least another minute.
+    pub async fn bearer(&self) -> Result<String, AuthError> {
+        let now = crate::db::now_ms() / 1000;
+        let mut cache = self.0.cache.lock().await;
+        if let Some((token, exp)) = cache.as_ref() {
+            if *exp - 60 > now {
+                return Ok(token.clone());
+            }
+        }
+        let (token, exp) = match &self.0.kind {
+            TokenKind::Signing {
+                key,
+                template,
+                ttl_s,
+            } => {
+                let mut claims = template.clone();
+                claims.iat = now;
+                claims.exp = now + ttl_s;
+                claims.jti = crate::db::new_id();
+                (key.sign(&claims), claims.exp)
+            }
+            TokenKind::ClientCredentials {
+                url,
+                client_id,
+                secret,
+                client,
+            } => fetch_client_token(client, url, client_id, secret, now).await?,
+        };
+        *cache = Some((token.clone(), exp));
+        Ok(token)
+    }
+}
+
+async fn fetch_client_token(
+    client: &reqwest::Client,
+    url: &str,
+    client_id: &str,
+    secret: &str,
+    now: i64,
+) -> Result<(String, i64), AuthError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        access_token: String,
+        expires_in: i64,
+    }
+    let unavailable = |e: String| AuthError::KeysUnavailable(format!("POST {url}: {e}"));
+    let resp = client
+        .post(url)
+        .json(&serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": secret,
+        }))
+        .send()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(unavailable(format!("status {}", resp.status())));
+    }
+    let a: Answer = resp.json().await.map_err(|e| unavailable(e.to_string()))?;
+    Ok((a.access_token, now + a.expires_in))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +734,24 @@ mod tests {
             let err = v.verify(&token).await.unwrap_err();
             assert!(matches!(err, AuthError::Invalid(_)), "{name}: {err:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_signing_token_source_mints_verifiable_cached_service_tokens() {
+        let key = SigningKey::generate();
+        let v = verifier(&[&key]);
+        let src = TokenSource::signing(
+            key,
+            "gatehouse",
+            "gatehouse-api",
+            "service:order",
+            &["inventory:reserve"],
+        );
+        let t = src.bearer().await.unwrap();
+        assert_eq!(src.bearer().await.unwrap(), t, "cached");
+        let id = v.verify(&t).await.unwrap();
+        assert_eq!(id.user_id, "service:order");
+        assert!(id.has_role("service") && id.has_permission("inventory:reserve"));
     }
 
     #[tokio::test]

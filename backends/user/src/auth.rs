@@ -455,3 +455,64 @@ pub async fn rotate_keys(
     let kid = s.keys.rotate(&s.db, keep).await?;
     Ok(Json(serde_json::json!({ "kid": kid })))
 }
+
+/// `POST /auth/token` (client credentials grant, JSON body).
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    grant_type: String,
+    client_id: String,
+    client_secret: String,
+}
+
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /auth/token` → a service token (`sub` = `service:<id>`, role `service`, the
+/// client's permissions; no refresh token: ask again before it expires).
+pub async fn service_token(
+    State(s): State<AppState>,
+    Json(req): Json<TokenRequest>,
+) -> Result<Json<serde_json::Value>, Error> {
+    if req.grant_type != "client_credentials" {
+        return Err(Error::field(
+            "grant_type",
+            "only \"client_credentials\" is supported",
+        ));
+    }
+    let presented = token_hash(&req.client_secret);
+    let client = s.settings.service_clients.iter().find(|c| {
+        c.id == req.client_id && constant_time_eq(c.secret_sha256.as_bytes(), presented.as_bytes())
+    });
+    let Some(client) = client else {
+        tracing::warn!(client_id = %req.client_id.chars().take(64).collect::<String>(), "service token refused");
+        return Err(Error::BadCredentials);
+    };
+    let now = now_ms() / 1000;
+    let ttl = s.settings.access_ttl.as_secs();
+    let claims = AccessClaims {
+        sub: format!("service:{}", client.id),
+        iss: s.settings.issuer.clone(),
+        aud: s.settings.audience.clone(),
+        exp: now + ttl as i64,
+        iat: now,
+        jti: new_id(),
+        sid: "service".into(),
+        roles: vec!["service".into()],
+        perms: client.permissions.clone(),
+    };
+    Ok(Json(serde_json::json!({
+        "access_token": s.keys.active().sign(&claims),
+        "token_type": "Bearer",
+        "expires_in": ttl,
+    })))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -109,6 +109,30 @@ pub struct Settings {
     pub signing_key: KeySource,
     /// An existing account's email to make admin at start-up.
     pub bootstrap_admin: Option<String>,
+    /// Services that may get tokens with the client credentials grant (`POST /auth/token`).
+    pub service_clients: Vec<ServiceClient>,
+}
+
+/// A service allowed to get service tokens: `sub` = `service:<id>`, role `service`, and
+/// exactly `permissions`.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceClient {
+    /// The client id (`order`).
+    pub id: String,
+    /// SHA-256 (hex) of the client secret; the secret itself is never stored.
+    pub secret_sha256: String,
+    /// Permissions its tokens carry.
+    pub permissions: Vec<String>,
+}
+
+impl std::fmt::Debug for ServiceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceClient")
+            .field("id", &self.id)
+            .field("permissions", &self.permissions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -124,12 +148,14 @@ impl Settings {
             max_lockout: Duration::from_secs(15 * 60),
             signing_key: KeySource::File(data_dir.join("user-signing-key.pem")),
             bootstrap_admin: None,
+            service_clients: Vec::new(),
         }
     }
 
     /// Reads overrides from the environment (`USER_`-prefixed or bare): `TOKEN_ISSUER`,
-    /// `TOKEN_AUDIENCE`, `SIGNING_KEY` (PEM text), `SIGNING_KEY_FILE`, `BOOTSTRAP_ADMIN`.
-    pub fn from_env(data_dir: &std::path::Path) -> Settings {
+    /// `TOKEN_AUDIENCE`, `SIGNING_KEY` (PEM text), `SIGNING_KEY_FILE`, `BOOTSTRAP_ADMIN`,
+    /// `SERVICE_CLIENTS` (JSON: `[{"id":"order","secret_sha256":"…","permissions":[…]}]`).
+    pub fn from_env(data_dir: &std::path::Path) -> Result<Settings, String> {
         let get = |name: &str| {
             std::env::var(format!("USER_{name}"))
                 .or_else(|_| std::env::var(name))
@@ -150,7 +176,11 @@ impl Settings {
             s.signing_key = KeySource::Inline(v);
         }
         s.bootstrap_admin = get("BOOTSTRAP_ADMIN");
-        s
+        if let Some(v) = get("SERVICE_CLIENTS") {
+            s.service_clients =
+                serde_json::from_str(&v).map_err(|e| format!("SERVICE_CLIENTS: {e}"))?;
+        }
+        Ok(s)
     }
 }
 
@@ -252,6 +282,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
+        .route("/auth/token", post(auth::service_token))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .with_state(state);
     telemetry.wrap(api)

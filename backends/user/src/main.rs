@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = ServiceConfig::from_env("user", 3001)?;
-    let mut settings = Settings::from_env(&config.data_dir);
+    let mut settings = Settings::from_env(&config.data_dir).map_err(anyhow::Error::msg)?;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {

@@ -8,4 +8,5 @@ mod admin;
 mod events;
 mod login;
 mod refresh;
+mod service_tokens;
 mod sessions;

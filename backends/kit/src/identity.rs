@@ -508,8 +508,8 @@ pub struct TokenSource(Arc<TokenInner>);
 enum TokenKind {
     /// Mint locally with a key the verifiers trust (tests; single-process setups).
     Signing {
-        key: SigningKey,
-        template: AccessClaims,
+        key: Box<SigningKey>,
+        template: Box<AccessClaims>,
         ttl_s: i64,
     },
     /// OAuth 2.0 client credentials against the user service's `POST /auth/token`.
@@ -561,8 +561,8 @@ impl TokenSource {
             perms: permissions.iter().map(|p| p.to_string()).collect(),
         };
         TokenSource::new(TokenKind::Signing {
-            key,
-            template,
+            key: Box::new(key),
+            template: Box::new(template),
             ttl_s: 900,
         })
     }
@@ -605,7 +605,7 @@ impl TokenSource {
                 template,
                 ttl_s,
             } => {
-                let mut claims = template.clone();
+                let mut claims = AccessClaims::clone(template);
                 claims.iat = now;
                 claims.exp = now + ttl_s;
                 claims.jti = crate::db::new_id();

@@ -78,112 +78,105 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     }
 }
 
+struct Client {
+    c: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.c
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn login(&self, password: &str) -> Value {
+        let r = self
+            .post(
+                "/api/auth/login",
+                json!({ "email": "ann@example.com", "password": password }),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    async fn refresh(&self, pair: &Value) -> reqwest::Response {
+        self.post(
+            "/api/auth/refresh",
+            json!({ "refresh_token": pair["refresh_token"] }),
+        )
+        .await
+    }
+
+    /// `GET /api/users/me` with the pair's access token (or none).
+    async fn me(&self, pair: Option<&Value>) -> reqwest::Response {
+        let mut req = self.c.get(format!("{}/api/users/me", self.base));
+        if let Some(p) = pair {
+            req = req.bearer_auth(p["access_token"].as_str().unwrap());
+        }
+        req.send().await.unwrap()
+    }
+}
+
 #[tokio::test]
 async fn register_login_me_refresh_reuse_and_logout_through_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let (_gateway, base) = start(dir.path());
-    let c = reqwest::Client::builder().no_proxy().build().unwrap();
-    wait_ready(&c, &base).await;
+    let c = Client {
+        c: reqwest::Client::builder().no_proxy().build().unwrap(),
+        base,
+    };
+    wait_ready(&c.c, &c.base).await;
     let password = "correct horse battery staple";
 
     let r = c
-        .post(format!("{base}/api/users"))
-        .json(&json!({ "email": "ann@example.com", "password": password }))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/users",
+            json!({ "email": "ann@example.com", "password": password }),
+        )
+        .await;
     assert_eq!(r.status(), 201);
-
-    let r = c
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({ "email": "ann@example.com", "password": password }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let first: Value = r.json().await.unwrap();
-    let access = first["access_token"].as_str().unwrap();
-    let refresh = first["refresh_token"].as_str().unwrap();
-
-    let me = c
-        .get(format!("{base}/api/users/me"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let first = c.login(password).await;
+    let me = c.me(Some(&first)).await;
     assert_eq!(me.status(), 200);
     assert_eq!(
         me.json::<Value>().await.unwrap()["email"],
         "ann@example.com"
     );
-    let r = c.get(format!("{base}/api/users/me")).send().await.unwrap();
-    assert_eq!(r.status(), 401, "the edge refuses a missing token");
-
-    let r = c
-        .post(format!("{base}/api/auth/refresh"))
-        .json(&json!({ "refresh_token": refresh }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let second: Value = r.json().await.unwrap();
-    let access2 = second["access_token"].as_str().unwrap();
     assert_eq!(
-        c.get(format!("{base}/api/users/me"))
-            .bearer_auth(access2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+        c.me(None).await.status(),
+        401,
+        "the edge refuses a missing token"
     );
 
+    let r = c.refresh(&first).await;
+    assert_eq!(r.status(), 200);
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(c.me(Some(&second)).await.status(), 200);
+
     // The old refresh token again: refused, and the session is dead.
-    let r = c
-        .post(format!("{base}/api/auth/refresh"))
-        .json(&json!({ "refresh_token": refresh }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = c
-        .get(format!("{base}/api/users/me"))
-        .bearer_auth(access2)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "the session ended with the reuse");
+    assert_eq!(c.refresh(&first).await.status(), 401);
+    assert_eq!(
+        c.me(Some(&second)).await.status(),
+        401,
+        "the session ended with the reuse"
+    );
 
     // A new login, then logout ends it.
-    let r = c
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({ "email": "ann@example.com", "password": password }))
-        .send()
-        .await
-        .unwrap();
-    let third: Value = r.json().await.unwrap();
-    let access3 = third["access_token"].as_str().unwrap();
-    let r = c
-        .post(format!("{base}/api/auth/logout"))
-        .bearer_auth(access3)
-        .send()
-        .await
-        .unwrap();
+    let third = c.login(password).await;
+    let r =
+        c.c.post(format!("{}/api/auth/logout", c.base))
+            .bearer_auth(third["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c
-        .get(format!("{base}/api/users/me"))
-        .bearer_auth(access3)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = c
-        .post(format!("{base}/api/auth/refresh"))
-        .json(&json!({ "refresh_token": third["refresh_token"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(c.me(Some(&third)).await.status(), 401);
+    assert_eq!(c.refresh(&third).await.status(), 401);
 
     // The service wrote its SQLite file and key under the working directory's data/.
     assert!(dir.path().join("data/user.db").exists());

@@ -144,27 +144,15 @@ async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one() {
         let u = spawn(db).await;
         let first = u.account("ann@example.com").await;
         let second = u.login("ann@example.com").await;
-        let r = u
-            .app
-            .client
-            .put(u.app.url("/users/me/password"))
-            .bearer_auth(&first.access)
-            .json(&json!({ "current_password": "wrong password!!", "new_password": "another long passphrase" }))
-            .send()
-            .await
-            .unwrap();
+        let r = u.put("/users/me/password", &first.access, json!({ "current_password": "wrong password!!", "new_password": "another long passphrase" })).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{}", u.label());
         let r = u
-            .app
-            .client
-            .put(u.app.url("/users/me/password"))
-            .bearer_auth(&first.access)
-            .json(
-                &json!({ "current_password": PASSWORD, "new_password": "another long passphrase" }),
+            .put(
+                "/users/me/password",
+                &first.access,
+                json!({ "current_password": PASSWORD, "new_password": "another long passphrase" }),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT, "{}", u.label());
         assert_eq!(
             u.get("/users/me", &first.access).await.status(),

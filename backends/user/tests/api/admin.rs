@@ -4,14 +4,12 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn put_roles(u: &TestUser, access: &str, user_id: &str, roles: Value) -> reqwest::Response {
-    u.app
-        .client
-        .put(u.app.url(&format!("/admin/users/{user_id}/roles")))
-        .bearer_auth(access)
-        .json(&json!({ "roles": roles }))
-        .send()
-        .await
-        .unwrap()
+    u.put(
+        &format!("/admin/users/{user_id}/roles"),
+        access,
+        json!({ "roles": roles }),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -89,14 +87,7 @@ async fn a_rotated_key_stays_published_so_tokens_it_signed_keep_working() {
         .await
         .unwrap();
     let admin = u.login("ann@example.com").await;
-    let r = u
-        .app
-        .client
-        .post(u.app.url("/admin/keys/rotate"))
-        .bearer_auth(&admin.access)
-        .send()
-        .await
-        .unwrap();
+    let r = u.post_auth("/admin/keys/rotate", &admin.access).await;
     assert_eq!(r.status(), StatusCode::OK);
     let new_kid = r.json::<Value>().await.unwrap()["kid"]
         .as_str()

@@ -75,6 +75,38 @@ impl TestUser {
             .unwrap()
     }
 
+    pub async fn put(&self, path: &str, access: &str, body: Value) -> Response {
+        self.app
+            .client
+            .put(self.app.url(path))
+            .bearer_auth(access)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, access: &str) -> Response {
+        self.app
+            .client
+            .delete(self.app.url(path))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A bodiless POST with a bearer token.
+    pub async fn post_auth(&self, path: &str, access: &str) -> Response {
+        self.app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn register(&self, email: &str) -> Response {
         self.post(
             "/users",

@@ -65,14 +65,7 @@ async fn logout_ends_the_session_for_access_and_refresh() {
     for db in kit::testing::databases().await {
         let u = spawn(db).await;
         let t = u.account("ann@example.com").await;
-        let r = u
-            .app
-            .client
-            .post(u.app.url("/auth/logout"))
-            .bearer_auth(&t.access)
-            .send()
-            .await
-            .unwrap();
+        let r = u.post_auth("/auth/logout", &t.access).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT, "{}", u.label());
         assert_eq!(
             u.get("/users/me", &t.access).await.status(),

@@ -27,24 +27,14 @@ async fn the_owner_lists_open_sessions_and_ends_one_of_them() {
 
         // Bob cannot end Ann's session: it is not his (404, nothing revealed).
         let r = u
-            .app
-            .client
-            .delete(u.app.url(&format!("/users/me/sessions/{b_id}")))
-            .bearer_auth(&other.access)
-            .send()
-            .await
-            .unwrap();
+            .delete(&format!("/users/me/sessions/{b_id}"), &other.access)
+            .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{}", u.label());
         assert_eq!(u.get("/users/me", &b.access).await.status(), StatusCode::OK);
 
         let r = u
-            .app
-            .client
-            .delete(u.app.url(&format!("/users/me/sessions/{b_id}")))
-            .bearer_auth(&a.access)
-            .send()
-            .await
-            .unwrap();
+            .delete(&format!("/users/me/sessions/{b_id}"), &a.access)
+            .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         assert_eq!(
             u.get("/users/me", &b.access).await.status(),

@@ -68,7 +68,7 @@ run() { # label config token
   # A client other than our wrk on the gateway's port (another bench on a shared machine)
   # spoils the run: its requests cost CPU that ours are charged with.
   while kill -0 $wp 2>/dev/null; do
-    taskset -c 0 ss -Htnp state established "dport = :$GW" | grep -qv "pid=$wp," && foreign=1
+    taskset -c 0 ss -Htnp state established "dport = :$GW" | grep 'pid=' | grep -qv "pid=$wp," && foreign=1
     sleep 1
   done
   wait $wp; c1=$(ticks $gw); out=$(cat $W/wrk.out)
@@ -78,7 +78,8 @@ run() { # label config token
   reqs=$(echo "$out" | awk '/requests in/{print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
   cpu=$(awk -v d=$((c1 - c0)) -v hz=$HZ -v r=${reqs:-0} 'BEGIN{if (r > 0) printf "%.1f", d*1e6/hz/r; else print "-"}')
   local spoiled=""
-  [ "$foreign" = 1 ] || [ "$bad" != 0 ] && spoiled="SPOILED(other client; left out of the medians)"
+  if [ "$foreign" = 1 ] || [ "$bad" != 0 ]; then spoiled="SPOILED(other client; left out of the medians)"
+  elif echo "$out" | grep -q Non-2xx; then spoiled="SPOILED(errors; left out of the medians)"; fi
   printf "%-14s rps=%-10s cpu_us_per_req=%-6s p99=%-8s refused=%s %s%s\n" "$1" "${rps:-0}" "$cpu" \
     "$(echo "$out" | awk '$1=="99%"{print $2}')" "$bad" \
     "$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')" "$spoiled" | tee -a $W/results

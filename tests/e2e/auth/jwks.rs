@@ -1,5 +1,5 @@
 //! The `jwt` filter against a JWKS endpoint the test controls: rotation, outage, cold start
-//! with the endpoint down, and a filter dropped by a reload.
+//! with the endpoint down, a filter dropped by a reload, and one a reload keeps with its keys.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -277,5 +277,68 @@ async fn a_jwt_filter_dropped_by_a_reload_stops_refreshing() {
         after,
         "no refresh after the filter was dropped"
     );
+    support::stop(gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_jwt_filter_keeps_its_key_set_over_a_reload() {
+    let jwks = JwksServer::start(vec![jwk("ed25519.key.pem", "a")], false).await;
+    let up = Upstream::start("users").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let route_b = |prefix: &str| {
+        format!(
+            "\n[[routes]]\nname = \"open\"\nmatch = {{ path_prefix = \"{prefix}\" }}\n\
+             upstream = \"users\"\n"
+        )
+    };
+    // Refresh far away: any fetch during the test is one the reload caused.
+    let auth = jwks_config(jwks.addr, up.addr, "5m");
+    let write = |prefix: &str| {
+        let text = support::with_test_listeners(&format!("{auth}{}", route_b(prefix)));
+        std::fs::write(&path, text).unwrap();
+    };
+    write("/open/v1");
+    let gw = support::gateway_from_file_unwatched(path.clone()).await;
+    let client = support::client();
+    let url = support::url(gw.local_addr(), "/api/users/me");
+    let key = ed_key("ed25519.key.pem");
+    let token = |sub: &str| {
+        sign(
+            Algorithm::EdDSA,
+            &key,
+            Some("a"),
+            &claims(json!({"sub": sub})),
+        )
+    };
+
+    assert_eq!(get_with(&client, &url, &token("alice")).await.status(), 200);
+    assert_eq!(jwks.hits(), 1, "the key set is fetched once");
+
+    // The endpoint goes down, then a reload changes only the other route. A rebuilt filter
+    // would have to fetch (and, with the endpoint down, answer 503 `no_keys`).
+    jwks.down.store(true, Ordering::SeqCst);
+    write("/open/v2");
+    let store = Arc::clone(gw.store());
+    let outcome = tokio::task::spawn_blocking(move || store.reload())
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let open = |p: &str| support::url(gw.local_addr(), p);
+    assert_eq!(
+        client.get(open("/open/v2")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client.get(open("/open/v1")).send().await.unwrap().status(),
+        404,
+        "the reload was applied"
+    );
+
+    // A token never seen before (so not in the verified-token cache) needs the key set.
+    let resp = get_with(&client, &url, &token("bob")).await;
+    assert_eq!(resp.status(), 200, "the carried-over key set verifies it");
+    assert_eq!(up.last().header("x-user-id"), Some("bob"));
+    assert_eq!(jwks.hits(), 1, "no fetch after the reload");
     support::stop(gw).await;
 }

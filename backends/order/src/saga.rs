@@ -479,7 +479,7 @@ impl Saga {
                 Ok(v) => return v,
                 Err(e) => {
                     failures += 1;
-                    if failures % 10 == 0 {
+                    if failures.is_multiple_of(10) {
                         tracing::warn!(step = name, failures, error = %e, "compensation step keeps failing; retrying");
                     } else {
                         tracing::debug!(step = name, error = %e, "compensation step failed; retrying");

@@ -7,3 +7,4 @@ mod helpers;
 
 mod orders;
 mod saga;
+mod store;

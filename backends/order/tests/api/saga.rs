@@ -204,6 +204,10 @@ async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
         w.start(fast_saga()).await;
         let done = w.settled(&id, SETTLE).await;
         assert_eq!(done["status"], "confirmed", "{label}: {done}");
+        assert!(
+            w.payments.state.confirms.load(Ordering::SeqCst) >= 2,
+            "{label}: the restarted service authorized again"
+        );
         let intents = w.payments.intents_of(&id);
         assert_eq!(intents.len(), 1, "{label}");
         assert_eq!(intents[0].amount_captured, 500, "{label}");

@@ -1,0 +1,218 @@
+//! Failures injected at each step of the saga end consistent: a cancelled order leaves no
+//! reservation held and no money authorized or captured at the other services, and every
+//! order's events replay to exactly what the API returns.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fakes::{PM_APPROVE, PM_DECLINE, PM_TIMEOUT};
+use crate::helpers::*;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn cancelled_with(w: &World, id: &str, reason: &str) -> Value {
+    let label = w.label();
+    let done = w.settled(id, SETTLE).await;
+    assert_eq!(done["status"], "cancelled", "{label}: {done}");
+    assert_eq!(done["cancel_reason"], reason, "{label}: {done}");
+    w.assert_nothing_left(id);
+    assert_eq!(w.replayed(id).await, done, "{label}: replay = API");
+    done
+}
+
+/// Stock N and 2N concurrent single-item orders: exactly N confirmed, N cancelled out of
+/// stock, and the stock ends at 0 on hand and 0 reserved.
+#[tokio::test]
+async fn no_oversell_when_twice_the_stock_is_ordered_at_once() {
+    const N: i64 = 6;
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        let label = w.label();
+        w.products.add("HOT", 999, N);
+        let tokens: Vec<String> = (0..2 * N).map(|i| w.customer(&format!("c{i}"))).collect();
+        let ids =
+            futures::future::join_all(tokens.iter().map(|t| w.order(t, "HOT", 1, PM_APPROVE)))
+                .await;
+        let mut confirmed = 0;
+        let mut cancelled = 0;
+        for id in &ids {
+            let done = w.settled(id, SETTLE).await;
+            match done["status"].as_str() {
+                Some("confirmed") => confirmed += 1,
+                _ => {
+                    assert_eq!(done["cancel_reason"], "out_of_stock", "{label}: {done}");
+                    w.assert_nothing_left(id);
+                    cancelled += 1;
+                }
+            }
+            assert_eq!(w.replayed(id).await, done, "{label}: replay = API");
+        }
+        assert_eq!((confirmed, cancelled), (N, N), "{label}");
+        let stock = w.products.stock("HOT");
+        assert_eq!((stock.on_hand, stock.reserved), (0, 0), "{label}");
+    }
+}
+
+/// A declined card: the authorization fails, the reservation is released.
+#[tokio::test]
+async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        w.products.add("SKU-1", 500, 3);
+        let id = w.order(&w.customer("ann"), "SKU-1", 2, PM_DECLINE).await;
+        cancelled_with(&w, &id, "payment_failed:card_declined").await;
+        let stock = w.products.stock("SKU-1");
+        assert_eq!((stock.on_hand, stock.reserved), (3, 0), "{}", w.label());
+    }
+}
+
+/// More than the stock in one order: cancelled out of stock without touching payments.
+#[tokio::test]
+async fn an_order_larger_than_the_stock_is_cancelled_out_of_stock() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        w.products.add("SKU-1", 500, 1);
+        let id = w.order(&w.customer("ann"), "SKU-1", 2, PM_APPROVE).await;
+        cancelled_with(&w, &id, "out_of_stock").await;
+        assert!(w.payments.intents_of(&id).is_empty(), "{}", w.label());
+    }
+}
+
+/// A processor that never answers: the authorize step hits its deadline, the intent is
+/// voided and the stock released.
+#[tokio::test]
+async fn a_payment_that_times_out_is_voided_at_the_step_deadline() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        w.products.add("SKU-1", 500, 3);
+        let id = w.order(&w.customer("ann"), "SKU-1", 1, PM_TIMEOUT).await;
+        cancelled_with(&w, &id, "deadline_exceeded:authorize").await;
+        let intents = w.payments.intents_of(&id);
+        assert_eq!(intents.len(), 1, "{}", w.label());
+        assert_eq!(intents[0].status, "canceled", "{}", w.label());
+    }
+}
+
+/// The reservation is refused at commit (as when it expired) after the money was
+/// captured: the capture is refunded and the order cancelled.
+#[tokio::test]
+async fn a_refused_commit_after_capture_is_refunded() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        w.products.add("SKU-1", 700, 3);
+        w.products.state.refuse_commit.store(true, Ordering::SeqCst);
+        let id = w.order(&w.customer("ann"), "SKU-1", 1, PM_APPROVE).await;
+        cancelled_with(&w, &id, "rejected:commit").await;
+        let i = &w.payments.intents_of(&id)[0];
+        assert_eq!(
+            (i.amount_captured, i.amount_refunded),
+            (700, 700),
+            "{}",
+            w.label()
+        );
+        assert_eq!(w.products.stock("SKU-1").reserved, 0, "{}", w.label());
+    }
+}
+
+/// The product service is down: the reserve step hits its deadline and the order waits in
+/// `cancelling` until the release can be made, then cancels.
+#[tokio::test]
+async fn a_product_outage_cancels_at_the_reserve_deadline_once_release_is_possible() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        let label = w.label();
+        w.products.add("SKU-1", 500, 3);
+        let ann = w.customer("ann");
+        let id = w.order(&ann, "SKU-1", 1, PM_APPROVE).await;
+        // Pricing happened before the outage; now every product call fails.
+        w.products.state.down.store(true, Ordering::SeqCst);
+        let until = Instant::now() + SETTLE;
+        loop {
+            let v: Value = w
+                .get(&ann, &format!("/orders/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if v["status"] == "cancelling" {
+                break;
+            }
+            assert!(Instant::now() < until, "{label}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        w.products.state.down.store(false, Ordering::SeqCst);
+        cancelled_with(&w, &id, "deadline_exceeded:reserve").await;
+    }
+}
+
+/// The customer cancels while the payment is being authorized: 202 `cancelling`, then
+/// cancelled with the authorization voided and the stock released. A confirmed order
+/// cannot be cancelled (409); cancelling a cancelled one answers 200.
+#[tokio::test]
+async fn a_customer_cancels_before_confirmation_but_not_after() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        let label = w.label();
+        w.products.add("SKU-1", 500, 3);
+        let ann = w.customer("ann");
+        w.payments.state.hold_confirm.store(true, Ordering::SeqCst);
+        let id = w.order(&ann, "SKU-1", 1, PM_APPROVE).await;
+        while w.payments.state.confirms.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = w.post(&ann, &format!("/orders/{id}/cancel")).await;
+        assert_eq!(r.status(), 202, "{label}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["status"],
+            "cancelling",
+            "{label}"
+        );
+        w.payments.state.hold_confirm.store(false, Ordering::SeqCst);
+        cancelled_with(&w, &id, "cancelled_by_customer").await;
+        let again = w.post(&ann, &format!("/orders/{id}/cancel")).await;
+        assert_eq!(again.status(), 200, "{label}");
+
+        let done = w.order(&ann, "SKU-1", 1, PM_APPROVE).await;
+        assert_eq!(
+            w.settled(&done, SETTLE).await["status"],
+            "confirmed",
+            "{label}"
+        );
+        let r = w.post(&ann, &format!("/orders/{done}/cancel")).await;
+        assert_eq!(r.status(), 409, "{label}");
+    }
+}
+
+/// The order service stops between steps (the authorization outstanding) and starts
+/// again: the saga resumes from its events and confirms, with one payment intent, one
+/// capture and the stock taken once.
+#[tokio::test]
+async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
+    for db in kit::testing::databases().await {
+        let mut w = World::new(db).await;
+        let label = w.label();
+        w.products.add("SKU-1", 500, 3);
+        w.payments.state.hold_confirm.store(true, Ordering::SeqCst);
+        let id = w.order(&w.customer("ann"), "SKU-1", 1, PM_APPROVE).await;
+        while w.payments.state.confirms.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.stop().await;
+        w.payments.state.hold_confirm.store(false, Ordering::SeqCst);
+        w.start(fast_saga()).await;
+        let done = w.settled(&id, SETTLE).await;
+        assert_eq!(done["status"], "confirmed", "{label}: {done}");
+        assert!(
+            w.payments.state.confirms.load(Ordering::SeqCst) >= 2,
+            "{label}: the restarted service authorized again"
+        );
+        let intents = w.payments.intents_of(&id);
+        assert_eq!(intents.len(), 1, "{label}");
+        assert_eq!(intents[0].amount_captured, 500, "{label}");
+        let stock = w.products.stock("SKU-1");
+        assert_eq!((stock.on_hand, stock.reserved), (2, 0), "{label}");
+        assert_eq!(w.replayed(&id).await, done, "{label}: replay = API");
+    }
+}

@@ -125,9 +125,10 @@ async fn a_product_outage_cancels_at_the_reserve_deadline_once_release_is_possib
         let label = w.label();
         w.products.add("SKU-1", 500, 3);
         let ann = w.customer("ann");
-        let id = w.order(&ann, "SKU-1", 1, PM_APPROVE).await;
-        // Pricing happened before the outage; now every product call fails.
+        // Inventory is down before the order is placed (pricing still answers), so the
+        // reserve step cannot have succeeded before the outage.
         w.products.state.down.store(true, Ordering::SeqCst);
+        let id = w.order(&ann, "SKU-1", 1, PM_APPROVE).await;
         let until = Instant::now() + SETTLE;
         loop {
             let v: Value = w

@@ -19,12 +19,13 @@ use crate::fakes::{FakePayments, FakeProducts};
 pub const ISSUER: &str = "gatehouse-user";
 pub const AUDIENCE: &str = "gatehouse";
 
-/// Quick deadlines so failure tests finish in seconds.
+/// Quick deadlines so failure tests finish in seconds, yet long enough that a loaded CI
+/// machine (2 cores, every test binary at once) does not miss them on healthy calls.
 pub fn fast_saga() -> SagaSettings {
     SagaSettings {
-        step_deadline: Duration::from_secs(2),
+        step_deadline: Duration::from_secs(4),
         max_backoff: Duration::from_millis(200),
-        lease: Duration::from_millis(900),
+        lease: Duration::from_secs(2),
         resume_interval: Duration::from_millis(200),
     }
 }
@@ -78,7 +79,7 @@ impl World {
         Settings {
             product_url: self.product_app.url(""),
             payment_url: self.payment_app.url(""),
-            request_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
             saga,
         }
     }

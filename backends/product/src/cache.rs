@@ -43,7 +43,7 @@ pub enum CacheError {
         #[source]
         source: redis::RedisError,
     },
-    /// Redis did not answer within [`REDIS_TIMEOUT`].
+    /// Redis did not answer within 500 ms.
     #[error("product cache: redis {op} timed out")]
     Timeout {
         /// The command.

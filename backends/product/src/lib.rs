@@ -316,3 +316,45 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
     telemetry.wrap(api)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServiceConfig {
+        ServiceConfig::from_lookup("product", 3002, |_| None).unwrap()
+    }
+
+    #[test]
+    fn settings_read_prefixed_names_first_and_name_bad_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let s = Settings::from_lookup(
+            &config(),
+            env(&[
+                ("RESERVATION_TTL", "1m"),
+                ("PRODUCT_RESERVATION_TTL", "90s"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ("LOW_STOCK_THRESHOLD", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.reservation_ttl, Duration::from_secs(90));
+        assert_eq!(s.cache.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(s.low_stock_threshold, 2);
+        assert_eq!(s.sweep_interval, Duration::from_secs(30));
+
+        let e = Settings::from_lookup(&config(), env(&[("PRODUCT_SWEEP_INTERVAL", "soon")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "PRODUCT_SWEEP_INTERVAL");
+        let e =
+            Settings::from_lookup(&config(), env(&[("LOW_STOCK_THRESHOLD", "-1")])).unwrap_err();
+        assert_eq!(e.variable, "LOW_STOCK_THRESHOLD");
+    }
+}

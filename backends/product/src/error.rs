@@ -1,0 +1,136 @@
+//! The product service's errors and how each is answered (problem+json).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kit::{DbError, Problem};
+use serde::Serialize;
+
+/// The problem type of a reservation refused for want of stock.
+pub const OUT_OF_STOCK: &str = "https://gatehouse.dev/problems/out-of-stock";
+
+/// One invalid input field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's name in the request (body or query).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Everything a product-service handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input that breaks a rule: 422 with each field's problem.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// The sku belongs to another product already: 409.
+    #[error("sku already exists")]
+    SkuTaken,
+    /// Not enough available stock of `sku` for a reservation: 409 with the out-of-stock type.
+    #[error("not enough stock of {sku}")]
+    OutOfStock {
+        /// The first item that could not be reserved.
+        sku: String,
+    },
+    /// A state transition that the current state does not allow (commit of a released
+    /// reservation, an adjustment below the reserved count…): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such thing: 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// An answer already shaped as a problem (auth and extractor rejections).
+    #[error("{0}")]
+    Problem(Problem),
+    /// Stored state broke an invariant this service keeps (a bug): 500, and the
+    /// transaction is rolled back.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The event bus refused a subscription (at start).
+    #[error(transparent)]
+    Bus(#[from] kit::BusError),
+    /// The read cache failed where its failure cannot be ignored (invalidation).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+impl From<Problem> for Error {
+    fn from(p: Problem) -> Error {
+        Error::Problem(p)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        Error::Db(e.into())
+    }
+}
+
+impl Error {
+    /// One invalid field.
+    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
+        Error::Invalid(vec![FieldError {
+            field,
+            message: message.into(),
+        }])
+    }
+
+    fn problem(self) -> Problem {
+        match self {
+            Error::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Problem::unprocessable(detail).with("errors", errors)
+            }
+            Error::SkuTaken => Problem::conflict("a product with this sku already exists"),
+            Error::OutOfStock { sku } => Problem::new(StatusCode::CONFLICT)
+                .kind(OUT_OF_STOCK)
+                .title("Out of stock")
+                .detail(format!("not enough available stock of {sku}"))
+                .with("sku", sku),
+            Error::Conflict(why) => Problem::conflict(why),
+            Error::NotFound(what) => Problem::not_found(what),
+            Error::Problem(p) => p,
+            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
+            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            e @ (Error::Db(_) | Error::Cache(_) | Error::Bus(_) | Error::Invariant(_)) => {
+                Problem::internal(&e)
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}
+
+/// Collects field errors while validating a request.
+#[derive(Debug, Default)]
+pub struct Fields(pub Vec<FieldError>);
+
+impl Fields {
+    /// Notes that `field` is invalid.
+    pub fn push(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field,
+            message: message.into(),
+        });
+    }
+
+    /// `Ok` when nothing was noted, else 422 with everything noted.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self.0))
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The product service: the catalogue, stock per sku, and reservations that hold stock for
+//! orders between "placed" and "paid".
+//!
+//! `router(state)` is the whole HTTP surface; `main.rs` only reads settings and serves it,
+//! and the gateway's platform mode can mount the same router in-process through
+//! [`Service::start`].
+//!
+//! - [`products`]: CRUD with soft delete, keyset-paginated listing with filters and search;
+//!   reads are public and go through the [`cache`] (in-process, or Redis), which this
+//!   service's own `product.*` events evict after commit.
+//! - [`inventory`]: on_hand / reserved / available per sku, admin adjustments.
+//! - [`reservations`]: all-or-nothing reservations idempotent per order, commit, release,
+//!   and a TTL enforced by the [`reservations::Sweeper`].
+//! - [`events`]: every change is recorded in the kit's outbox in its own transaction.
+//!
+//! Stock decisions never read a cache: every one is a conditional `UPDATE` checked by rows
+//! affected, so no interleaving of requests oversells, on SQLite or PostgreSQL.
+
+pub mod cache;
+pub mod error;
+pub mod events;
+pub mod inventory;
+pub mod products;
+pub mod reservations;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use axum::Router;
+use kit::bus::BusReady;
+use kit::config::ConfigError;
+use kit::inbox::ConsumerOptions;
+use kit::relay::RelayOptions;
+use kit::telemetry::ReadyCheck;
+use kit::{
+    Consumer, Db, EventBus, Identity, OutboxWaker, Problem, Relay, ServiceConfig, Telemetry,
+    Verifier,
+};
+use sqlx::migrate::Migrator;
+
+pub use cache::{Cache, CacheSettings};
+pub use error::Error;
+use reservations::Sweeper;
+
+/// The service's migrations (versions from 1000; the kit's run with them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the kit's and the service's migrations.
+pub async fn migrate(db: &Db) -> Result<(), kit::DbError> {
+    db.migrate(&MIGRATIONS).await
+}
+
+/// The permission to create, change and delete products and adjust stock.
+pub const WRITE_PRODUCTS: &str = "products:write";
+/// The permission to create, read, commit and release reservations (the order service).
+pub const RESERVE: &str = "inventory:reserve";
+
+/// 403 unless the caller is an admin or holds `permission`.
+pub fn require(id: &Identity, permission: &str) -> Result<(), Problem> {
+    if id.has_role("admin") {
+        Ok(())
+    } else {
+        id.require_permission(permission)
+    }
+}
+
+/// Where access-token keys come from when `JWKS_URL` is not set: the user service on its
+/// default port.
+pub const DEFAULT_JWKS_URL: &str = "http://127.0.0.1:3001/.well-known/jwks.json";
+
+/// How the service behaves; [`Settings::default`] is the production default.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `iss` access tokens must carry.
+    pub issuer: String,
+    /// `aud` access tokens must carry.
+    pub audience: String,
+    /// The user service's JWKS, for [`Settings::verifier`]; `None` = [`DEFAULT_JWKS_URL`].
+    pub jwks_url: Option<String>,
+    /// How long a reservation holds stock without a commit.
+    pub reservation_ttl: Duration,
+    /// How often the sweeper looks for overdue reservations (the most an expired
+    /// reservation keeps its stock past its TTL, unless a commit finds it first).
+    pub sweep_interval: Duration,
+    /// The low-stock threshold of a product created without one.
+    pub low_stock_threshold: i64,
+    /// The read cache.
+    pub cache: CacheSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            issuer: "gatehouse-user".into(),
+            audience: "gatehouse".into(),
+            jwks_url: None,
+            reservation_ttl: Duration::from_secs(15 * 60),
+            sweep_interval: Duration::from_secs(30),
+            low_stock_threshold: 5,
+            cache: CacheSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The defaults with overrides from the environment (each `PRODUCT_`-prefixed or bare):
+    /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE`, `RESERVATION_TTL` (`15m`), `SWEEP_INTERVAL` (`30s`),
+    /// `LOW_STOCK_THRESHOLD` (5), `REDIS_URL` (unset = in-process cache), `CACHE_TTL`
+    /// (`60s`), `CACHE_CAPACITY` (10000), `CACHE_KEY_PREFIX` (`gatehouse:product:`); the
+    /// JWKS URL comes from `config` (`JWKS_URL`).
+    pub fn from_env(config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(config, |k| std::env::var(k).ok())
+    }
+
+    /// [`Settings::from_env`] reading through `get` (a map in tests).
+    pub fn from_lookup(
+        config: &ServiceConfig,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let read = |name: &str| {
+            let prefixed = format!("PRODUCT_{name}");
+            get(&prefixed)
+                .map(|v| (prefixed, v))
+                .or_else(|| get(name).map(|v| (name.to_owned(), v)))
+                .filter(|(_, v)| !v.trim().is_empty())
+        };
+        let duration = |name: &str, default: Duration| match read(name) {
+            None => Ok(default),
+            Some((variable, v)) => humantime::parse_duration(v.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(ConfigError {
+                    variable,
+                    reason: format!("{v:?} is not a duration like 15m or 30s"),
+                }),
+        };
+        let number = |name: &str, default: i64| match read(name) {
+            None => Ok(default),
+            Some((variable, v)) => {
+                v.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or(ConfigError {
+                        variable,
+                        reason: format!("{v:?} is not a whole number ≥ 0"),
+                    })
+            }
+        };
+        let d = Settings::default();
+        Ok(Settings {
+            issuer: read("TOKEN_ISSUER").map(|(_, v)| v).unwrap_or(d.issuer),
+            audience: read("TOKEN_AUDIENCE").map(|(_, v)| v).unwrap_or(d.audience),
+            jwks_url: config.jwks_url.clone(),
+            reservation_ttl: duration("RESERVATION_TTL", d.reservation_ttl)?,
+            sweep_interval: duration("SWEEP_INTERVAL", d.sweep_interval)?,
+            low_stock_threshold: number("LOW_STOCK_THRESHOLD", d.low_stock_threshold)?,
+            cache: CacheSettings {
+                redis_url: read("REDIS_URL").map(|(_, v)| v),
+                key_prefix: read("CACHE_KEY_PREFIX")
+                    .map(|(_, v)| v)
+                    .unwrap_or(d.cache.key_prefix),
+                ttl: duration("CACHE_TTL", d.cache.ttl)?,
+                capacity: number("CACHE_CAPACITY", d.cache.capacity as i64)?.max(1) as usize,
+            },
+        })
+    }
+
+    /// A verifier of the user service's tokens at `jwks_url` (fetched on first use).
+    pub fn verifier(&self) -> Verifier {
+        let url = self.jwks_url.as_deref().unwrap_or(DEFAULT_JWKS_URL);
+        Verifier::remote(url, &self.issuer, &self.audience)
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Verifies callers' access tokens.
+    pub verifier: Arc<Verifier>,
+    /// The product read cache.
+    pub cache: Cache,
+    /// Wakes the outbox relay after a commit that recorded events (a no-op without one).
+    pub outbox: OutboxWaker,
+    /// The event bus the relay publishes to, when one runs (checked by `/ready`).
+    pub bus: Option<Arc<dyn EventBus>>,
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Arc<Verifier> {
+        s.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Migrates `db` and prepares the cache. Nothing runs in the background: without
+    /// [`Service::start`] events stay in the outbox, the cache is never evicted (entries
+    /// live their TTL) and overdue reservations wait for a commit to expire them.
+    pub async fn build(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+    ) -> Result<AppState, Error> {
+        migrate(&db).await?;
+        let cache = Cache::new(&settings.cache)?;
+        Ok(AppState {
+            db,
+            settings: Arc::new(settings),
+            verifier,
+            cache,
+            outbox: OutboxWaker::default(),
+            bus: None,
+        })
+    }
+}
+
+/// The product service running: its state plus the outbox relay, the cache invalidator and
+/// the reservation sweeper.
+pub struct Service {
+    /// What the router serves.
+    pub state: AppState,
+    relay: Relay,
+    invalidator: Consumer,
+    sweeper: Sweeper,
+}
+
+impl Service {
+    /// Builds the state (see [`AppState::build`]), starts the outbox relay on `bus`,
+    /// subscribes the cache invalidator to `product.*`, and starts the sweeper.
+    ///
+    /// The invalidator is one durable consumer (`product-cache`) when the cache is Redis,
+    /// shared by replicas; with the in-process cache every process needs every event, so
+    /// its consumer is named per process (`product-cache-<id>`; on NATS such consumers
+    /// outlive the process until JetStream's inactivity limits remove them).
+    pub async fn start(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<Service, Error> {
+        let sweep_every = settings.sweep_interval;
+        let mut state = AppState::build(db.clone(), settings, verifier).await?;
+        let name = if state.cache.is_shared() {
+            "product-cache".to_owned()
+        } else {
+            format!("product-cache-{}", kit::db::new_id())
+        };
+        let invalidator = Consumer::spawn(
+            db.clone(),
+            bus.clone(),
+            &name,
+            "product.*",
+            cache::Invalidator {
+                cache: state.cache.clone(),
+            },
+            ConsumerOptions::default(),
+        )
+        .await?;
+        let relay = Relay::spawn(db.clone(), bus.clone(), RelayOptions::default());
+        state.outbox = relay.waker();
+        state.bus = Some(bus);
+        let sweeper = Sweeper::spawn(db, state.outbox.clone(), sweep_every);
+        Ok(Service {
+            state,
+            relay,
+            invalidator,
+            sweeper,
+        })
+    }
+
+    /// The HTTP surface.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the background tasks (after serving has stopped).
+    pub async fn shutdown(self) {
+        self.sweeper.shutdown().await;
+        self.invalidator.shutdown().await;
+        self.relay.shutdown().await;
+    }
+}
+
+/// The HTTP surface, with `/health`, `/ready` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
+    if let Some(bus) = &state.bus {
+        checks.push(Arc::new(BusReady(bus.clone())));
+    }
+    let telemetry = Telemetry::new("product", checks);
+    let api = Router::new()
+        .route("/products", post(products::create).get(products::list))
+        .route(
+            "/products/{id}",
+            get(products::get)
+                .put(products::update)
+                .delete(products::delete),
+        )
+        .route("/inventory/reservations", post(reservations::reserve))
+        .route(
+            "/inventory/reservations/{order_id}",
+            get(reservations::get).delete(reservations::release),
+        )
+        .route(
+            "/inventory/reservations/{order_id}/commit",
+            post(reservations::commit),
+        )
+        .route("/inventory/{sku}", get(inventory::get))
+        .route("/inventory/{sku}/adjustments", post(inventory::adjust))
+        .with_state(state);
+    telemetry.wrap(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServiceConfig {
+        ServiceConfig::from_lookup("product", 3002, |_| None).unwrap()
+    }
+
+    #[test]
+    fn settings_read_prefixed_names_first_and_name_bad_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let s = Settings::from_lookup(
+            &config(),
+            env(&[
+                ("RESERVATION_TTL", "1m"),
+                ("PRODUCT_RESERVATION_TTL", "90s"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ("LOW_STOCK_THRESHOLD", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.reservation_ttl, Duration::from_secs(90));
+        assert_eq!(s.cache.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(s.low_stock_threshold, 2);
+        assert_eq!(s.sweep_interval, Duration::from_secs(30));
+
+        let e = Settings::from_lookup(&config(), env(&[("PRODUCT_SWEEP_INTERVAL", "soon")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "PRODUCT_SWEEP_INTERVAL");
+        let e =
+            Settings::from_lookup(&config(), env(&[("LOW_STOCK_THRESHOLD", "-1")])).unwrap_err();
+        assert_eq!(e.variable, "LOW_STOCK_THRESHOLD");
+    }
+}

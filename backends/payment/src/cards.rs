@@ -82,7 +82,7 @@ pub fn luhn(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card network.
@@ -192,8 +192,15 @@ impl NewCard {
         } else if self.exp_year > year + 20 {
             bad("exp_year", "is more than 20 years ahead");
         }
-        let cvc_len = match number.as_ref().map(CardNumber::brand) {
-            Some(Brand::Amex) => 4,
+        // The brand from the typed digits, so that a mistyped amex number is not also
+        // told its CVC is wrong.
+        let typed: String = self
+            .card_number
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let cvc_len = match brand_of(&typed) {
+            Brand::Amex => 4,
             _ => 3,
         };
         if self.cvc.len() != cvc_len || !self.cvc.bytes().all(|b| b.is_ascii_digit()) {

@@ -27,6 +27,28 @@
 //! POST needs an `Idempotency-Key`, scoped to the caller's verified `sub`
 //! ([`CallerScope`]); a duplicate arriving while the first is still running gets 409 with
 //! `Retry-After` (the kit's semantics) and its retry gets the stored answer.
+//!
+//! # Where the contract left the choice to us
+//!
+//! - `confirm` answers **200 with the intent** for every outcome it reached; the caller
+//!   reads `status` (`requires_capture` is the only success). A processor that misses the
+//!   deadline (`PROCESSOR_DEADLINE_MS`, 10 s) leaves the intent `canceled` with
+//!   `failure_reason` `processor_timeout`, and a void is sent so a late hold does not stay
+//!   on the card. 2xx answers are stored by the idempotency layer, so a retry replays them.
+//! - Fraud rules run at **confirm**, not create (`fraud` is `null` before). `block` →
+//!   `canceled`/`fraud_blocked` without asking the processor; `review` → authorized as
+//!   usual and flagged (`fraud.decision` `review`), as Stripe Radar does.
+//! - Authorizations **post to the ledger** as a hold pair (`authorized_holds` /
+//!   `customer_funds_on_hold`), released by capture or void; see [`ledger`].
+//! - A partial capture releases the rest of the hold. A refund larger than what is left is
+//!   409 (`type` …/refund-exceeds-captured, `refundable`); `amount` may be omitted (all
+//!   that is left).
+//! - Only `payments:charge` (or admin) captures; customers create, confirm and cancel their
+//!   own intents. `customer_id` defaults to the caller.
+//! - Known limit: a process that dies between `processing` and the processor's answer
+//!   leaves the intent `processing` (409 to confirm and cancel) until an operator resolves
+//!   it; capture, void and refund call the processor inside the database transaction, which
+//!   suits the instant simulator but would need a pending state for a slow real processor.
 
 pub mod cards;
 pub mod error;
@@ -396,4 +418,50 @@ pub fn router(state: AppState) -> Router {
         .layer(idempotency)
         .with_state(state);
     telemetry.wrap(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_the_environment_name_their_bad_variable() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let dir = Path::new("d");
+        let s = Settings::from_lookup(
+            dir,
+            env(&[
+                ("PAYMENT_PROCESSOR_DEADLINE_MS", "250"),
+                ("FRAUD_ALLOW_CUSTOMERS", "a, b,"),
+                ("FRAUD_COUNTRY_MISMATCH", "block"),
+                ("FRAUD_BLOCK_AMOUNT", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.processor_deadline, Duration::from_millis(250));
+        assert_eq!(s.fraud.allow_customers, ["a", "b"]);
+        assert_eq!(s.fraud.country_mismatch, fraud::Decision::Block);
+        assert_eq!(s.fraud.block_amount, 5);
+        assert!(
+            matches!(s.fingerprint_key, SecretSource::File(ref p) if p == &dir.join("payment-fingerprint.key"))
+        );
+        let e = Settings::from_lookup(dir, env(&[("PAYMENT_FRAUD_REVIEW_AMOUNT", "lots")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "PAYMENT_FRAUD_REVIEW_AMOUNT");
+        let e =
+            Settings::from_lookup(dir, env(&[("FRAUD_COUNTRY_MISMATCH", "maybe")])).unwrap_err();
+        assert_eq!(e.variable, "FRAUD_COUNTRY_MISMATCH");
+        let debug = format!(
+            "{:?}",
+            SecretSource::Inline("very secret key material".into())
+        );
+        assert!(!debug.contains("secret key"), "{debug}");
+    }
 }

@@ -20,12 +20,11 @@ pub const BRAZIL: &str = "4000000760000002";
 
 pub struct TestPay {
     pub app: TestApp,
-    #[allow(dead_code)]
     pub state: AppState,
     pub db: TestDb,
     pub key: SigningKey,
     pub processor: Arc<SimulatedProcessor>,
-    next_key: std::sync::atomic::AtomicU64,
+    pub next_key: std::sync::atomic::AtomicU64,
 }
 
 pub fn settings() -> Settings {

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cards;
+mod events;
 mod fraud;
 mod idempotency;
 mod intents;

@@ -1,0 +1,109 @@
+//! The payment service's errors and how each is answered (problem+json).
+
+use axum::response::{IntoResponse, Response};
+use kit::{DbError, Problem};
+use serde::Serialize;
+
+use crate::processor::ProcessorError;
+
+/// One invalid input field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's name in the request body (or query).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Everything a payment-service handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input that breaks a rule: 422 with each field's problem.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// Not allowed: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing, or not the caller's to see: 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The intent is in a state that does not allow the operation: 409.
+    #[error("{0}")]
+    State(String),
+    /// A refund larger than what is left to refund: 409 with `refundable`.
+    #[error("the refund exceeds the refundable amount")]
+    RefundExceeds {
+        /// What is still refundable, minor units.
+        refundable: i64,
+    },
+    /// An answer already shaped as a problem (extractor rejections).
+    #[error("{0}")]
+    Problem(Problem),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The processor failed on a capture, void or refund: 502 (nothing was changed).
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    /// The fingerprint key could not be read or created.
+    #[error("fingerprint key: {0}")]
+    Key(String),
+}
+
+impl From<Problem> for Error {
+    fn from(p: Problem) -> Error {
+        Error::Problem(p)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        Error::Db(e.into())
+    }
+}
+
+impl Error {
+    /// One invalid field.
+    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
+        Error::Invalid(vec![FieldError {
+            field,
+            message: message.into(),
+        }])
+    }
+
+    fn problem(self) -> Problem {
+        match self {
+            Error::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Problem::unprocessable(detail).with("errors", errors)
+            }
+            Error::Forbidden(why) => Problem::forbidden(why),
+            Error::NotFound(what) => Problem::not_found(what),
+            Error::State(why) => Problem::conflict(why),
+            Error::RefundExceeds { refundable } => Problem::conflict(format!(
+                "the refund exceeds what is left to refund ({refundable})"
+            ))
+            .kind("https://gatehouse.dev/problems/refund-exceeds-captured")
+            .with("refundable", refundable),
+            Error::Problem(p) => p,
+            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
+            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            Error::Processor(e) => {
+                tracing::warn!(error = %e, "the payment processor failed");
+                Problem::new(axum::http::StatusCode::BAD_GATEWAY)
+                    .detail("the payment processor failed; nothing was changed, try again")
+            }
+            e @ (Error::Db(_) | Error::Key(_)) => Problem::internal(&e),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}

@@ -1,0 +1,683 @@
+//! Payment intents, with Stripe's state machine (manual capture):
+//!
+//! ```text
+//! requires_confirmation ──confirm──▶ processing ──approved──▶ requires_capture ──capture──▶ succeeded
+//!        │                               │                          │
+//!        └──cancel──▶ canceled ◀──declined / blocked / timeout      └──cancel (void)──▶ canceled
+//! ```
+//!
+//! Every transition is one conditional `UPDATE … WHERE id = $1 AND status = $from RETURNING *`:
+//! of concurrent requests for the same transition exactly one gets the row back, and the
+//! others answer from the state it left. The ledger entries and the outbox event of a
+//! transition are written in the same database transaction.
+//!
+//! Answers of `confirm`: 200 with the intent whatever the outcome — `requires_capture`
+//! (approved, maybe with `fraud.decision` = `review`), or `canceled` with `failure_reason`
+//! `card_declined` / `insufficient_funds` / … (the issuer's code), `fraud_blocked`,
+//! `processor_timeout` (no answer within the deadline; a late hold is voided), or
+//! `processor_error`. Confirming an intent already authorized or captured answers it as it
+//! is (no second authorization); a canceled or still-processing one is 409.
+//! `capture` of a captured intent and `cancel` of a canceled one answer 200 as they are;
+//! `cancel` after capture is 409 (refund instead).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use kit::db::{new_id, now_ms};
+use kit::{Identity, Json};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::error::{Error, FieldError};
+use crate::fraud::{self, Decision, Facts, Outcome};
+use crate::processor::{Authorize, ProcessorError, Risk};
+use crate::{cards, events, ledger, page, AppState};
+
+/// Waiting for `confirm`.
+pub const REQUIRES_CONFIRMATION: &str = "requires_confirmation";
+/// The processor is being asked.
+pub const PROCESSING: &str = "processing";
+/// Authorized: a hold is on the card.
+pub const REQUIRES_CAPTURE: &str = "requires_capture";
+/// Captured (refunds keep it `succeeded`).
+pub const SUCCEEDED: &str = "succeeded";
+/// Canceled, declined, blocked or voided: see `failure_reason`.
+pub const CANCELED: &str = "canceled";
+
+/// The largest amount of one intent, minor units.
+pub const MAX_AMOUNT: i64 = 100_000_000_000;
+
+/// The fraud decision on an intent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FraudVerdict {
+    /// `allow`, `review` or `block`.
+    pub decision: String,
+    /// The rule that decided, `null` when none matched.
+    pub rule: Option<String>,
+}
+
+/// A payment intent as answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Intent {
+    /// Its id.
+    pub id: String,
+    /// Whose money.
+    pub customer_id: String,
+    /// The card.
+    pub payment_method_id: String,
+    /// The order it pays for.
+    pub order_id: Option<String>,
+    /// Minor units asked for.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Always `manual`.
+    pub capture_method: String,
+    /// See the module docs.
+    pub status: String,
+    /// The hold placed on the card (0 before authorization and after capture or void:
+    /// it is what the hold was).
+    pub amount_authorized: i64,
+    /// What was captured.
+    pub amount_captured: i64,
+    /// What was refunded of it.
+    pub amount_refunded: i64,
+    /// The fraud decision, `null` until confirmed.
+    pub fraud: Option<FraudVerdict>,
+    /// Why it was canceled.
+    pub failure_reason: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+impl Intent {
+    /// From a `payment_intents` row.
+    pub fn from_row(r: &AnyRow) -> Result<Intent, sqlx::Error> {
+        let decision: Option<String> = r.try_get("fraud_decision")?;
+        Ok(Intent {
+            id: r.try_get("id")?,
+            customer_id: r.try_get("customer_id")?,
+            payment_method_id: r.try_get("payment_method_id")?,
+            order_id: r.try_get("order_id")?,
+            amount: r.try_get("amount")?,
+            currency: r.try_get("currency")?,
+            capture_method: r.try_get("capture_method")?,
+            status: r.try_get("status")?,
+            amount_authorized: r.try_get("amount_authorized")?,
+            amount_captured: r.try_get("amount_captured")?,
+            amount_refunded: r.try_get("amount_refunded")?,
+            fraud: match decision {
+                Some(decision) => Some(FraudVerdict {
+                    decision,
+                    rule: r.try_get("fraud_rule")?,
+                }),
+                None => None,
+            },
+            failure_reason: r.try_get("failure_reason")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Whether the caller may act on anyone's intents (create, confirm, capture, void).
+pub fn may_charge(id: &Identity) -> bool {
+    id.has_role("admin") || id.has_permission("payments:charge")
+}
+
+/// Whether the caller may refund.
+pub fn may_refund(id: &Identity) -> bool {
+    id.has_role("admin") || id.has_permission("payments:refund")
+}
+
+/// Whether the caller may read anyone's intents.
+pub fn may_read_all(id: &Identity) -> bool {
+    may_charge(id) || may_refund(id)
+}
+
+/// Loads an intent, `None` when there is none.
+pub async fn load(db: &kit::Db, intent_id: &str) -> Result<Option<Intent>, Error> {
+    let row = sqlx::query("SELECT * FROM payment_intents WHERE id = $1")
+        .bind(intent_id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.as_ref().map(Intent::from_row).transpose()?)
+}
+
+/// Loads an intent the caller may see: its owner's, or anyone's for staff; otherwise 404
+/// (whether someone else's intent exists is not the caller's business).
+async fn load_visible(state: &AppState, id: &Identity, intent_id: &str) -> Result<Intent, Error> {
+    match load(&state.db, intent_id).await? {
+        Some(i) if i.customer_id == id.user_id || may_read_all(id) => Ok(i),
+        _ => Err(Error::NotFound("no such payment intent")),
+    }
+}
+
+/// Moves `intent_id` from `from` with `set` (SQL assignments using `$3`… for `binds`);
+/// `None` when it was not in `from` any more (another request won).
+async fn transition(
+    tx: &mut Transaction<'static, Any>,
+    intent_id: &str,
+    from: &str,
+    set: &str,
+    binds: &[Bind<'_>],
+) -> Result<Option<Intent>, Error> {
+    let sql = format!(
+        "UPDATE payment_intents SET {set}, updated_at = $2 WHERE id = $1 AND status = '{from}' \
+         RETURNING *"
+    );
+    let mut q = sqlx::query(&sql).bind(intent_id).bind(now_ms());
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(*s),
+            Bind::OptText(s) => q.bind(*s),
+            Bind::Int(n) => q.bind(*n),
+        };
+    }
+    let row = q.fetch_optional(&mut **tx).await?;
+    Ok(row.as_ref().map(Intent::from_row).transpose()?)
+}
+
+/// A value bound in [`transition`].
+enum Bind<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+}
+
+/// `POST /payment-intents`.
+#[derive(Debug, Deserialize)]
+pub struct NewIntent {
+    /// Defaults to the caller.
+    #[serde(default)]
+    customer_id: Option<String>,
+    payment_method_id: String,
+    amount: i64,
+    currency: String,
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    capture_method: Option<String>,
+}
+
+impl NewIntent {
+    fn validate(&self) -> Result<String, Error> {
+        let mut errors = Vec::new();
+        let mut bad = |field, message: &str| {
+            errors.push(FieldError {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if !(1..=MAX_AMOUNT).contains(&self.amount) {
+            bad("amount", &format!("must be 1 to {MAX_AMOUNT} minor units"));
+        }
+        let currency = self.currency.trim().to_ascii_uppercase();
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            bad("currency", "must be a three-letter ISO 4217 code");
+        }
+        if self
+            .capture_method
+            .as_deref()
+            .is_some_and(|m| m != "manual")
+        {
+            bad("capture_method", "only \"manual\" is supported");
+        }
+        if self
+            .order_id
+            .as_deref()
+            .is_some_and(|o| o.is_empty() || o.len() > 255)
+        {
+            bad("order_id", "must be 1 to 255 characters");
+        }
+        if errors.is_empty() {
+            Ok(currency)
+        } else {
+            Err(Error::Invalid(errors))
+        }
+    }
+}
+
+/// `POST /payment-intents`: a new intent in `requires_confirmation`.
+pub async fn create(
+    State(state): State<AppState>,
+    id: Identity,
+    Json(body): Json<NewIntent>,
+) -> Result<impl IntoResponse, Error> {
+    let customer_id = body.customer_id.clone().unwrap_or(id.user_id.clone());
+    if customer_id != id.user_id && !may_charge(&id) {
+        return Err(Error::Forbidden(
+            "creating payment intents for another customer requires \"payments:charge\"".into(),
+        ));
+    }
+    let currency = body.validate()?;
+    let method = cards::facts(&state.db, &body.payment_method_id)
+        .await?
+        .filter(|m| m.customer_id == customer_id)
+        .ok_or_else(|| {
+            Error::field(
+                "payment_method_id",
+                "is not a payment method of this customer",
+            )
+        })?;
+    let now = now_ms();
+    let intent_id = new_id();
+    let row = sqlx::query(
+        "INSERT INTO payment_intents (id, customer_id, payment_method_id, card_fingerprint, \
+         order_id, amount, currency, capture_method, status, amount_authorized, amount_captured, \
+         amount_refunded, created_by, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'manual', $8, 0, 0, 0, $9, $10, $10) RETURNING *",
+    )
+    .bind(&intent_id)
+    .bind(&customer_id)
+    .bind(&body.payment_method_id)
+    .bind(&method.fingerprint)
+    .bind(body.order_id.as_deref())
+    .bind(body.amount)
+    .bind(&currency)
+    .bind(REQUIRES_CONFIRMATION)
+    .bind(&id.user_id)
+    .bind(now)
+    .fetch_one(state.db.pool())
+    .await?;
+    Ok((StatusCode::CREATED, Json(Intent::from_row(&row)?)))
+}
+
+/// The answer to `confirm` for an intent that is no longer waiting for it.
+fn confirmed_already(intent: Intent) -> Result<Json<Intent>, Error> {
+    match intent.status.as_str() {
+        REQUIRES_CAPTURE | SUCCEEDED => Ok(Json(intent)),
+        CANCELED => Err(Error::State("the payment intent is canceled".into())),
+        PROCESSING => Err(Error::State(
+            "the payment intent is being confirmed; read it again later".into(),
+        )),
+        _ => Err(Error::State(
+            "the payment intent cannot be confirmed".into(),
+        )),
+    }
+}
+
+/// `POST /payment-intents/{id}/confirm`: fraud rules, then authorization.
+pub async fn confirm(
+    State(state): State<AppState>,
+    id: Identity,
+    Path(intent_id): Path<String>,
+) -> Result<Json<Intent>, Error> {
+    let intent = load_visible(&state, &id, &intent_id).await?;
+    if intent.status != REQUIRES_CONFIRMATION {
+        return confirmed_already(intent);
+    }
+    let method = cards::facts(&state.db, &intent.payment_method_id)
+        .await?
+        .ok_or(Error::NotFound("the payment method is gone"))?;
+    let outcome = assess(&state, &intent, &method).await?;
+    let decision = outcome.decision.as_str();
+    let mut tx = state.db.begin().await?;
+    if outcome.decision == Decision::Block {
+        let set = "status = 'canceled', failure_reason = 'fraud_blocked', fraud_decision = $3, \
+                   fraud_rule = $4";
+        let binds = [Bind::Text(decision), Bind::OptText(outcome.rule)];
+        let Some(blocked) =
+            transition(&mut tx, &intent_id, REQUIRES_CONFIRMATION, set, &binds).await?
+        else {
+            return confirmed_already(reload(&state, &intent_id).await?);
+        };
+        events::record(&mut tx, "failed", &blocked, blocked.amount, None).await?;
+        tx.commit().await?;
+        state.outbox.wake();
+        tracing::info!(payment_intent = %intent_id, rule = ?outcome.rule, "payment blocked by fraud rules");
+        return Ok(Json(blocked));
+    }
+    let set = "status = 'processing', fraud_decision = $3, fraud_rule = $4";
+    let binds = [Bind::Text(decision), Bind::OptText(outcome.rule)];
+    let Some(processing) =
+        transition(&mut tx, &intent_id, REQUIRES_CONFIRMATION, set, &binds).await?
+    else {
+        return confirmed_already(reload(&state, &intent_id).await?);
+    };
+    tx.commit().await?;
+    let asked = tokio::time::timeout(
+        state.settings.processor_deadline,
+        state.processor.authorize(Authorize {
+            reference: &processing.id,
+            token: &method.processor_token,
+            amount: processing.amount,
+            currency: &processing.currency,
+        }),
+    )
+    .await;
+    let result = match asked {
+        Ok(Ok(auth)) => {
+            let outcome = match (outcome.decision, auth.risk) {
+                (Decision::Allow, Risk::Elevated) => Outcome {
+                    decision: Decision::Review,
+                    rule: Some("processor_elevated_risk"),
+                },
+                _ => outcome,
+            };
+            authorized(&state, &processing, &auth.auth_code, outcome).await
+        }
+        Ok(Err(ProcessorError::Declined(code))) => failed(&state, &processing, &code).await,
+        Ok(Err(ProcessorError::Unavailable(why))) => {
+            tracing::warn!(payment_intent = %intent_id, %why, "the processor failed to authorize");
+            failed(&state, &processing, "processor_error").await
+        }
+        Err(_elapsed) => {
+            tracing::warn!(payment_intent = %intent_id, "the processor did not answer in time");
+            let answer = failed(&state, &processing, "processor_timeout").await;
+            // A hold the processor placed after we stopped waiting must not stay on the card.
+            let void = state.processor.void(&processing.id);
+            if let Ok(Err(e)) = tokio::time::timeout(state.settings.processor_deadline, void).await
+            {
+                tracing::warn!(payment_intent = %intent_id, error = %e, "voiding a late authorization failed");
+            }
+            answer
+        }
+    };
+    result.map(Json)
+}
+
+async fn reload(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
+    load(&state.db, intent_id)
+        .await?
+        .ok_or(Error::NotFound("no such payment intent"))
+}
+
+/// The fraud rules' outcome for confirming `intent`.
+async fn assess(
+    state: &AppState,
+    intent: &Intent,
+    method: &cards::MethodFacts,
+) -> Result<Outcome, Error> {
+    let since = now_ms() - 3_600_000;
+    let count = |column: &'static str, value: String| {
+        let db = state.db.clone();
+        async move {
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM payment_intents WHERE {column} = $1 AND created_at >= $2"
+            );
+            let n: i64 = sqlx::query(&sql)
+                .bind(value)
+                .bind(since)
+                .fetch_one(db.pool())
+                .await?
+                .try_get("n")?;
+            Ok::<i64, Error>(n)
+        }
+    };
+    let customer_last_hour = count("customer_id", intent.customer_id.clone()).await?;
+    let card_last_hour = count("card_fingerprint", method.fingerprint.clone()).await?;
+    Ok(fraud::evaluate(
+        &state.settings.fraud,
+        &Facts {
+            customer_id: &intent.customer_id,
+            amount: intent.amount,
+            customer_last_hour,
+            card_last_hour,
+            card_country: &method.country,
+            billing_country: &method.billing_country,
+        },
+    ))
+}
+
+/// `processing` → `requires_capture`, the hold in the ledger, `payment.authorized`.
+async fn authorized(
+    state: &AppState,
+    intent: &Intent,
+    auth_code: &str,
+    outcome: Outcome,
+) -> Result<Intent, Error> {
+    let mut tx = state.db.begin().await?;
+    let set = "status = 'requires_capture', amount_authorized = amount, auth_code = $3, \
+               fraud_decision = $4, fraud_rule = $5";
+    let binds = [
+        Bind::Text(auth_code),
+        Bind::Text(outcome.decision.as_str()),
+        Bind::OptText(outcome.rule),
+    ];
+    let done = transition(&mut tx, &intent.id, PROCESSING, set, &binds)
+        .await?
+        .ok_or_else(|| Error::State("the payment intent changed while authorizing".into()))?;
+    ledger::post(
+        &mut tx,
+        "authorize",
+        &done.id,
+        &done.currency,
+        &ledger::hold(done.amount_authorized),
+    )
+    .await?;
+    events::record(&mut tx, "authorized", &done, done.amount_authorized, None).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(done)
+}
+
+/// `processing` → `canceled` with `reason`, `payment.failed`.
+async fn failed(state: &AppState, intent: &Intent, reason: &str) -> Result<Intent, Error> {
+    let mut tx = state.db.begin().await?;
+    let set = "status = 'canceled', failure_reason = $3";
+    let done = transition(&mut tx, &intent.id, PROCESSING, set, &[Bind::Text(reason)])
+        .await?
+        .ok_or_else(|| Error::State("the payment intent changed while authorizing".into()))?;
+    events::record(&mut tx, "failed", &done, done.amount, None).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(done)
+}
+
+/// `POST /payment-intents/{id}/capture` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Defaults to the whole hold.
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
+/// Parses an optional JSON body (an empty body is `T::default()`).
+pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Error::Problem(kit::Problem::unprocessable(format!(
+            "the body is not valid: {e}"
+        )))
+    })
+}
+
+/// `POST /payment-intents/{id}/capture`: `requires_capture` → `succeeded`.
+pub async fn capture(
+    State(state): State<AppState>,
+    id: Identity,
+    Path(intent_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Intent>, Error> {
+    if !may_charge(&id) {
+        return Err(Error::Forbidden(
+            "capturing requires \"payments:charge\"".into(),
+        ));
+    }
+    let body: Capture = optional_body(&body)?;
+    let intent = load_visible(&state, &id, &intent_id).await?;
+    if intent.status != REQUIRES_CAPTURE {
+        return captured_already(intent);
+    }
+    let amount = body.amount.unwrap_or(intent.amount_authorized);
+    if !(1..=intent.amount_authorized).contains(&amount) {
+        return Err(Error::field(
+            "amount",
+            format!(
+                "must be 1 to {} (the authorized amount)",
+                intent.amount_authorized
+            ),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let set = "status = 'succeeded', amount_captured = $3";
+    let Some(done) = transition(
+        &mut tx,
+        &intent_id,
+        REQUIRES_CAPTURE,
+        set,
+        &[Bind::Int(amount)],
+    )
+    .await?
+    else {
+        return captured_already(reload(&state, &intent_id).await?);
+    };
+    let mut entries = ledger::release(done.amount_authorized).to_vec();
+    entries.extend([
+        (ledger::CUSTOMER_RECEIVABLE, amount),
+        (ledger::MERCHANT_REVENUE, -amount),
+    ]);
+    ledger::post(&mut tx, "capture", &done.id, &done.currency, &entries).await?;
+    events::record(&mut tx, "captured", &done, amount, None).await?;
+    // Last, so that a refusal rolls everything back; the row lock keeps rivals waiting.
+    bounded(&state, state.processor.capture(&done.id, amount)).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(Json(done))
+}
+
+fn captured_already(intent: Intent) -> Result<Json<Intent>, Error> {
+    match intent.status.as_str() {
+        SUCCEEDED => Ok(Json(intent)),
+        CANCELED => Err(Error::State("the payment intent is canceled".into())),
+        _ => Err(Error::State(
+            "the payment intent is not authorized; confirm it first".into(),
+        )),
+    }
+}
+
+/// A processor call bounded by the deadline (a timeout is a processor failure: 502).
+async fn bounded(
+    state: &AppState,
+    call: impl std::future::Future<Output = Result<(), ProcessorError>>,
+) -> Result<(), Error> {
+    let deadline: Duration = state.settings.processor_deadline;
+    match tokio::time::timeout(deadline, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ProcessorError::Unavailable("no answer within the deadline".into()).into()),
+    }
+}
+
+/// `POST /payment-intents/{id}/cancel`: voids a hold, or cancels an unconfirmed intent.
+pub async fn cancel(
+    State(state): State<AppState>,
+    id: Identity,
+    Path(intent_id): Path<String>,
+) -> Result<Json<Intent>, Error> {
+    let intent = load_visible(&state, &id, &intent_id).await?;
+    if intent.customer_id != id.user_id && !may_charge(&id) {
+        return Err(Error::Forbidden(
+            "canceling another customer's payment requires \"payments:charge\"".into(),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let done = match intent.status.as_str() {
+        REQUIRES_CONFIRMATION => {
+            let set = "status = 'canceled', failure_reason = 'canceled'";
+            transition(&mut tx, &intent_id, REQUIRES_CONFIRMATION, set, &[]).await?
+        }
+        REQUIRES_CAPTURE => {
+            let set = "status = 'canceled', failure_reason = 'voided'";
+            let done = transition(&mut tx, &intent_id, REQUIRES_CAPTURE, set, &[]).await?;
+            if let Some(d) = &done {
+                let entries = ledger::release(d.amount_authorized);
+                ledger::post(&mut tx, "void", &d.id, &d.currency, &entries).await?;
+            }
+            done
+        }
+        _ => None,
+    };
+    let Some(done) = done else {
+        drop(tx);
+        return canceled_already(reload(&state, &intent_id).await?);
+    };
+    let released = if done.failure_reason.as_deref() == Some("voided") {
+        done.amount_authorized
+    } else {
+        0
+    };
+    events::record(&mut tx, "voided", &done, released, None).await?;
+    if released > 0 {
+        bounded(&state, state.processor.void(&done.id)).await?;
+    }
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(Json(done))
+}
+
+fn canceled_already(intent: Intent) -> Result<Json<Intent>, Error> {
+    match intent.status.as_str() {
+        CANCELED => Ok(Json(intent)),
+        SUCCEEDED => Err(Error::State(
+            "the payment intent was captured; refund it instead".into(),
+        )),
+        _ => Err(Error::State(
+            "the payment intent is being confirmed; try again".into(),
+        )),
+    }
+}
+
+/// `GET /payment-intents/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    id: Identity,
+    Path(intent_id): Path<String>,
+) -> Result<Json<Intent>, Error> {
+    Ok(Json(load_visible(&state, &id, &intent_id).await?))
+}
+
+/// `GET /payment-intents` query.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    /// Only this order's intents.
+    pub order_id: Option<String>,
+    /// Only this customer's (staff only; customers always see only their own).
+    pub customer_id: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+/// `GET /payment-intents?order_id=&customer_id=`: staff see any, customers their own.
+pub async fn list(
+    State(state): State<AppState>,
+    id: Identity,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<page::Items<Intent>>, Error> {
+    let limit = page::Page {
+        limit: q.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let customer = if may_read_all(&id) {
+        q.customer_id.unwrap_or_default()
+    } else {
+        id.user_id.clone()
+    };
+    let rows = sqlx::query(
+        "SELECT * FROM payment_intents WHERE ($1 = '' OR order_id = $1) \
+         AND ($2 = '' OR customer_id = $2) AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $4",
+    )
+    .bind(q.order_id.unwrap_or_default())
+    .bind(customer)
+    .bind(q.cursor.unwrap_or_default())
+    .bind(limit + 1)
+    .fetch_all(state.db.pool())
+    .await?;
+    let items = rows
+        .iter()
+        .map(Intent::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page::Items::new(items, limit, |i| i.id.clone())))
+}

@@ -1,0 +1,467 @@
+//! The payment service: saved cards, payment intents that authorize, capture and void
+//! through a card [`Processor`], refunds, a double-entry [`ledger`], and [`fraud`] rules.
+//!
+//! `router(state)` is the whole HTTP surface; `main.rs` only reads settings and serves it,
+//! and the gateway's platform mode can mount the same router in-process.
+//!
+//! - **Cards** ([`cards`]): `POST /payment-methods` checks the number (Luhn, 12–19 digits),
+//!   the expiry (not before this month) and the CVC (4 digits for amex, else 3), then keeps
+//!   only brand, last four, expiry, countries, the processor's token and an HMAC
+//!   fingerprint. The number and the CVC are neither stored nor logged.
+//! - **Intents** ([`intents`]): Stripe's states with manual capture, each transition one
+//!   conditional `UPDATE`, its ledger entries and its outbox event in one transaction.
+//! - **Refunds** ([`refunds`]): Σ refunded ≤ captured, enforced by the `UPDATE` itself.
+//! - **Ledger** ([`ledger`]): append-only entries summing to zero per transaction;
+//!   `GET /ledger/balance` (admin).
+//! - **Fraud** ([`fraud`]): allow list → block → review, evaluated at confirmation.
+//! - **Processor** ([`processor`]): the deterministic [`SimulatedProcessor`] and its test
+//!   cards. A processor that does not answer within `processor_deadline` leaves the intent
+//!   `canceled` with `failure_reason` `processor_timeout` (answered 200 with the intent,
+//!   like every other outcome of confirm: the caller reads `status`).
+//! - **Events**: `payment.authorized|captured|voided|refunded|failed` via the kit's outbox.
+//!
+//! Who may do what: a customer creates, confirms, cancels and reads their own intents and
+//! their own cards; `payments:charge` (the order service) acts on anyone's intents and is
+//! the only one to capture; `payments:refund` refunds; the `admin` role may do everything
+//! and reads the ledger. Someone else's intent is 404, someone else's card is 422. Every
+//! POST needs an `Idempotency-Key`, scoped to the caller's verified `sub`
+//! ([`CallerScope`]); a duplicate arriving while the first is still running gets 409 with
+//! `Retry-After` (the kit's semantics) and its retry gets the stored answer.
+//!
+//! # Where the contract left the choice to us
+//!
+//! - `confirm` answers **200 with the intent** for every outcome it reached; the caller
+//!   reads `status` (`requires_capture` is the only success). A processor that misses the
+//!   deadline (`PROCESSOR_DEADLINE_MS`, 10 s) leaves the intent `canceled` with
+//!   `failure_reason` `processor_timeout`, and a void is sent so a late hold does not stay
+//!   on the card. 2xx answers are stored by the idempotency layer, so a retry replays them.
+//! - Fraud rules run at **confirm**, not create (`fraud` is `null` before). `block` →
+//!   `canceled`/`fraud_blocked` without asking the processor; `review` → authorized as
+//!   usual and flagged (`fraud.decision` `review`), as Stripe Radar does.
+//! - Authorizations **post to the ledger** as a hold pair (`authorized_holds` /
+//!   `customer_funds_on_hold`), released by capture or void; see [`ledger`].
+//! - A partial capture releases the rest of the hold. A refund larger than what is left is
+//!   409 (`type` …/refund-exceeds-captured, `refundable`); `amount` may be omitted (all
+//!   that is left).
+//! - Only `payments:charge` (or admin) captures; customers create, confirm and cancel their
+//!   own intents. `customer_id` defaults to the caller.
+//! - Known limit: a process that dies between `processing` and the processor's answer
+//!   leaves the intent `processing` (409 to confirm and cancel) until an operator resolves
+//!   it; capture, void and refund call the processor inside the database transaction, which
+//!   suits the instant simulator but would need a pending state for a slow real processor.
+
+pub mod cards;
+pub mod error;
+pub mod events;
+pub mod fraud;
+pub mod intents;
+pub mod ledger;
+pub mod page;
+pub mod processor;
+pub mod refunds;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use kit::bus::BusReady;
+use kit::config::ConfigError;
+use kit::idempotency::IdempotencyScope;
+use kit::relay::RelayOptions;
+use kit::telemetry::ReadyCheck;
+use kit::{
+    Db, EventBus, IdempotencyLayer, Identity, OutboxWaker, Problem, Relay, Telemetry, Verifier,
+};
+use sqlx::migrate::Migrator;
+
+pub use error::Error;
+pub use page::Page;
+pub use processor::{Processor, SimulatedProcessor};
+
+/// The service's migrations (versions from 1000; the kit's run with them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the kit's and the service's migrations.
+pub async fn migrate(db: &Db) -> Result<(), kit::DbError> {
+    db.migrate(&MIGRATIONS).await
+}
+
+/// Where the card-fingerprint key comes from. `Debug` never shows an inline key.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// A file holding the key (created with 32 random bytes, hex, when missing).
+    File(PathBuf),
+    /// The key itself.
+    Inline(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::File(p) => write!(f, "File({})", p.display()),
+            SecretSource::Inline(_) => f.write_str("Inline(…)"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The key's bytes, creating the file when it is missing.
+    pub fn load(&self) -> Result<Vec<u8>, Error> {
+        match self {
+            SecretSource::Inline(k) if k.len() >= 16 => Ok(k.as_bytes().to_vec()),
+            SecretSource::Inline(_) => {
+                Err(Error::Key("the key needs 16 characters at least".into()))
+            }
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(k) if k.trim().len() >= 16 => Ok(k.trim().as_bytes().to_vec()),
+                Ok(_) => Err(Error::Key(format!(
+                    "{} holds too short a key",
+                    path.display()
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(path),
+                Err(e) => Err(Error::Key(format!("{}: {e}", path.display()))),
+            },
+        }
+    }
+}
+
+fn create_key(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Write;
+    let err = |e: std::io::Error| Error::Key(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(key.as_bytes()).map_err(err)?;
+    Ok(key.into_bytes())
+}
+
+/// How the service behaves; defaults are the production values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `iss` of the access tokens (for [`Settings::verifier`]).
+    pub issuer: String,
+    /// `aud` of the access tokens.
+    pub audience: String,
+    /// The user service's JWKS, for [`Settings::verifier`].
+    pub jwks_url: String,
+    /// The key of the card fingerprints (keep it: new keys make new fingerprints, and card
+    /// velocity starts over).
+    pub fingerprint_key: SecretSource,
+    /// How long the processor may take to answer one call.
+    pub processor_deadline: Duration,
+    /// How long the simulator's timeout card (…0119) keeps the processor silent.
+    pub simulator_hang: Duration,
+    /// The fraud rules.
+    pub fraud: fraud::Rules,
+}
+
+impl Settings {
+    /// Production defaults: the user service's JWKS on its default port, the fingerprint
+    /// key in `data_dir/payment-fingerprint.key`, a 10 s processor deadline.
+    pub fn new(data_dir: &Path) -> Settings {
+        Settings {
+            issuer: "gatehouse-user".into(),
+            audience: "gatehouse".into(),
+            jwks_url: "http://127.0.0.1:3001/.well-known/jwks.json".into(),
+            fingerprint_key: SecretSource::File(data_dir.join("payment-fingerprint.key")),
+            processor_deadline: Duration::from_secs(10),
+            simulator_hang: Duration::from_secs(120),
+            fraud: fraud::Rules::default(),
+        }
+    }
+
+    /// Reads overrides from the environment (`PAYMENT_`-prefixed or bare): `JWKS_URL`,
+    /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE`, `CARD_FINGERPRINT_KEY`, `CARD_FINGERPRINT_KEY_FILE`,
+    /// `PROCESSOR_DEADLINE_MS`, `FRAUD_ALLOW_CUSTOMERS` (comma-separated ids),
+    /// `FRAUD_BLOCK_AMOUNT`, `FRAUD_REVIEW_AMOUNT`, `FRAUD_BLOCK_CUSTOMER_PER_HOUR`,
+    /// `FRAUD_REVIEW_CUSTOMER_PER_HOUR`, `FRAUD_BLOCK_CARD_PER_HOUR`,
+    /// `FRAUD_REVIEW_CARD_PER_HOUR`, `FRAUD_COUNTRY_MISMATCH` (`allow|review|block`).
+    pub fn from_env(data_dir: &Path) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(data_dir, |k| std::env::var(k).ok())
+    }
+
+    /// [`Settings::from_env`] through `get` (the environment, or a map in tests).
+    pub fn from_lookup(
+        data_dir: &Path,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let read = |name: &str| -> Option<(String, String)> {
+            let prefixed = format!("PAYMENT_{name}");
+            get(&prefixed)
+                .map(|v| (prefixed, v))
+                .or_else(|| get(name).map(|v| (name.to_owned(), v)))
+                .filter(|(_, v)| !v.trim().is_empty())
+        };
+        let number = |name: &str| -> Result<Option<i64>, ConfigError> {
+            read(name)
+                .map(|(variable, v)| {
+                    v.trim()
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or(ConfigError {
+                            variable,
+                            reason: format!("{v:?} is not a non-negative whole number"),
+                        })
+                })
+                .transpose()
+        };
+        let mut s = Settings::new(data_dir);
+        if let Some((_, v)) = read("JWKS_URL") {
+            s.jwks_url = v;
+        }
+        if let Some((_, v)) = read("TOKEN_ISSUER") {
+            s.issuer = v;
+        }
+        if let Some((_, v)) = read("TOKEN_AUDIENCE") {
+            s.audience = v;
+        }
+        if let Some((_, v)) = read("CARD_FINGERPRINT_KEY_FILE") {
+            s.fingerprint_key = SecretSource::File(v.into());
+        }
+        if let Some((_, v)) = read("CARD_FINGERPRINT_KEY") {
+            s.fingerprint_key = SecretSource::Inline(v);
+        }
+        if let Some(ms) = number("PROCESSOR_DEADLINE_MS")? {
+            s.processor_deadline = Duration::from_millis(ms as u64);
+        }
+        if let Some((_, v)) = read("FRAUD_ALLOW_CUSTOMERS") {
+            s.fraud.allow_customers = v
+                .split(',')
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect();
+        }
+        let f = &mut s.fraud;
+        for (name, field) in [
+            ("FRAUD_BLOCK_AMOUNT", &mut f.block_amount),
+            ("FRAUD_REVIEW_AMOUNT", &mut f.review_amount),
+            (
+                "FRAUD_BLOCK_CUSTOMER_PER_HOUR",
+                &mut f.block_customer_per_hour,
+            ),
+            (
+                "FRAUD_REVIEW_CUSTOMER_PER_HOUR",
+                &mut f.review_customer_per_hour,
+            ),
+            ("FRAUD_BLOCK_CARD_PER_HOUR", &mut f.block_card_per_hour),
+            ("FRAUD_REVIEW_CARD_PER_HOUR", &mut f.review_card_per_hour),
+        ] {
+            if let Some(n) = number(name)? {
+                *field = n;
+            }
+        }
+        if let Some((variable, v)) = read("FRAUD_COUNTRY_MISMATCH") {
+            f.country_mismatch = fraud::Decision::parse(v.trim()).ok_or(ConfigError {
+                variable,
+                reason: format!("{v:?} is not one of allow, review, block"),
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// A verifier of access tokens against [`Settings::jwks_url`].
+    pub fn verifier(&self) -> Verifier {
+        Verifier::remote(&self.jwks_url, &self.issuer, &self.audience)
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Verifies access tokens.
+    pub verifier: Arc<Verifier>,
+    /// The card processor.
+    pub processor: Arc<dyn Processor>,
+    /// The key of card fingerprints.
+    pub fingerprint_key: Arc<Vec<u8>>,
+    /// Wakes the outbox relay after a commit that recorded events (a no-op without one).
+    pub outbox: OutboxWaker,
+    /// The event bus the relay publishes to, when one runs (checked by `/ready`).
+    pub bus: Option<Arc<dyn EventBus>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.db.kind())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Arc<Verifier> {
+        s.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Migrates `db`, loads the fingerprint key, and runs a [`SimulatedProcessor`].
+    pub async fn build(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+    ) -> Result<AppState, Error> {
+        let processor = Arc::new(SimulatedProcessor::new(settings.simulator_hang));
+        AppState::build_with(db, settings, verifier, processor).await
+    }
+
+    /// [`AppState::build`] with another processor.
+    pub async fn build_with(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+        processor: Arc<dyn Processor>,
+    ) -> Result<AppState, Error> {
+        migrate(&db).await?;
+        let fingerprint_key = Arc::new(settings.fingerprint_key.load()?);
+        Ok(AppState {
+            db,
+            settings: Arc::new(settings),
+            verifier,
+            processor,
+            fingerprint_key,
+            outbox: OutboxWaker::default(),
+            bus: None,
+        })
+    }
+}
+
+/// The payment service running: its state plus the relay that publishes its outbox.
+pub struct Service {
+    /// What the router serves.
+    pub state: AppState,
+    relay: Relay,
+}
+
+impl Service {
+    /// Builds the state (see [`AppState::build`]), starts the outbox relay on `bus` and the
+    /// purger of old idempotency keys.
+    pub async fn start(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<Service, Error> {
+        let state = AppState::build(db, settings, verifier).await?;
+        Ok(Service::run(state, bus))
+    }
+
+    /// Starts the relay and the purger for a state already built (e.g. with
+    /// [`AppState::build_with`]).
+    pub fn run(mut state: AppState, bus: Arc<dyn EventBus>) -> Service {
+        let relay = Relay::spawn(state.db.clone(), bus.clone(), RelayOptions::default());
+        kit::idempotency::spawn_purger(state.db.clone(), Duration::from_secs(3600));
+        state.outbox = relay.waker();
+        state.bus = Some(bus);
+        Service { state, relay }
+    }
+
+    /// The HTTP surface.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the relay (after serving has stopped), releasing its lease at once.
+    pub async fn shutdown(self) {
+        self.relay.shutdown().await;
+    }
+}
+
+/// Idempotency keys belong to the caller's verified `sub`: two callers never share a key,
+/// and a request without a valid token is 401 before its key is looked at.
+#[derive(Clone)]
+pub struct CallerScope(pub Arc<Verifier>);
+
+#[async_trait::async_trait]
+impl IdempotencyScope for CallerScope {
+    async fn scope(&self, parts: &mut Parts) -> Result<String, Problem> {
+        let id = Identity::from_request_parts(parts, &self.0).await?;
+        Ok(id.user_id)
+    }
+}
+
+/// The HTTP surface, with `/health`, `/ready` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
+    if let Some(bus) = &state.bus {
+        checks.push(Arc::new(BusReady(bus.clone())));
+    }
+    let telemetry = Telemetry::new("payment", checks);
+    let idempotency = IdempotencyLayer::new(state.db.clone())
+        .scope(CallerScope(state.verifier.clone()))
+        .required(true);
+    let api = Router::new()
+        .route("/payment-methods", post(cards::create).get(cards::list))
+        .route("/payment-intents", post(intents::create).get(intents::list))
+        .route("/payment-intents/{id}", get(intents::get))
+        .route("/payment-intents/{id}/confirm", post(intents::confirm))
+        .route("/payment-intents/{id}/capture", post(intents::capture))
+        .route("/payment-intents/{id}/cancel", post(intents::cancel))
+        .route("/payment-intents/{id}/refunds", post(refunds::create))
+        .route("/ledger/balance", get(ledger::get_balance))
+        .layer(idempotency)
+        .with_state(state);
+    telemetry.wrap(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_the_environment_name_their_bad_variable() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let dir = Path::new("d");
+        let s = Settings::from_lookup(
+            dir,
+            env(&[
+                ("PAYMENT_PROCESSOR_DEADLINE_MS", "250"),
+                ("FRAUD_ALLOW_CUSTOMERS", "a, b,"),
+                ("FRAUD_COUNTRY_MISMATCH", "block"),
+                ("FRAUD_BLOCK_AMOUNT", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.processor_deadline, Duration::from_millis(250));
+        assert_eq!(s.fraud.allow_customers, ["a", "b"]);
+        assert_eq!(s.fraud.country_mismatch, fraud::Decision::Block);
+        assert_eq!(s.fraud.block_amount, 5);
+        assert!(
+            matches!(s.fingerprint_key, SecretSource::File(ref p) if p == &dir.join("payment-fingerprint.key"))
+        );
+        let e = Settings::from_lookup(dir, env(&[("PAYMENT_FRAUD_REVIEW_AMOUNT", "lots")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "PAYMENT_FRAUD_REVIEW_AMOUNT");
+        let e =
+            Settings::from_lookup(dir, env(&[("FRAUD_COUNTRY_MISMATCH", "maybe")])).unwrap_err();
+        assert_eq!(e.variable, "FRAUD_COUNTRY_MISMATCH");
+        let debug = format!(
+            "{:?}",
+            SecretSource::Inline("very secret key material".into())
+        );
+        assert!(!debug.contains("secret key"), "{debug}");
+    }
+}

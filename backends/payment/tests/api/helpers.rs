@@ -1,0 +1,241 @@
+//! The harness: a payment service on port 0 over a fresh database, tokens minted with a
+//! test signing key, and client shorthands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use kit::identity::{AccessClaims, LocalKeys, SigningKey};
+use kit::testing::{spawn_app, TestApp, TestDb};
+use kit::Verifier;
+use payment_service::{router, AppState, SecretSource, Settings, SimulatedProcessor};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const VISA: &str = "4242424242424242";
+pub const DECLINE: &str = "4000000000000002";
+pub const REVIEW: &str = "4000000000009235";
+pub const TIMEOUT: &str = "4000000000000119";
+pub const BRAZIL: &str = "4000000760000002";
+
+pub struct TestPay {
+    pub app: TestApp,
+    pub state: AppState,
+    pub db: TestDb,
+    pub key: SigningKey,
+    pub processor: Arc<SimulatedProcessor>,
+    pub next_key: std::sync::atomic::AtomicU64,
+}
+
+pub fn settings() -> Settings {
+    let dir = std::env::temp_dir();
+    let mut s = Settings::new(&dir);
+    s.fingerprint_key = SecretSource::Inline("test fingerprint key, 32 chars..".into());
+    s.processor_deadline = Duration::from_millis(300);
+    s
+}
+
+pub async fn spawn(db: TestDb) -> TestPay {
+    spawn_with(db, |_| {}).await
+}
+
+pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestPay {
+    let mut s = settings();
+    tweak(&mut s);
+    let key = SigningKey::generate();
+    let verifier = Verifier::local(
+        LocalKeys::new(JwkSet {
+            keys: vec![key.public_jwk()],
+        }),
+        "gatehouse-user",
+        "gatehouse",
+    );
+    let processor = Arc::new(SimulatedProcessor::new(Duration::from_secs(30)));
+    let state = AppState::build_with(db.db.clone(), s, Arc::new(verifier), processor.clone())
+        .await
+        .expect("payment service state");
+    let app = spawn_app(router(state.clone())).await;
+    TestPay {
+        app,
+        state,
+        db,
+        key,
+        processor,
+        next_key: Default::default(),
+    }
+}
+
+impl TestPay {
+    pub fn label(&self) -> &'static str {
+        self.db.label()
+    }
+
+    pub fn token(&self, sub: &str, roles: &[&str], perms: &[&str]) -> String {
+        let now = kit::db::now_ms() / 1000;
+        self.key.sign(&AccessClaims {
+            sub: sub.into(),
+            iss: "gatehouse-user".into(),
+            aud: "gatehouse".into(),
+            exp: now + 900,
+            iat: now,
+            jti: kit::db::new_id(),
+            sid: "s1".into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            perms: perms.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// A customer's token.
+    pub fn customer(&self, sub: &str) -> String {
+        self.token(sub, &["customer"], &["payments:write"])
+    }
+
+    /// The order service's token.
+    pub fn service(&self) -> String {
+        self.token(
+            "service:order",
+            &["service"],
+            &["payments:charge", "payments:refund"],
+        )
+    }
+
+    pub fn admin(&self) -> String {
+        self.token("admin-1", &["admin"], &[])
+    }
+
+    pub fn fresh_key(&self) -> String {
+        let n = self
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!("key-{n}-{}", kit::db::new_id())
+    }
+
+    /// POST with a fresh Idempotency-Key.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.post_keyed(path, token, &self.fresh_key(), body).await
+    }
+
+    pub async fn post_keyed(&self, path: &str, token: &str, key: &str, body: Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.app
+            .client
+            .get(self.app.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Saves `number` for the customer whose token this is; returns the method's id.
+    pub async fn card(&self, token: &str, number: &str) -> String {
+        self.card_in(token, number, "US").await
+    }
+
+    pub async fn card_in(&self, token: &str, number: &str, billing_country: &str) -> String {
+        let r = self
+            .post(
+                "/payment-methods",
+                token,
+                json!({ "card_number": number, "exp_month": 12, "exp_year": 2030,
+                        "cvc": if number.starts_with("37") { "1234" } else { "123" },
+                        "billing_country": billing_country }),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}: save card",
+            self.label()
+        );
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Creates an intent for `customer` with the service token; returns the intent.
+    pub async fn intent(&self, customer: &str, method: &str, amount: i64) -> Value {
+        let r = self
+            .post(
+                "/payment-intents",
+                &self.service(),
+                json!({ "customer_id": customer, "payment_method_id": method,
+                        "amount": amount, "currency": "EUR", "capture_method": "manual" }),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}: create intent",
+            self.label()
+        );
+        r.json().await.unwrap()
+    }
+
+    /// POST `/payment-intents/{id}/{action}` with the service token; status and body.
+    pub async fn act(&self, id: &str, action: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .post(
+                &format!("/payment-intents/{id}/{action}"),
+                &self.service(),
+                body,
+            )
+            .await;
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    /// A customer `sub` with a card `number`, and an authorized intent of `amount`.
+    pub async fn authorized(&self, sub: &str, number: &str, amount: i64) -> Value {
+        let method = self.card(&self.customer(sub), number).await;
+        let intent = self.intent(sub, &method, amount).await;
+        let (status, body) = self
+            .act(intent["id"].as_str().unwrap(), "confirm", json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{}: confirm {body}", self.label());
+        assert_eq!(
+            body["status"],
+            "requires_capture",
+            "{}: {body}",
+            self.label()
+        );
+        body
+    }
+
+    pub async fn ledger(&self) -> Value {
+        let r = self.get("/ledger/balance", &self.admin()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Balance of `account` in the ledger answer (0 when absent).
+    pub fn account(ledger: &Value, account: &str) -> i64 {
+        ledger["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["account"] == account)
+            .map(|a| a["balance"].as_i64().unwrap())
+            .sum()
+    }
+}
+
+pub async fn problem(r: Response) -> Value {
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "errors are problem+json"
+    );
+    r.json().await.unwrap()
+}

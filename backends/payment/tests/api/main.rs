@@ -1,0 +1,13 @@
+//! The payment service over real sockets, each storage test on SQLite and (with
+//! `TEST_DATABASE_URL`) PostgreSQL.
+
+mod helpers;
+
+mod cards;
+mod events;
+mod fraud;
+mod idempotency;
+mod intents;
+mod ledger;
+mod processor;
+mod refunds;

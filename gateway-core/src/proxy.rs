@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -21,12 +21,26 @@ use crate::routing::{normalize_path, request_host, RequestView, Route};
 use crate::snapshot::Snapshot;
 use crate::upstream::{HashKey, InFlight};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+/// Names the gateway sets, as Pingora takes them cheapest: a `&'static str` becomes the case
+/// entry as is, where a non-standard `HeaderName` is first copied into a new buffer.
+mod set {
+    pub const X_REQUEST_ID: &str = "x-request-id";
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const SERVER_TIMING: &str = "server-timing";
+}
+
+/// The same names for lookups, which hash a `HeaderName` directly but parse a `&str` first.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(set::X_REQUEST_ID);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(set::X_FORWARDED_FOR);
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(set::X_FORWARDED_PROTO);
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(set::X_FORWARDED_HOST);
+const TRACEPARENT: HeaderName = HeaderName::from_static(set::TRACEPARENT);
+
+/// The only protocol the listeners speak (no TLS termination yet); static, so never copied.
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// The gateway's proxy logic; one instance serves every request of a [`crate::Gateway`].
 pub struct GatewayProxy {
@@ -65,7 +79,7 @@ impl GatewayProxy {
             header: session.req_header_mut(),
             client_ip: ctx.client_ip,
             route: &route.name,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
         };
         for f in &route.filters {
             match f.filter.on_request(&mut info, &mut ctx.filters).await {
@@ -89,7 +103,7 @@ impl GatewayProxy {
     ) -> (ResponseHeader, Bytes) {
         let (mut header, body) = match reply.body {
             ReplyBody::Problem(detail) => {
-                problem::render(reply.status.as_u16(), &detail, &ctx.request_id)
+                problem::render(reply.status.as_u16(), &detail, ctx.request_id.as_str())
             }
             ReplyBody::Raw {
                 content_type,
@@ -132,7 +146,7 @@ impl GatewayProxy {
         for (name, value) in ctx.filters.response_headers.drain(..) {
             let _ = header.append_header(name, value);
         }
-        let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
+        let _ = header.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value());
     }
 
     /// Answer with a filter's reply, keeping the connection open.
@@ -164,7 +178,7 @@ pub struct RequestCtx {
     /// The route it took.
     route: Option<Arc<Route>>,
     /// Sent upstream and echoed to the client.
-    request_id: String,
+    request_id: RequestId,
     /// Path and query to send upstream (after normalization, strip_prefix and rewrite).
     upstream_path: Option<String>,
     /// The normalized request path (what routing and path hashing see).
@@ -200,18 +214,52 @@ impl RequestCtx {
     }
 }
 
-/// A client's own request id is kept when it is short printable ASCII; otherwise we mint one.
-fn request_id_from(header: Option<&http::HeaderValue>) -> String {
-    match header.and_then(|v| v.to_str().ok()) {
-        Some(id)
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
+/// A request's id, held as the header value it is sent as: echoing it upstream and to the
+/// client clones a reference count instead of copying the text each time.
+#[derive(Clone)]
+struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// No id yet (the request failed before `request_filter`).
+    const NONE: RequestId = RequestId(HeaderValue::from_static(""));
+
+    /// A client's own id is kept when it is short printable ASCII; otherwise we mint one.
+    fn from_header(header: Option<&HeaderValue>) -> RequestId {
+        match header {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 128
+                    && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                RequestId(id.clone())
+            }
+            _ => RequestId::mint(),
         }
-        _ => uuid::Uuid::new_v4()
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
-            .to_owned(),
+    }
+
+    /// A new random (v4) UUID.
+    fn mint() -> RequestId {
+        let mut text = [0u8; 36];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        // `from_owner` makes one allocation that every clone shares; a value copied from a
+        // slice would be reallocated as shared storage on its first clone.
+        RequestId(
+            HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+                .expect("a UUID is a valid header value"),
+        )
+    }
+
+    fn as_str(&self) -> &str {
+        // Only printable ASCII is ever stored, which `to_str` accepts.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        self.0.clone()
     }
 }
 
@@ -277,6 +325,18 @@ fn raw_host(req: &RequestHeader) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// The host the client asked for as a header value: `Host` is shared rather than copied.
+fn raw_host_value(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers
+            .get(HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
 }
 
 /// The host for matching: lower case, no port.
@@ -372,7 +432,7 @@ impl ProxyHttp for GatewayProxy {
             counted: false,
             snapshot: None,
             route: None,
-            request_id: String::new(),
+            request_id: RequestId::NONE,
             upstream_path: None,
             path: String::new(),
             peer_ip: None,
@@ -397,11 +457,11 @@ impl ProxyHttp for GatewayProxy {
         ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
         ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
-        ctx.request_id = request_id_from(req.headers.get(X_REQUEST_ID));
+        ctx.request_id = RequestId::from_header(req.headers.get(X_REQUEST_ID));
         let trace = TraceContext::from_header(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
         ctx.span = tracing::debug_span!(
             "request",
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id.as_str(),
             trace_id = tracing::field::Empty,
             method = %req.method,
             route = tracing::field::Empty,
@@ -421,7 +481,7 @@ impl ProxyHttp for GatewayProxy {
             Ok(p) => p,
             Err(e) => {
                 let id = ctx.request_id.clone();
-                respond_problem(session, 400, &e.to_string(), &id).await?;
+                respond_problem(session, 400, &e.to_string(), id.as_str()).await?;
                 return Ok(true);
             }
         };
@@ -435,7 +495,7 @@ impl ProxyHttp for GatewayProxy {
         let Some(route) = snapshot.router.find(&view).cloned() else {
             let detail = format!("no route matches {} {}", req.method, path);
             let id = ctx.request_id.clone();
-            respond_problem(session, 404, &detail, &id).await?;
+            respond_problem(session, 404, &detail, id.as_str()).await?;
             return Ok(true);
         };
         let mut upstream_path = route.upstream_path(&path).into_owned();
@@ -540,21 +600,21 @@ impl ProxyHttp for GatewayProxy {
             }
             _ => client,
         };
-        upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        upstream_request.insert_header(set::X_FORWARDED_FOR, forwarded_for)?;
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
-            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+            upstream_request.insert_header(set::X_FORWARDED_PROTO, HTTP)?;
         }
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match raw_host(session.req_header()) {
-                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+            match raw_host_value(session.req_header()) {
+                Some(host) => upstream_request.insert_header(set::X_FORWARDED_HOST, host)?,
                 None => {
                     upstream_request.remove_header(&X_FORWARDED_HOST);
                 }
             }
         }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
         if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(TRACEPARENT, trace.header_value())?;
+            upstream_request.insert_header(set::TRACEPARENT, trace.header_value())?;
         }
         Ok(())
     }
@@ -591,13 +651,13 @@ impl ProxyHttp for GatewayProxy {
         for (name, value) in ctx.filters.response_headers.drain(..) {
             upstream_response.append_header(name, value)?;
         }
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
         if ctx
             .snapshot
             .as_ref()
             .is_some_and(|s| s.config.observability.server_timing)
         {
-            upstream_response.insert_header(SERVER_TIMING, server_timing(ctx))?;
+            upstream_response.insert_header(set::SERVER_TIMING, server_timing(ctx))?;
         }
         Ok(())
     }
@@ -645,14 +705,15 @@ impl ProxyHttp for GatewayProxy {
         let (status, detail) = failure_status(e);
         if status > 0 && session.response_written().is_none() {
             if ctx.request_id.is_empty() {
-                ctx.request_id = uuid::Uuid::new_v4().to_string();
+                ctx.request_id = RequestId::mint();
             }
             // A filter's refusal of the body (413) is written as the filter built it.
             let route = ctx.route.clone();
             let (header, body) = match (ctx.pending_reply.take(), route.as_deref()) {
                 (Some(reply), Some(route)) => self.render_reply(ctx, route, reply),
                 (_, route) => {
-                    let (mut header, body) = problem::render(status, detail, &ctx.request_id);
+                    let (mut header, body) =
+                        problem::render(status, detail, ctx.request_id.as_str());
                     if let Some(route) = route {
                         self.finish_gateway_answer(ctx, route, &mut header);
                     }
@@ -749,7 +810,7 @@ fn access_record(
     let req = session.req_header();
     AccessRecord {
         time: std::time::SystemTime::now() - elapsed,
-        request_id: ctx.request_id.clone(),
+        request_id: ctx.request_id.as_str().to_string(),
         trace_id: ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
         client_ip: ctx.client_ip,
         method: req.method.to_string(),
@@ -809,11 +870,14 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        let kept = http::HeaderValue::from_static("abc-123");
-        assert_eq!(request_id_from(Some(&kept)), "abc-123");
-        let spaced = http::HeaderValue::from_static("a b");
-        assert_ne!(request_id_from(Some(&spaced)), "a b");
-        assert_eq!(request_id_from(None).len(), 36);
+        let kept = HeaderValue::from_static("abc-123");
+        assert_eq!(RequestId::from_header(Some(&kept)).as_str(), "abc-123");
+        let spaced = HeaderValue::from_static("a b");
+        assert_ne!(RequestId::from_header(Some(&spaced)).as_str(), "a b");
+        let minted = RequestId::from_header(None);
+        assert_eq!(minted.as_str().len(), 36);
+        assert_eq!(minted.header_value(), minted.as_str());
+        assert!(uuid::Uuid::parse_str(minted.as_str()).is_ok());
     }
 
     #[test]

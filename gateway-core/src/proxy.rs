@@ -866,6 +866,8 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
+        // The usual value nominates nothing: skip splitting it.
+        .filter(|v| !(v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close")))
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| {

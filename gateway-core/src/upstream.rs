@@ -210,9 +210,11 @@ impl Upstream {
         Some(self.addrs[pick])
     }
 
-    /// Whether the `i`th backend may be picked.
+    /// Whether the `i`th backend may be picked. Without a health check nothing ever marks a
+    /// backend down (Gatehouse does not disable backends by hand), so the lookup, which hashes
+    /// the backend, is skipped.
     fn ready(&self, i: usize) -> bool {
-        self.selector.backends().ready(&self.members[i])
+        self.config.health_check.is_none() || self.selector.backends().ready(&self.members[i])
     }
 
     /// Count a request in flight on `addr` until the guard is dropped.

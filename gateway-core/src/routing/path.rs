@@ -123,7 +123,8 @@ fn remove_dot_segments(path: &str) -> Option<String> {
     if trailing_slash || stack.is_empty() {
         out.push('/');
     }
-    Some(out)
+    // `/.well-known` looks like it has a dot segment but does not.
+    (out != path).then_some(out)
 }
 
 /// Whether `path` is `prefix` or continues it at a segment boundary (`/api` takes `/api/x`,

@@ -251,12 +251,7 @@ impl RequestId {
     fn mint() -> RequestId {
         let mut text = [0u8; 36];
         uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        // `from_owner` makes one allocation that every clone shares; a value copied from a
-        // slice would be reallocated as shared storage on its first clone.
-        RequestId(
-            HeaderValue::from_maybe_shared(Bytes::from_owner(text))
-                .expect("a UUID is a valid header value"),
-        )
+        RequestId(shared_value(text))
     }
 
     fn as_str(&self) -> &str {
@@ -271,6 +266,14 @@ impl RequestId {
     fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
+}
+
+/// A header value of bytes the gateway wrote itself (hex, digits, dashes). `from_owner` makes
+/// one allocation that every clone shares, where a value copied from a slice is reallocated
+/// as shared storage on its first clone.
+fn shared_value<const N: usize>(ascii: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(ascii))
+        .expect("the gateway's own ids are printable ASCII")
 }
 
 /// An address as text; IPv4 without `fmt`, which costs ~1k instructions on every request.
@@ -637,7 +640,7 @@ impl ProxyHttp for GatewayProxy {
         }
         upstream_request.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
         if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(set::TRACEPARENT, trace.header_value())?;
+            upstream_request.insert_header(set::TRACEPARENT, shared_value(trace.header_bytes()))?;
         }
         Ok(())
     }

@@ -169,14 +169,13 @@ fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow
     }
     let host = uri
         .authority()
-        .map(|a| a.as_str().to_string())
+        .map(|a| a.as_str())
         .or_else(|| {
             header_map
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
         })
-        .and_then(|a| request_host(&a));
+        .and_then(request_host);
     let path = normalize_path(uri.path()).map_err(|e| anyhow!("{e}: {}", uri.path()))?;
     let view = RequestView {
         method: &method,

@@ -1,17 +1,19 @@
 //! The `ProxyHttp` implementation. Thin on purpose: it wires the snapshot's router and pools,
 //! the forwarding headers and the error answers into Pingora's phases.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use smallvec::SmallVec;
 
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
 use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
@@ -21,12 +23,26 @@ use crate::routing::{normalize_path, request_host, RequestView, Route};
 use crate::snapshot::Snapshot;
 use crate::upstream::{HashKey, InFlight};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+/// Names the gateway sets, as Pingora takes them cheapest: a `&'static str` becomes the case
+/// entry as is, where a non-standard `HeaderName` is first copied into a new buffer.
+mod set {
+    pub const X_REQUEST_ID: &str = "x-request-id";
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const SERVER_TIMING: &str = "server-timing";
+}
+
+/// The same names for lookups, which hash a `HeaderName` directly but parse a `&str` first.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(set::X_REQUEST_ID);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(set::X_FORWARDED_FOR);
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(set::X_FORWARDED_PROTO);
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(set::X_FORWARDED_HOST);
+const TRACEPARENT: HeaderName = HeaderName::from_static(set::TRACEPARENT);
+
+/// The only protocol the listeners speak (no TLS termination yet); static, so never copied.
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// The gateway's proxy logic; one instance serves every request of a [`crate::Gateway`].
 pub struct GatewayProxy {
@@ -65,7 +81,7 @@ impl GatewayProxy {
             header: session.req_header_mut(),
             client_ip: ctx.client_ip,
             route: &route.name,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
         };
         for f in &route.filters {
             match f.filter.on_request(&mut info, &mut ctx.filters).await {
@@ -89,7 +105,7 @@ impl GatewayProxy {
     ) -> (ResponseHeader, Bytes) {
         let (mut header, body) = match reply.body {
             ReplyBody::Problem(detail) => {
-                problem::render(reply.status.as_u16(), &detail, &ctx.request_id)
+                problem::render(reply.status.as_u16(), &detail, ctx.request_id.as_str())
             }
             ReplyBody::Raw {
                 content_type,
@@ -132,7 +148,7 @@ impl GatewayProxy {
         for (name, value) in ctx.filters.response_headers.drain(..) {
             let _ = header.append_header(name, value);
         }
-        let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
+        let _ = header.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value());
     }
 
     /// Answer with a filter's reply, keeping the connection open.
@@ -164,8 +180,9 @@ pub struct RequestCtx {
     /// The route it took.
     route: Option<Arc<Route>>,
     /// Sent upstream and echoed to the client.
-    request_id: String,
-    /// Path and query to send upstream (after normalization, strip_prefix and rewrite).
+    request_id: RequestId,
+    /// Path and query to send upstream (after normalization, strip_prefix and rewrite) when
+    /// that is not `path` itself, as it is for a query-less request the route does not rewrite.
     upstream_path: Option<String>,
     /// The normalized request path (what routing and path hashing see).
     path: String,
@@ -175,8 +192,9 @@ pub struct RequestCtx {
     /// nearest untrusted hop of `X-Forwarded-For`.
     client_ip: Option<IpAddr>,
     has_body: bool,
-    /// Backends already tried by this request (a retry picks another).
-    tried: Vec<SocketAddr>,
+    /// Backends already tried by this request (a retry picks another). Inline: nearly every
+    /// request makes one attempt, and this saves it an allocation.
+    tried: SmallVec<[SocketAddr; 2]>,
     in_flight: Option<InFlight>,
     /// State the route's filters share (claims, response headers to add).
     filters: FilterState,
@@ -193,6 +211,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Path and query to send upstream, once a route is chosen.
+    fn upstream_target(&self) -> Option<&str> {
+        self.route.as_ref()?;
+        Some(self.upstream_path.as_deref().unwrap_or(&self.path))
+    }
+
     fn attempts_left(&self) -> bool {
         self.route
             .as_ref()
@@ -200,19 +224,56 @@ impl RequestCtx {
     }
 }
 
-/// A client's own request id is kept when it is short printable ASCII; otherwise we mint one.
-fn request_id_from(header: Option<&http::HeaderValue>) -> String {
-    match header.and_then(|v| v.to_str().ok()) {
-        Some(id)
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
+/// A request's id, held as the header value it is sent as: echoing it upstream and to the
+/// client clones a reference count instead of copying the text each time.
+#[derive(Clone)]
+struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// No id yet (the request failed before `request_filter`).
+    const NONE: RequestId = RequestId(HeaderValue::from_static(""));
+
+    /// A client's own id is kept when it is short printable ASCII; otherwise we mint one.
+    fn from_header(header: Option<&HeaderValue>) -> RequestId {
+        match header {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 128
+                    && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                RequestId(id.clone())
+            }
+            _ => RequestId::mint(),
         }
-        _ => uuid::Uuid::new_v4()
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
-            .to_owned(),
     }
+
+    /// A new random (v4) UUID.
+    fn mint() -> RequestId {
+        let mut text = [0u8; 36];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        RequestId(shared_value(text))
+    }
+
+    fn as_str(&self) -> &str {
+        // Only printable ASCII is ever stored, which `to_str` accepts.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+/// A header value of bytes the gateway wrote itself (hex, digits, dashes). `from_owner` makes
+/// one allocation that every clone shares, where a value copied from a slice is reallocated
+/// as shared storage on its first clone.
+fn shared_value<const N: usize>(ascii: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(ascii))
+        .expect("the gateway's own ids are printable ASCII")
 }
 
 /// An address as text; IPv4 without `fmt`, which costs ~1k instructions on every request.
@@ -279,9 +340,32 @@ fn raw_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// The host the client asked for as a header value: `Host` is shared rather than copied.
+fn raw_host_value(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers
+            .get(HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
+}
+
 /// The host for matching: lower case, no port.
-fn host_of(req: &RequestHeader) -> Option<String> {
+fn host_of(req: &RequestHeader) -> Option<Cow<'_, str>> {
     raw_host(req).and_then(request_host)
+}
+
+fn path_and_query(path: &str, query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return path.to_string();
+    };
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    out.push_str(query);
+    out
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -372,13 +456,13 @@ impl ProxyHttp for GatewayProxy {
             counted: false,
             snapshot: None,
             route: None,
-            request_id: String::new(),
+            request_id: RequestId::NONE,
             upstream_path: None,
             path: String::new(),
             peer_ip: None,
             client_ip: None,
             has_body: false,
-            tried: Vec::new(),
+            tried: SmallVec::new(),
             in_flight: None,
             filters: FilterState::default(),
             pending_reply: None,
@@ -397,11 +481,11 @@ impl ProxyHttp for GatewayProxy {
         ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
         ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
-        ctx.request_id = request_id_from(req.headers.get(X_REQUEST_ID));
+        ctx.request_id = RequestId::from_header(req.headers.get(X_REQUEST_ID));
         let trace = TraceContext::from_header(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
         ctx.span = tracing::debug_span!(
             "request",
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id.as_str(),
             trace_id = tracing::field::Empty,
             method = %req.method,
             route = tracing::field::Empty,
@@ -421,7 +505,7 @@ impl ProxyHttp for GatewayProxy {
             Ok(p) => p,
             Err(e) => {
                 let id = ctx.request_id.clone();
-                respond_problem(session, 400, &e.to_string(), &id).await?;
+                respond_problem(session, 400, &e.to_string(), id.as_str()).await?;
                 return Ok(true);
             }
         };
@@ -435,16 +519,14 @@ impl ProxyHttp for GatewayProxy {
         let Some(route) = snapshot.router.find(&view).cloned() else {
             let detail = format!("no route matches {} {}", req.method, path);
             let id = ctx.request_id.clone();
-            respond_problem(session, 404, &detail, &id).await?;
+            respond_problem(session, 404, &detail, id.as_str()).await?;
             return Ok(true);
         };
-        let mut upstream_path = route.upstream_path(&path).into_owned();
-        if let Some(query) = req.uri.query() {
-            upstream_path.push('?');
-            upstream_path.push_str(query);
-        }
-        ctx.upstream_path = Some(upstream_path);
-        ctx.path = path;
+        ctx.upstream_path = match (route.upstream_path(&path), req.uri.query()) {
+            (Cow::Borrowed(same), None) if same == path => None,
+            (target, query) => Some(path_and_query(&target, query)),
+        };
+        ctx.path = path.into_owned();
         ctx.route = Some(Arc::clone(&route));
         ctx.snapshot = Some(snapshot);
         if let Some(reply) = self.run_request_filters(session, ctx, &route).await {
@@ -507,7 +589,11 @@ impl ProxyHttp for GatewayProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.upstream_path {
+        // Most requests go up as they came, with nothing to rebuild.
+        if let Some(path) = ctx
+            .upstream_target()
+            .filter(|p| upstream_request.raw_path() != p.as_bytes())
+        {
             let mut parts = upstream_request.uri.clone().into_parts();
             parts.path_and_query = Some(path.parse().map_err(|e| {
                 Error::because(
@@ -540,21 +626,21 @@ impl ProxyHttp for GatewayProxy {
             }
             _ => client,
         };
-        upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        upstream_request.insert_header(set::X_FORWARDED_FOR, forwarded_for)?;
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
-            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+            upstream_request.insert_header(set::X_FORWARDED_PROTO, HTTP)?;
         }
         if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match raw_host(session.req_header()) {
-                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+            match raw_host_value(session.req_header()) {
+                Some(host) => upstream_request.insert_header(set::X_FORWARDED_HOST, host)?,
                 None => {
                     upstream_request.remove_header(&X_FORWARDED_HOST);
                 }
             }
         }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
         if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(TRACEPARENT, trace.header_value())?;
+            upstream_request.insert_header(set::TRACEPARENT, shared_value(trace.header_bytes()))?;
         }
         Ok(())
     }
@@ -591,13 +677,13 @@ impl ProxyHttp for GatewayProxy {
         for (name, value) in ctx.filters.response_headers.drain(..) {
             upstream_response.append_header(name, value)?;
         }
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
         if ctx
             .snapshot
             .as_ref()
             .is_some_and(|s| s.config.observability.server_timing)
         {
-            upstream_response.insert_header(SERVER_TIMING, server_timing(ctx))?;
+            upstream_response.insert_header(set::SERVER_TIMING, server_timing(ctx))?;
         }
         Ok(())
     }
@@ -645,14 +731,15 @@ impl ProxyHttp for GatewayProxy {
         let (status, detail) = failure_status(e);
         if status > 0 && session.response_written().is_none() {
             if ctx.request_id.is_empty() {
-                ctx.request_id = uuid::Uuid::new_v4().to_string();
+                ctx.request_id = RequestId::mint();
             }
             // A filter's refusal of the body (413) is written as the filter built it.
             let route = ctx.route.clone();
             let (header, body) = match (ctx.pending_reply.take(), route.as_deref()) {
                 (Some(reply), Some(route)) => self.render_reply(ctx, route, reply),
                 (_, route) => {
-                    let (mut header, body) = problem::render(status, detail, &ctx.request_id);
+                    let (mut header, body) =
+                        problem::render(status, detail, ctx.request_id.as_str());
                     if let Some(route) = route {
                         self.finish_gateway_answer(ctx, route, &mut header);
                     }
@@ -749,7 +836,7 @@ fn access_record(
     let req = session.req_header();
     AccessRecord {
         time: std::time::SystemTime::now() - elapsed,
-        request_id: ctx.request_id.clone(),
+        request_id: ctx.request_id.as_str().to_string(),
         trace_id: ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
         client_ip: ctx.client_ip,
         method: req.method.to_string(),
@@ -782,6 +869,8 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
+        // The usual value nominates nothing: skip splitting it.
+        .filter(|v| !(v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close")))
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| {
@@ -809,11 +898,14 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        let kept = http::HeaderValue::from_static("abc-123");
-        assert_eq!(request_id_from(Some(&kept)), "abc-123");
-        let spaced = http::HeaderValue::from_static("a b");
-        assert_ne!(request_id_from(Some(&spaced)), "a b");
-        assert_eq!(request_id_from(None).len(), 36);
+        let kept = HeaderValue::from_static("abc-123");
+        assert_eq!(RequestId::from_header(Some(&kept)).as_str(), "abc-123");
+        let spaced = HeaderValue::from_static("a b");
+        assert_ne!(RequestId::from_header(Some(&spaced)).as_str(), "a b");
+        let minted = RequestId::from_header(None);
+        assert_eq!(minted.as_str().len(), 36);
+        assert_eq!(minted.header_value(), minted.as_str());
+        assert!(uuid::Uuid::parse_str(minted.as_str()).is_ok());
     }
 
     #[test]

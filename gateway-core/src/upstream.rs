@@ -171,6 +171,11 @@ impl Upstream {
 
     /// Pick a healthy backend not in `exclude` (the ones a retry already tried).
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        if let [only] = self.addrs[..] {
+            // Every policy picks the only backend: skip the selector's walk, which builds a
+            // hash set of the backends it visits on each call.
+            return (self.ready(0) && !exclude.contains(&only)).then_some(only);
+        }
         let accept = |b: &Backend, healthy: bool| healthy && !exclude.contains(&inet(b));
         let picked = match (&self.selector, self.config.balance) {
             (Selector::RoundRobin(_), Balance::LeastRequest) => return self.least_request(exclude),
@@ -181,10 +186,9 @@ impl Upstream {
     }
 
     fn least_request(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        let backends = self.selector.backends();
         let candidates: Vec<usize> = (0..self.addrs.len())
             .filter(|&i| !exclude.contains(&self.addrs[i]))
-            .filter(|&i| backends.ready(&self.members[i]))
+            .filter(|&i| self.ready(i))
             .collect();
         let pick = match candidates.len() {
             0 => return None,
@@ -204,6 +208,13 @@ impl Upstream {
             }
         };
         Some(self.addrs[pick])
+    }
+
+    /// Whether the `i`th backend may be picked. Without a health check nothing ever marks a
+    /// backend down (Gatehouse does not disable backends by hand), so the lookup, which hashes
+    /// the backend, is skipped.
+    fn ready(&self, i: usize) -> bool {
+        self.config.health_check.is_none() || self.selector.backends().ready(&self.members[i])
     }
 
     /// Count a request in flight on `addr` until the guard is dropped.

@@ -489,12 +489,18 @@ impl fmt::Display for Explanation {
 }
 
 /// The host of a request, lower case, without port or trailing dot.
-pub fn request_host(authority: &str) -> Option<String> {
+pub fn request_host(authority: &str) -> Option<std::borrow::Cow<'_, str>> {
     let host = if authority.starts_with('[') {
         authority.split_inclusive(']').next().unwrap_or(authority)
     } else {
         authority.split(':').next().unwrap_or(authority)
     };
     let host = host.trim_end_matches('.');
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(host.to_ascii_lowercase().into())
+    } else {
+        Some(host.into())
+    }
 }

@@ -10,6 +10,7 @@
 //!
 //! Case is preserved: paths are case-sensitive, so `/API/users` is not `/api/users`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a request path cannot be normalized (the request is answered 400).
@@ -34,13 +35,17 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
-/// Normalize a request path (without its query string).
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+/// Normalize a request path (without its query string). Most paths are already normal and
+/// come back borrowed.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     let decoded = decode_unreserved(raw)?;
-    Ok(remove_dot_segments(&decoded))
+    Ok(match remove_dot_segments(&decoded) {
+        Some(clean) => Cow::Owned(clean),
+        None => decoded,
+    })
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -56,9 +61,9 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+fn decode_unreserved(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.contains('%') {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -87,13 +92,13 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         }
         i += 3;
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
-fn remove_dot_segments(path: &str) -> String {
-    let fast = !path.contains("//") && !path.contains("/.") && path != "/";
-    if fast {
-        return path.to_string();
+/// The path without empty, `.` and `..` segments, or `None` when it has none to remove.
+fn remove_dot_segments(path: &str) -> Option<String> {
+    if !path.contains("//") && !path.contains("/.") {
+        return None;
     }
     let mut stack: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
@@ -118,7 +123,8 @@ fn remove_dot_segments(path: &str) -> String {
     if trailing_slash || stack.is_empty() {
         out.push('/');
     }
-    out
+    // `/.well-known` looks like it has a dot segment but does not.
+    (out != path).then_some(out)
 }
 
 /// Whether `path` is `prefix` or continues it at a segment boundary (`/api` takes `/api/x`,
@@ -159,11 +165,12 @@ mod tests {
             ("/a/..b/c", "/a/..b/c"),
         ];
         for (raw, want) in cases {
-            assert_eq!(
-                normalize_path(raw).as_deref(),
-                Ok(want),
-                "normalizing {raw}"
-            );
+            let normal = normalize_path(raw);
+            assert_eq!(normal.as_deref(), Ok(want), "normalizing {raw}");
+            // A path that is already normal (and has no escapes to look at) is not copied.
+            if raw == want && !raw.contains('%') {
+                assert!(matches!(normal, Ok(Cow::Borrowed(_))), "{raw} was copied");
+            }
         }
     }
 

@@ -22,7 +22,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context};
+use futures::future::BoxFuture;
+use kit::identity::TokenSource;
+use kit::Verifier;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -41,6 +46,26 @@ pub struct PlatformConfig {
     /// The user service (accounts, tokens, JWKS).
     #[serde(default)]
     pub user: Option<ServiceConfig>,
+    /// The product service (catalog, inventory, reservations).
+    #[serde(default)]
+    pub product: Option<ServiceConfig>,
+    /// The payment service (cards, intents, refunds, ledger).
+    #[serde(default)]
+    pub payment: Option<ServiceConfig>,
+    /// The order service (orders and their placement saga); needs the other three.
+    #[serde(default)]
+    pub order: Option<ServiceConfig>,
+}
+
+impl PlatformConfig {
+    fn services(&self) -> [(&'static str, Option<&ServiceConfig>); 4] {
+        [
+            ("user", self.user.as_ref()),
+            ("product", self.product.as_ref()),
+            ("payment", self.payment.as_ref()),
+            ("order", self.order.as_ref()),
+        ]
+    }
 }
 
 /// One in-process service.
@@ -84,17 +109,26 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Option<PlatformConfig>> 
 }
 
 fn validate(p: &PlatformConfig) -> Result<(), String> {
-    if let Some(u) = &p.user {
-        if let Some(url) = &u.database_url {
+    for (name, c) in p.services() {
+        let Some(c) = c else { continue };
+        if let Some(url) = &c.database_url {
             let ok = ["sqlite:", "postgres://", "postgresql://"]
                 .iter()
                 .any(|s| url.starts_with(s));
             if !ok {
                 return Err(format!(
-                    "user.database_url: {url:?} must start with sqlite:// or postgres://"
+                    "{name}.database_url: {url:?} must start with sqlite:// or postgres://"
                 ));
             }
         }
+        if c.bootstrap_admin.is_some() && name != "user" {
+            return Err(format!(
+                "{name}.bootstrap_admin: only the user service has accounts"
+            ));
+        }
+    }
+    if p.order.is_some() && (p.product.is_none() || p.payment.is_none() || p.user.is_none()) {
+        return Err("order: the order service needs [platform.user], [platform.product] and [platform.payment] in the same process".into());
     }
     Ok(())
 }
@@ -112,14 +146,20 @@ pub struct Platform {
     running: Vec<Running>,
 }
 
+type Shutdown = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
 struct Running {
     name: &'static str,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    service: user_service::Service,
+    /// Stops the service's background work (relay, sweepers, sagas) after serving stopped.
+    shutdown: Shutdown,
 }
 
-/// Starts every service the section names; returns once each is listening.
+/// Starts every service the section names, user first and order last; returns once each is
+/// listening. Services verify tokens with the user service's key set in-process; the order
+/// service gets its service token from the user service by client credentials (a secret
+/// made for this process).
 pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -127,69 +167,199 @@ pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
         .enable_all()
         .build()
         .context("starting the platform runtime")?;
-    let mut running = Vec::new();
-    let bus = rt
-        .block_on(kit::bus::from_config(config.nats_url.as_deref()))
-        .context("platform.nats_url: connecting to the event bus")?;
-    if let Some(user) = &config.user {
-        running.push(rt.block_on(start_user(&config.data_dir, user, bus.clone()))?);
-    }
+    let running = rt.block_on(start_all(config))?;
     Ok(Platform { rt, running })
 }
 
-async fn start_user(
-    data_dir: &Path,
-    c: &ServiceConfig,
-    bus: std::sync::Arc<dyn kit::EventBus>,
-) -> anyhow::Result<Running> {
+async fn open(name: &str, data_dir: &Path, c: &ServiceConfig) -> anyhow::Result<kit::Db> {
     let url = c
         .database_url
         .clone()
-        .unwrap_or_else(|| format!("sqlite://{}/user.db", data_dir.display()));
-    let db = kit::Db::connect(&url).await.with_context(|| {
+        .unwrap_or_else(|| format!("sqlite://{}/{name}.db", data_dir.display()));
+    kit::Db::connect(&url).await.with_context(|| {
         format!(
-            "platform.user: opening the database {}",
+            "platform.{name}: opening the database {}",
             kit::db::redact_url(&url)
         )
-    })?;
-    let mut settings =
-        user_service::Settings::from_env(data_dir).map_err(|e| anyhow!("platform.user: {e}"))?;
-    if c.bootstrap_admin.is_some() {
-        settings.bootstrap_admin = c.bootstrap_admin.clone();
-    }
-    let service = user_service::Service::start(db, settings, bus)
-        .await
-        .context("platform.user: starting the user service")?;
-    let listener = tokio::net::TcpListener::bind(c.listen)
-        .await
-        .with_context(|| format!("platform.user.listen: cannot bind {}", c.listen))?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = service.router();
-    let task = tokio::spawn(kit::serve::serve(listener, app, async {
-        let _ = stopped.await;
-    }));
-    tracing::info!(addr = %c.listen, "platform: user service listening");
-    Ok(Running {
-        name: "user",
-        stop,
-        task,
-        service,
     })
 }
 
+async fn serve(
+    name: &'static str,
+    c: &ServiceConfig,
+    app: axum::Router,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(c.listen)
+        .await
+        .with_context(|| format!("platform.{name}.listen: cannot bind {}", c.listen))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(kit::serve::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(service = name, addr = %c.listen, "platform: service listening");
+    Ok(Running {
+        name,
+        stop,
+        task,
+        shutdown,
+    })
+}
+
+async fn start_all(config: &PlatformConfig) -> anyhow::Result<Vec<Running>> {
+    let bus = kit::bus::from_config(config.nats_url.as_deref())
+        .await
+        .context("platform.nats_url: connecting to the event bus")?;
+    let data_dir = &config.data_dir;
+    let mut running = Vec::new();
+    let mut verifier: Option<Arc<Verifier>> = None;
+    let mut order_secret: Option<String> = None;
+    if let Some(c) = &config.user {
+        let db = open("user", data_dir, c).await?;
+        let mut settings = user_service::Settings::from_env(data_dir)
+            .map_err(|e| anyhow!("platform.user: {e}"))?;
+        if c.bootstrap_admin.is_some() {
+            settings.bootstrap_admin = c.bootstrap_admin.clone();
+        }
+        if config.order.is_some() {
+            let secret = random_secret();
+            settings.service_clients.push(user_service::ServiceClient {
+                id: "order".into(),
+                secret_sha256: sha256_hex(&secret),
+                permissions: order_service::SERVICE_PERMISSIONS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+            });
+            order_secret = Some(secret);
+        }
+        let (issuer, audience) = (settings.issuer.clone(), settings.audience.clone());
+        let service = user_service::Service::start(db, settings, bus.clone())
+            .await
+            .context("platform.user: starting the user service")?;
+        verifier = Some(Arc::new(Verifier::local(
+            service.state.keys.published(),
+            &issuer,
+            &audience,
+        )));
+        let app = service.router();
+        running.push(
+            serve(
+                "user",
+                c,
+                app,
+                Box::new(move || Box::pin(service.shutdown())),
+            )
+            .await?,
+        );
+    }
+    if let Some(c) = &config.product {
+        let db = open("product", data_dir, c).await?;
+        let kit_config = kit::ServiceConfig::from_env("product", c.listen.port())?;
+        let settings = product_service::Settings::from_env(&kit_config)?;
+        let v = verifier
+            .clone()
+            .unwrap_or_else(|| Arc::new(settings.verifier()));
+        let service = product_service::Service::start(db, settings, v, bus.clone())
+            .await
+            .context("platform.product: starting the product service")?;
+        let app = service.router();
+        running.push(
+            serve(
+                "product",
+                c,
+                app,
+                Box::new(move || Box::pin(service.shutdown())),
+            )
+            .await?,
+        );
+    }
+    if let Some(c) = &config.payment {
+        let db = open("payment", data_dir, c).await?;
+        let settings = payment_service::Settings::from_env(data_dir)?;
+        let v = verifier
+            .clone()
+            .unwrap_or_else(|| Arc::new(settings.verifier()));
+        let service = payment_service::Service::start(db, settings, v, bus.clone())
+            .await
+            .context("platform.payment: starting the payment service")?;
+        let app = service.router();
+        running.push(
+            serve(
+                "payment",
+                c,
+                app,
+                Box::new(move || Box::pin(service.shutdown())),
+            )
+            .await?,
+        );
+    }
+    if let (Some(c), Some(user), Some(product), Some(payment)) = (
+        &config.order,
+        &config.user,
+        &config.product,
+        &config.payment,
+    ) {
+        let db = open("order", data_dir, c).await?;
+        let settings = order_service::Settings {
+            product_url: format!("http://{}", product.listen),
+            payment_url: format!("http://{}", payment.listen),
+            ..order_service::Settings::default()
+        };
+        let tokens = TokenSource::client_credentials(
+            &format!("http://{}/auth/token", user.listen),
+            "order",
+            order_secret.as_deref().unwrap_or_default(),
+        );
+        let v = verifier.clone().context("platform.order: no verifier")?;
+        let service = order_service::Service::start(db, settings, bus.clone(), v, tokens)
+            .await
+            .context("platform.order: starting the order service")?;
+        let app = service.router();
+        running.push(
+            serve(
+                "order",
+                c,
+                app,
+                Box::new(move || Box::pin(service.shutdown())),
+            )
+            .await?,
+        );
+    }
+    Ok(running)
+}
+
+fn random_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Platform {
-    /// Stops every service, letting requests in flight finish (up to 10 s each).
+    /// Stops every service, last started first, letting requests in flight finish (up to
+    /// 10 s each), then their background work.
     pub fn stop(self) {
         let Platform { rt, running } = self;
         rt.block_on(async {
-            for r in running {
+            for r in running.into_iter().rev() {
                 let _ = r.stop.send(());
                 match tokio::time::timeout(std::time::Duration::from_secs(10), r.task).await {
                     Ok(Ok(Ok(()))) => tracing::info!(service = r.name, "platform: stopped"),
-                    Ok(Ok(Err(e))) => tracing::warn!(service = r.name, error = %e, "platform: stopped with an error"),
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(service = r.name, error = %e, "platform: stopped with an error")
+                    }
                     _ => tracing::warn!(service = r.name, "platform: did not stop in time"),
                 }
-                r.service.shutdown().await;
+                (r.shutdown)().await;
             }
         });
     }

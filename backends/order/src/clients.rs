@@ -247,11 +247,11 @@ impl Inventory for HttpInventory {
         }
         let mut out = HashMap::new();
         for sku in skus {
-            let req = self.0.request(Method::GET, "/products").await?.query(&[
-                ("sku", sku.as_str()),
-                ("q", sku.as_str()),
-                ("limit", "100"),
-            ]);
+            let req = self
+                .0
+                .request(Method::GET, "/products")
+                .await?
+                .query(&[("sku", sku.as_str()), ("limit", "1")]);
             let resp = self.0.send(req, "GET /products").await?;
             if !resp.status().is_success() {
                 let (s, body) = problem(resp).await;

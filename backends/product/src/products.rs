@@ -381,6 +381,7 @@ pub async fn delete(
 /// `GET /products` query. Numbers arrive as text so a bad one is a 422 naming the field.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
+    sku: Option<String>,
     category: Option<String>,
     min_price: Option<String>,
     max_price: Option<String>,
@@ -451,6 +452,10 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
     if limit < 1 {
         f.push("limit", "must be at least 1");
     }
+    if let Some(sku) = q.sku.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        binds.push(Bind::Text(sku.to_owned()));
+        clauses.push(format!("sku = ${}", binds.len()));
+    }
     if let Some(c) = q
         .category
         .as_deref()
@@ -496,7 +501,8 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
     (sql, binds, limit)
 }
 
-/// `GET /products?category=&min_price=&max_price=&q=&limit=&cursor=` (public). Prices
+/// `GET /products?sku=&category=&min_price=&max_price=&q=&limit=&cursor=` (public; `sku` is
+/// an exact match, how the order service prices a line). Prices
 /// filter on `amount` whatever the currency. `limit` defaults to 20 and is clamped to 100.
 pub async fn list(
     State(s): State<AppState>,

@@ -252,6 +252,15 @@ async fn pagination_walks_every_product_once_and_filters_narrow_it() {
             ["P05", "P06", "P07", "P08", "P09"],
             "{label}"
         );
+        assert_eq!(
+            skus(&walk(&t, "&sku=P07", 5).await),
+            ["P07"],
+            "{label}: exact sku"
+        );
+        assert!(
+            walk(&t, "&sku=P0", 5).await.is_empty(),
+            "{label}: sku is not a prefix"
+        );
         let both = walk(&t, "&category=tools&min_price=500&max_price=900", 10).await;
         assert_eq!(sorted(skus(&both)), ["P06", "P09"], "{label}");
         let found = walk(&t, "&q=widget", 2).await;

@@ -39,10 +39,16 @@ impl Drop for Running {
 /// Starts `gateway run` on the shipped platform config with every port replaced (and the
 /// bootstrap admin set, when given).
 fn start(dir: &Path) -> (Running, String) {
-    start_with(dir, None)
+    start_with(dir, None, &[])
 }
 
-fn start_with(dir: &Path, bootstrap_admin: Option<&str>) -> (Running, String) {
+/// `databases` gives a service's `database_url` (`("order", "postgres://…")`); the others
+/// keep the default SQLite file under `data/`.
+fn start_with(
+    dir: &Path,
+    bootstrap_admin: Option<&str>,
+    databases: &[(&str, String)],
+) -> (Running, String) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/platform.toml");
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
     let edge = free_port();
@@ -60,6 +66,11 @@ fn start_with(dir: &Path, bootstrap_admin: Option<&str>) -> (Running, String) {
             "# bootstrap_admin = \"you@example.com\"",
             &format!("bootstrap_admin = {email:?}"),
         );
+    }
+    for (service, url) in databases {
+        let header = format!("[platform.{service}]\n");
+        assert!(text.contains(&header), "no {header}");
+        text = text.replace(&header, &format!("{header}database_url = {url:?}\n"));
     }
     let config = dir.join("platform.toml");
     std::fs::write(&config, text).unwrap();
@@ -214,10 +225,10 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// A platform whose first admin is `admin@example.com` (registered, then the platform is
 /// restarted with the bootstrap setting naming it), and that admin's tokens.
-async fn platform_with_admin(dir: &Path) -> (Running, Client, Value) {
+async fn platform_with_admin(dir: &Path, databases: &[(&str, String)]) -> (Running, Client, Value) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     {
-        let (_gateway, base) = start(dir);
+        let (_gateway, base) = start_with(dir, None, databases);
         let c = Client {
             c: http.clone(),
             base,
@@ -231,7 +242,7 @@ async fn platform_with_admin(dir: &Path) -> (Running, Client, Value) {
             .await;
         assert_eq!(r.status(), 201);
     }
-    let (gateway, base) = start_with(dir, Some("admin@example.com"));
+    let (gateway, base) = start_with(dir, Some("admin@example.com"), databases);
     let c = Client { c: http, base };
     wait_ready(&c.c, &c.base).await;
     let admin = c.login_as("admin@example.com", PASSWORD).await;
@@ -322,7 +333,7 @@ impl Client {
 async fn an_order_placed_through_the_gateway_is_confirmed_paid_and_booked() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let (_gateway, c, admin) = platform_with_admin(dir.path()).await;
+    let (_gateway, c, admin) = platform_with_admin(dir.path(), &[]).await;
     c.stock(&admin, "MUG-1", 3).await;
     let r =
         c.c.get(format!("{}/api/products?q=mug", c.base))
@@ -355,11 +366,31 @@ async fn an_order_placed_through_the_gateway_is_confirmed_paid_and_booked() {
 /// The real services under the saga: stock 3, six customers order one each at once →
 /// exactly three confirmed and three cancelled out of stock; a declined card cancels too.
 /// Every cancelled order left no reservation held and no money authorized or captured.
+/// Run with every service on SQLite (the default), and on PostgreSQL (a fresh schema per
+/// service) when TEST_DATABASE_URL is set.
 #[tokio::test]
 async fn no_oversell_and_clean_cancellations_across_the_real_services() {
+    no_oversell_on(&[]).await;
+    let mut schemas = Vec::new();
+    for _ in 0..4 {
+        match kit::testing::postgres().await {
+            Some(db) => schemas.push(db),
+            None => return,
+        }
+    }
+    let services = ["user", "product", "payment", "order"];
+    let databases: Vec<(&str, String)> = services
+        .iter()
+        .zip(&schemas)
+        .map(|(s, db)| (*s, db.url.clone()))
+        .collect();
+    no_oversell_on(&databases).await;
+}
+
+async fn no_oversell_on(databases: &[(&str, String)]) {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let (_gateway, c, admin) = platform_with_admin(dir.path()).await;
+    let (_gateway, c, admin) = platform_with_admin(dir.path(), databases).await;
     c.stock(&admin, "HOT", 3).await;
     let mut customers = Vec::new();
     for i in 0..6 {
@@ -428,4 +459,8 @@ async fn no_oversell_and_clean_cancellations_across_the_real_services() {
         .send(c.with(Method::GET, "/api/ledger/balance", &admin))
         .await;
     assert_eq!(ledger["sum"], 0, "{ledger}");
+    for (service, _) in databases {
+        let file = dir.path().join(format!("data/{service}.db"));
+        assert!(!file.exists(), "{service} used PostgreSQL, not {file:?}");
+    }
 }

@@ -132,6 +132,8 @@ struct Config {
     max_request_body: usize,
     /// The largest answer body stored for replay.
     max_response_body: usize,
+    /// HMAC key for the stored request fingerprint; `None` = plain SHA-256.
+    fingerprint_key: Option<Arc<Vec<u8>>>,
 }
 
 impl IdempotencyLayer {
@@ -146,6 +148,7 @@ impl IdempotencyLayer {
                 lease: Duration::from_secs(60),
                 max_request_body: 1 << 20,
                 max_response_body: 1 << 20,
+                fingerprint_key: None,
             },
         }
     }
@@ -153,6 +156,15 @@ impl IdempotencyLayer {
     /// Scopes keys with `scope` (the caller's identity, usually).
     pub fn scope(mut self, scope: impl IdempotencyScope) -> IdempotencyLayer {
         self.config.scope = Arc::new(scope);
+        self
+    }
+
+    /// Stores request fingerprints as HMAC-SHA256 under `key` instead of plain SHA-256. Set
+    /// it whenever request bodies carry secrets (card numbers, passwords): an unkeyed hash
+    /// of a low-entropy secret can be reversed by guessing. The key must stay the same
+    /// across restarts (a new key makes retries of earlier requests look different: 422).
+    pub fn fingerprint_key(mut self, key: impl Into<Vec<u8>>) -> IdempotencyLayer {
+        self.config.fingerprint_key = Some(Arc::new(key.into()));
         self
     }
 
@@ -244,7 +256,11 @@ where
         Ok(body) => body,
         Err(problem) => return problem.into_response(),
     };
-    let hash = fingerprint(&parts, &body);
+    let hash = fingerprint(
+        &parts,
+        &body,
+        config.fingerprint_key.as_deref().map(Vec::as_slice),
+    );
     let claim = match claim(&config, scope, key, hash).await {
         Ok(Claimed::Owner(claim)) => claim,
         Ok(Claimed::Answered(resp)) => return resp,
@@ -319,9 +335,10 @@ async fn read_request_body(
     }
 }
 
-/// SHA-256 over the method, path and query, content type and body, each length-prefixed
-/// so that no two requests run together into the same bytes.
-fn fingerprint(parts: &Parts, body: &[u8]) -> String {
+/// SHA-256 (HMAC-SHA256 under `key`, when given) over the method, path and query, content
+/// type and body, each length-prefixed so that no two requests run together into the same
+/// bytes.
+fn fingerprint(parts: &Parts, body: &[u8], key: Option<&[u8]>) -> String {
     let target = parts
         .uri
         .path_and_query()
@@ -332,17 +349,32 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> String {
         .get(header::CONTENT_TYPE)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let mut hash = Sha256::new();
-    for field in [
+    let fields = [
         parts.method.as_str().as_bytes(),
         target.as_bytes(),
         content_type,
         body,
-    ] {
-        hash.update((field.len() as u64).to_be_bytes());
-        hash.update(field);
+    ];
+    match key {
+        Some(key) => {
+            use hmac::Mac;
+            let mut mac =
+                hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+            for field in fields {
+                mac.update(&(field.len() as u64).to_be_bytes());
+                mac.update(field);
+            }
+            hex(&mac.finalize().into_bytes())
+        }
+        None => {
+            let mut hash = Sha256::new();
+            for field in fields {
+                hash.update((field.len() as u64).to_be_bytes());
+                hash.update(field);
+            }
+            hex(&hash.finalize())
+        }
     }
-    hex(&hash.finalize())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -760,20 +792,27 @@ mod tests {
                 .into_parts();
             p
         };
-        let base = fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{}");
+        let base = fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{}", None);
         assert_eq!(
             base,
-            fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{}")
+            fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{}", None)
         );
         for other in [
-            fingerprint(&parts("PATCH", "/a?x=1", "application/json"), b"{}"),
-            fingerprint(&parts("POST", "/a?x=2", "application/json"), b"{}"),
-            fingerprint(&parts("POST", "/b?x=1", "application/json"), b"{}"),
-            fingerprint(&parts("POST", "/a?x=1", "text/plain"), b"{}"),
-            fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{ }"),
+            fingerprint(&parts("PATCH", "/a?x=1", "application/json"), b"{}", None),
+            fingerprint(&parts("POST", "/a?x=2", "application/json"), b"{}", None),
+            fingerprint(&parts("POST", "/b?x=1", "application/json"), b"{}", None),
+            fingerprint(&parts("POST", "/a?x=1", "text/plain"), b"{}", None),
+            fingerprint(&parts("POST", "/a?x=1", "application/json"), b"{ }", None),
         ] {
             assert_ne!(base, other);
         }
+        // Keyed: stable under one key, different under another, and not the plain hash.
+        let card = br#"{"card_number":"4242424242424242","cvc":"123"}"#;
+        let p = parts("POST", "/payment-methods", "application/json");
+        let k1 = fingerprint(&p, card, Some(b"key one"));
+        assert_eq!(k1, fingerprint(&p, card, Some(b"key one")));
+        assert_ne!(k1, fingerprint(&p, card, Some(b"key two")));
+        assert_ne!(k1, fingerprint(&p, card, None));
     }
 
     #[test]

@@ -403,8 +403,10 @@ pub fn router(state: AppState) -> Router {
         checks.push(Arc::new(BusReady(bus.clone())));
     }
     let telemetry = Telemetry::new("payment", checks);
+    // Bodies carry card numbers: their stored fingerprints are keyed, never a bare hash.
     let idempotency = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))
+        .fingerprint_key(state.fingerprint_key.as_slice())
         .required(true);
     let api = Router::new()
         .route("/payment-methods", post(cards::create).get(cards::list))

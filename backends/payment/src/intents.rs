@@ -383,6 +383,48 @@ pub async fn confirm(
     result.map(Json)
 }
 
+/// Ends intents left in `processing` for longer than `older_than` — the process that was
+/// authorizing them died (a live confirm waits at most `processor_deadline`). Each is voided
+/// at the processor first (a hold placed before the crash must not stay on the card), then
+/// `canceled` with `processor_interrupted`. Returns how many it ended.
+pub async fn recover_interrupted(state: &AppState, older_than: Duration) -> Result<u64, Error> {
+    let cutoff = now_ms() - older_than.as_millis() as i64;
+    let rows = sqlx::query(
+        "SELECT id FROM payment_intents WHERE status = 'processing' AND updated_at < $1",
+    )
+    .bind(cutoff)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut ended = 0;
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let void = state.processor.void(&id);
+        match tokio::time::timeout(state.settings.processor_deadline, void).await {
+            Ok(Ok(())) => {}
+            other => {
+                // Leave it for the next pass rather than cancel with a hold possibly on.
+                tracing::warn!(payment_intent = %id, ?other, "voiding an interrupted authorization failed");
+                continue;
+            }
+        }
+        let Some(intent) = load(&state.db, &id).await? else {
+            continue;
+        };
+        match failed(state, &intent, "processor_interrupted").await {
+            Ok(_) => ended += 1,
+            Err(Error::State(_)) => {} // someone finished it meanwhile
+            Err(e) => return Err(e),
+        }
+    }
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "canceled payment intents whose authorization was interrupted"
+        );
+    }
+    Ok(ended)
+}
+
 async fn reload(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
     load(&state.db, intent_id)
         .await?

@@ -45,10 +45,12 @@
 //!   that is left).
 //! - Only `payments:charge` (or admin) captures; customers create, confirm and cancel their
 //!   own intents. `customer_id` defaults to the caller.
-//! - Known limit: a process that dies between `processing` and the processor's answer
-//!   leaves the intent `processing` (409 to confirm and cancel) until an operator resolves
-//!   it; capture, void and refund call the processor inside the database transaction, which
-//!   suits the instant simulator but would need a pending state for a slow real processor.
+//! - A process that dies between `processing` and the processor's answer leaves the intent
+//!   `processing`; after twice the processor deadline a recovery task voids it at the
+//!   processor and cancels it (`processor_interrupted`).
+//! - Known limit: capture, void and refund call the processor inside the database
+//!   transaction, which suits the instant simulator but would need a pending state for a
+//!   slow real processor.
 
 pub mod cards;
 pub mod error;
@@ -347,6 +349,7 @@ pub struct Service {
     /// What the router serves.
     pub state: AppState,
     relay: Relay,
+    recovery: tokio::task::JoinHandle<()>,
 }
 
 impl Service {
@@ -369,7 +372,12 @@ impl Service {
         kit::idempotency::spawn_purger(state.db.clone(), Duration::from_secs(3600));
         state.outbox = relay.waker();
         state.bus = Some(bus);
-        Service { state, relay }
+        let recovery = tokio::spawn(recover_interrupted_forever(state.clone()));
+        Service {
+            state,
+            relay,
+            recovery,
+        }
     }
 
     /// The HTTP surface.
@@ -379,7 +387,20 @@ impl Service {
 
     /// Stops the relay (after serving has stopped), releasing its lease at once.
     pub async fn shutdown(self) {
+        self.recovery.abort();
         self.relay.shutdown().await;
+    }
+}
+
+/// At start and every 30 s: intents stuck in `processing` for twice the processor deadline
+/// (their process died mid-authorization) are voided and canceled.
+async fn recover_interrupted_forever(state: AppState) {
+    let older_than = (state.settings.processor_deadline * 2).max(Duration::from_secs(5));
+    loop {
+        if let Err(e) = intents::recover_interrupted(&state, older_than).await {
+            tracing::warn!(error = %e, "recovering interrupted payment intents failed");
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
 

@@ -351,3 +351,63 @@ async fn a_customer_cannot_use_anothers_card_or_see_their_intents() {
         );
     }
 }
+
+/// A process that died mid-authorization leaves the intent `processing`: recovery voids it
+/// at the processor and cancels it, without touching the ledger; a fresh one is left alone.
+#[tokio::test]
+async fn an_intent_interrupted_while_processing_is_voided_and_canceled() {
+    for db in kit::testing::databases().await {
+        let t = spawn(db).await;
+        let label = t.label();
+        let method = t.card(&t.customer("ann"), VISA).await;
+        let stuck = t.intent("ann", &method, 1000).await;
+        let fresh = t.intent("ann", &method, 2000).await;
+        for (intent, updated_at) in [(&stuck, 0_i64), (&fresh, kit::db::now_ms())] {
+            sqlx::query(
+                "UPDATE payment_intents SET status = 'processing', updated_at = $1 WHERE id = $2",
+            )
+            .bind(updated_at)
+            .bind(intent["id"].as_str().unwrap())
+            .execute(t.state.db.pool())
+            .await
+            .unwrap();
+        }
+        let voids_before = t.processor.voids();
+        let ended = payment_service::intents::recover_interrupted(
+            &t.state,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended, 1, "{label}");
+        assert_eq!(
+            t.processor.voids(),
+            voids_before + 1,
+            "{label}: voided first"
+        );
+        let s = t
+            .get(
+                &format!("/payment-intents/{}", stuck["id"].as_str().unwrap()),
+                &t.service(),
+            )
+            .await;
+        let s: Value = s.json().await.unwrap();
+        assert_eq!(
+            (s["status"].as_str(), s["failure_reason"].as_str()),
+            (Some("canceled"), Some("processor_interrupted")),
+            "{label}: {s}"
+        );
+        let f = t
+            .get(
+                &format!("/payment-intents/{}", fresh["id"].as_str().unwrap()),
+                &t.service(),
+            )
+            .await;
+        let f: Value = f.json().await.unwrap();
+        assert_eq!(
+            f["status"], "processing",
+            "{label}: a live authorization is left alone"
+        );
+        assert_eq!(t.ledger().await["sum"], 0, "{label}");
+    }
+}

@@ -12,6 +12,7 @@ use kit::db::DbKind;
 use kit::testing::{spawn_app, TestApp, TestDb};
 use kit::EventBus;
 use order_service::saga::SagaSettings;
+use payment_service::{Processor, SimulatedProcessor};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -79,11 +80,22 @@ impl RealWorld {
         RealWorld::with(db, payment_settings(), fast_saga()).await
     }
 
-    /// Product service with default settings, payment service with `payment`, the order
-    /// service on `db` with `saga`.
+    /// Product service with default settings, payment service with `payment` (and the
+    /// simulated processor), the order service on `db` with `saga`.
     pub async fn with(
         db: TestDb,
         payment: payment_service::Settings,
+        saga: SagaSettings,
+    ) -> RealWorld {
+        let processor = Arc::new(SimulatedProcessor::new(payment.simulator_hang));
+        RealWorld::with_processor(db, payment, processor, saga).await
+    }
+
+    /// [`RealWorld::with`] with the payment service's card processor given.
+    pub async fn with_processor(
+        db: TestDb,
+        payment: payment_service::Settings,
+        processor: Arc<dyn Processor>,
         saga: SagaSettings,
     ) -> RealWorld {
         let (key, verifier) = keyed();
@@ -99,10 +111,15 @@ impl RealWorld {
         .expect("product service");
         let product_app = spawn_app(products.router()).await;
         let payment_db = fresh_like(&db).await;
-        let payments =
-            payment_service::Service::start(payment_db.db.clone(), payment, verifier.clone(), bus)
-                .await
-                .expect("payment service");
+        let state = payment_service::AppState::build_with(
+            payment_db.db.clone(),
+            payment,
+            verifier.clone(),
+            processor,
+        )
+        .await
+        .expect("payment service");
+        let payments = payment_service::Service::run(state, bus);
         let payment_app = spawn_app(payments.router()).await;
         let orders = Orders::start(
             db,

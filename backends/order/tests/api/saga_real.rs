@@ -2,9 +2,14 @@
 //! concurrent orders, a failure at each step of the saga (and a restart between steps) ends
 //! consistent at every service, and an order's events replay to what its API returns.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use order_service::saga::SagaSettings;
+use payment_service::cards::CardNumber;
+use payment_service::processor::{
+    Authorization, Authorize, Processor, ProcessorError, SimulatedProcessor, Tokenized,
+};
 use serde_json::Value;
 
 use crate::helpers::fast_saga;
@@ -231,6 +236,70 @@ async fn real_a_saga_stopped_between_steps_resumes_after_a_restart() {
         let r = w.reservation(&id).await.expect("reservation");
         assert_eq!(r["status"], "committed", "{label}: {r}");
         assert_eq!(w.stock("SKU-1").await, (2, 0), "{label}");
+        w.assert_ledger_balances().await;
+    }
+}
+
+/// A card processor that approves every authorization, `delay` late.
+struct SlowApprover {
+    inner: SimulatedProcessor,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Processor for SlowApprover {
+    async fn tokenize(&self, number: &CardNumber) -> Result<Tokenized, ProcessorError> {
+        self.inner.tokenize(number).await
+    }
+
+    async fn authorize(&self, req: Authorize<'_>) -> Result<Authorization, ProcessorError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.authorize(req).await
+    }
+
+    async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError> {
+        self.inner.capture(reference, amount).await
+    }
+
+    async fn void(&self, reference: &str) -> Result<(), ProcessorError> {
+        self.inner.void(reference).await
+    }
+
+    async fn refund(&self, reference: &str, id: &str, amount: i64) -> Result<(), ProcessorError> {
+        self.inner.refund(reference, id, amount).await
+    }
+}
+
+/// The authorize step's deadline passes while the processor is still working, and the
+/// processor then APPROVES (late, within the payment service's own deadline): the order
+/// must still end cancelled with the late hold voided, not stay `cancelling` with money
+/// held on the card.
+#[tokio::test]
+async fn real_a_late_approval_after_the_authorize_deadline_is_voided() {
+    for db in kit::testing::databases().await {
+        let mut payment = payment_settings();
+        payment.processor_deadline = Duration::from_secs(15);
+        let processor = Arc::new(SlowApprover {
+            inner: SimulatedProcessor::new(payment.simulator_hang),
+            delay: Duration::from_secs(5),
+        });
+        let saga = SagaSettings {
+            step_deadline: Duration::from_secs(2),
+            ..fast_saga()
+        };
+        let w = RealWorld::with_processor(db, payment, processor, saga).await;
+        let label = w.label();
+        w.product("SKU-1", 500, 3).await;
+        let (ann, pm) = w.shopper("ann", APPROVE).await;
+        let id = w.order(&ann, "SKU-1", 1, &pm).await;
+        cancelled_with(&w, &id, "deadline_exceeded:authorize").await;
+        let intents = w.intents(&id).await;
+        assert_eq!(intents.len(), 1, "{label}");
+        assert_eq!(
+            intents[0]["failure_reason"], "voided",
+            "{label}: {intents:?}"
+        );
+        assert_eq!(w.stock("SKU-1").await, (3, 0), "{label}");
         w.assert_ledger_balances().await;
     }
 }

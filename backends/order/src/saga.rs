@@ -384,6 +384,17 @@ impl Saga {
                         amount: i.amount_captured,
                     });
                 }
+                // Not voided while the processor decides: the payment service refuses with a
+                // 409 it keeps under the void's Idempotency-Key, so every later void would
+                // replay that refusal, even once a late approval holds money. Wait instead:
+                // the authorization ends (approved, declined or timed out) within the
+                // payment service's processor deadline.
+                "processing" => {
+                    return Err(StepError::Transient(format!(
+                        "payment intent {} is still being authorized",
+                        i.id
+                    )));
+                }
                 _ => {
                     let after = payments.void(&order.id, &i.id).await?;
                     if after.status != "canceled" {

@@ -30,45 +30,73 @@ pub fn fast_saga() -> SagaSettings {
     }
 }
 
-pub struct World {
+/// One signing key and a verifier that trusts it, shared by every service of a test.
+pub fn keyed() -> (SigningKey, Arc<Verifier>) {
+    let key = SigningKey::generate();
+    let keys = LocalKeys::new(JwkSet {
+        keys: vec![key.public_jwk()],
+    });
+    (key, Arc::new(Verifier::local(keys, ISSUER, AUDIENCE)))
+}
+
+/// The order service under test, over its own database, calling the product and payment
+/// services at the given URLs; stoppable and restartable on the same database.
+pub struct Orders {
     pub db: TestDb,
     pub key: SigningKey,
     pub verifier: Arc<Verifier>,
-    pub products: FakeProducts,
-    pub payments: FakePayments,
-    pub product_app: TestApp,
-    pub payment_app: TestApp,
     pub bus: Arc<dyn EventBus>,
+    pub product_url: String,
+    pub payment_url: String,
     pub service: Option<Service>,
     pub app: Option<TestApp>,
 }
 
-impl World {
-    pub async fn new(db: TestDb) -> World {
-        let key = SigningKey::generate();
-        let keys = LocalKeys::new(JwkSet {
-            keys: vec![key.public_jwk()],
-        });
-        let verifier = Arc::new(Verifier::local(keys, ISSUER, AUDIENCE));
-        let products = FakeProducts::new(verifier.clone());
-        let payments = FakePayments::new(verifier.clone());
-        let product_app = spawn_app(products.router()).await;
-        let payment_app = spawn_app(payments.router()).await;
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessOptions::default()));
-        let mut w = World {
+/// The order service against fakes of the other two.
+pub struct World {
+    pub orders: Orders,
+    pub products: FakeProducts,
+    pub payments: FakePayments,
+    /// The fakes' servers, serving as long as the world lives.
+    _product_app: TestApp,
+    _payment_app: TestApp,
+}
+
+impl std::ops::Deref for World {
+    type Target = Orders;
+    fn deref(&self) -> &Orders {
+        &self.orders
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Orders {
+        &mut self.orders
+    }
+}
+
+impl Orders {
+    /// Starts the order service on `db`.
+    pub async fn start(
+        db: TestDb,
+        key: SigningKey,
+        verifier: Arc<Verifier>,
+        product_url: String,
+        payment_url: String,
+        saga: SagaSettings,
+    ) -> Orders {
+        let mut o = Orders {
             db,
             key,
             verifier,
-            products,
-            payments,
-            product_app,
-            payment_app,
-            bus,
+            bus: Arc::new(InProcessBus::new(InProcessOptions::default())),
+            product_url,
+            payment_url,
             service: None,
             app: None,
         };
-        w.start(fast_saga()).await;
-        w
+        o.restart(saga).await;
+        o
     }
 
     pub fn label(&self) -> &'static str {
@@ -77,15 +105,15 @@ impl World {
 
     pub fn settings(&self, saga: SagaSettings) -> Settings {
         Settings {
-            product_url: self.product_app.url(""),
-            payment_url: self.payment_app.url(""),
+            product_url: self.product_url.clone(),
+            payment_url: self.payment_url.clone(),
             request_timeout: Duration::from_secs(2),
             saga,
         }
     }
 
     /// Starts (or restarts) the order service on the same database.
-    pub async fn start(&mut self, saga: SagaSettings) {
+    pub async fn restart(&mut self, saga: SagaSettings) {
         let tokens = TokenSource::signing(
             self.key.clone(),
             ISSUER,
@@ -220,6 +248,32 @@ impl World {
             .unwrap()
             .unwrap();
         serde_json::to_value(order).unwrap()
+    }
+}
+
+impl World {
+    pub async fn new(db: TestDb) -> World {
+        let (key, verifier) = keyed();
+        let products = FakeProducts::new(verifier.clone());
+        let payments = FakePayments::new(verifier.clone());
+        let product_app = spawn_app(products.router()).await;
+        let payment_app = spawn_app(payments.router()).await;
+        let orders = Orders::start(
+            db,
+            key,
+            verifier,
+            product_app.url(""),
+            payment_app.url(""),
+            fast_saga(),
+        )
+        .await;
+        World {
+            orders,
+            products,
+            payments,
+            _product_app: product_app,
+            _payment_app: payment_app,
+        }
     }
 
     /// Nothing reserved or held for a cancelled order, at the other services.

@@ -1,10 +1,13 @@
 //! The order service over real sockets, each test on SQLite and (with `TEST_DATABASE_URL`)
-//! PostgreSQL. The product and payment services are in-process fakes that follow the
-//! commerce contract (`fakes.rs`), with switches to inject failures.
+//! PostgreSQL. Most tests run it against in-process fakes of the product and payment
+//! services that follow the commerce contract (`fakes.rs`), with switches to inject
+//! failures; `saga_real.rs` runs it against the real services (`real.rs`).
 
 mod fakes;
 mod helpers;
+mod real;
 
 mod orders;
 mod saga;
+mod saga_real;
 mod store;

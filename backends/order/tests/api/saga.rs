@@ -202,7 +202,7 @@ async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
         }
         w.stop().await;
         w.payments.state.hold_confirm.store(false, Ordering::SeqCst);
-        w.start(fast_saga()).await;
+        w.restart(fast_saga()).await;
         let done = w.settled(&id, SETTLE).await;
         assert_eq!(done["status"], "confirmed", "{label}: {done}");
         assert!(

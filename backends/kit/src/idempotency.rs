@@ -15,9 +15,10 @@
 //!   and body, so the same key sent to another endpoint or with another body is refused.
 //! - First request with a key: a row is inserted *in flight* (no status) with a lease; the
 //!   handler runs; a 2xx–4xx answer is stored and replayed to every later request with the
-//!   same key and fingerprint (with `Idempotency-Replayed: true`). A 5xx answer, a 408 or
-//!   429 (both say "try again"), or a handler that panicked releases the key: the client's
-//!   retry runs the handler again, as Stripe does not keep 5xx.
+//!   same key and fingerprint (with `Idempotency-Replayed: true`). A 5xx answer, a 408, 409
+//!   or 429 (each says "try again": the resource was busy or in another state for now), or a
+//!   handler that panicked releases the key: the client's retry runs the handler again, as
+//!   Stripe keeps neither 5xx nor answers to requests that conflicted with others.
 //! - Same key, other fingerprint: 422. Same key while the first request runs: 409 with
 //!   `Retry-After`.
 //!
@@ -619,11 +620,13 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
-/// Whether an answer is kept for replay: not a 5xx, and not 408 or 429, which ask the
-/// client to try again later (replaying them would refuse the retry forever).
+/// Whether an answer is kept for replay: not a 5xx, and not 408, 409 or 429, which ask the
+/// client to try again later (replaying them would refuse the retry forever — e.g. a void
+/// refused with 409 while the payment was still being confirmed).
 fn keeps(status: StatusCode) -> bool {
     !status.is_server_error()
         && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::CONFLICT
         && status != StatusCode::TOO_MANY_REQUESTS
 }
 

@@ -58,18 +58,38 @@ impl Drop for TestDb {
         let Some((admin_url, schema)) = self.pg_schema.take() else {
             return;
         };
-        // Drop runs inside the test's runtime: drop the schema from a thread of its own.
+        // Drop runs inside the test's runtime: drop the schema from a thread of its own. The
+        // test's runtime is blocked meanwhile, so a task of the test that still holds a lock
+        // in the schema can never release it: bound the wait (and the whole drop) instead of
+        // hanging, and leave the schema behind with a message.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    if let Ok(db) = Db::connect(&admin_url).await {
-                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .execute(db.pool())
-                            .await;
+                    let drop_schema = async {
+                        let db = Db::connect(&admin_url).await.ok()?;
+                        let mut conn = db.pool().acquire().await.ok()?;
+                        sqlx::query("SET lock_timeout = '3s'")
+                            .execute(&mut *conn)
+                            .await
+                            .ok()?;
+                        let dropped =
+                            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                                .execute(&mut *conn)
+                                .await
+                                .is_ok();
+                        drop(conn);
                         db.close().await;
+                        Some(dropped)
+                    };
+                    let done =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), drop_schema).await;
+                    if !matches!(done, Ok(Some(true))) {
+                        eprintln!(
+                            "test schema {schema} was left behind (still locked by the test)"
+                        );
                     }
                 });
             }

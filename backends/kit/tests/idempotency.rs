@@ -64,6 +64,15 @@ async fn flaky(calls: Extension<Calls>, body: Json<Value>) -> Response {
     create(calls, body).await
 }
 
+/// Answers 409 ("busy, try again") on its first call, creates afterwards.
+async fn busy(calls: Extension<Calls>, body: Json<Value>) -> Response {
+    if calls.0.get() == 0 {
+        calls.0.count();
+        return Problem::conflict("the resource is being changed; try again").into_response();
+    }
+    create(calls, body).await
+}
+
 /// Panics on its first call, creates afterwards.
 async fn panics(calls: Extension<Calls>, body: Json<Value>) -> Response {
     if calls.0.get() == 0 {
@@ -92,6 +101,7 @@ fn router(layer: IdempotencyLayer, calls: Calls) -> Router {
     Router::new()
         .route("/orders", post(create).patch(create).get(create))
         .route("/flaky", post(flaky))
+        .route("/busy", post(busy))
         .route("/panics", post(panics))
         .layer(layer)
         .layer(Extension(calls))
@@ -295,6 +305,22 @@ async fn a_5xx_answer_is_not_stored_and_the_retry_runs_the_handler_again() {
         .await;
         assert_eq!(replayed.1.as_deref(), Some("true"), "{}", t.label());
         assert_eq!(replayed.3, retried.3, "{}", t.label());
+        assert_eq!(calls.get(), 2, "{}", t.label());
+    }
+}
+
+/// A 409 says "not now": replaying it would refuse the client's retry forever, so it is not
+/// stored (as Stripe keeps no answer to a request that conflicted).
+#[tokio::test]
+async fn a_409_answer_is_not_stored_and_the_retry_runs_the_handler_again() {
+    for t in databases().await {
+        let (app, calls) = serve(&t.db, |l| l).await;
+        let body = json!({ "item": "book" });
+        let send = || request(&app, "/busy", Some("k-409"), body.clone()).send();
+        assert_eq!(send().await.unwrap().status(), 409, "{}", t.label());
+        assert_eq!(stored_rows(&t.db).await, 0, "{}: released", t.label());
+        let retried = answer(send().await.unwrap()).await;
+        assert_eq!((retried.0, retried.1), (201, None), "{}", t.label());
         assert_eq!(calls.get(), 2, "{}", t.label());
     }
 }

@@ -5,6 +5,7 @@
 //! errors ([`DbError`]) convert here. Internal failures are logged with their cause chain
 //! and answered with a generic 500 that reveals nothing.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use axum::extract::rejection::JsonRejection;
@@ -138,6 +139,38 @@ impl Problem {
     /// 503: a dependency (database, bus, key set) is unavailable.
     pub fn unavailable(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail(detail)
+    }
+}
+
+/// One invalid input field, as listed in a 422 answer's `errors` member.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's name or path in the request (`email`, `items[0].qty`).
+    pub field: Cow<'static, str>,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` is wrong because `message`.
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Problem {
+    /// 422 listing every invalid field: `detail` joins them (`email: …; password: …`) and
+    /// the `errors` member carries them one by one.
+    pub fn invalid(errors: Vec<FieldError>) -> Problem {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Problem::unprocessable(detail).with("errors", errors)
     }
 }
 

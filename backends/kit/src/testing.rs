@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Once;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use tokio::sync::oneshot;
@@ -269,5 +270,43 @@ pub async fn spawn_app(app: Router) -> TestApp {
             .build()
             .expect("client"),
         stop: Some(stop),
+    }
+}
+
+/// Everything the process logs from now on, at TRACE (SQL statements included), kept in
+/// memory so a test can look for secrets in it. Installs the global subscriber: one per
+/// test binary, before anything logs.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Starts capturing.
+    pub fn install() -> CapturedLogs {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    }
+
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -59,12 +59,7 @@ fn may_see(id: &Identity, order: &Order) -> bool {
 
 fn validate(body: &PlaceOrder) -> Result<(), Error> {
     let mut errors = Vec::new();
-    let mut push = |field: String, message: &str| {
-        errors.push(FieldError {
-            field,
-            message: message.to_owned(),
-        })
-    };
+    let mut push = |field: String, message: &str| errors.push(FieldError::new(field, message));
     if body.items.is_empty() {
         push("items".into(), "an order needs at least one item");
     }
@@ -106,17 +101,17 @@ async fn price(state: &AppState, body: &PlaceOrder) -> Result<(Vec<Line>, String
     let mut currency: Option<String> = None;
     for (i, item) in body.items.iter().enumerate() {
         let Some(p) = prices.get(&item.sku) else {
-            errors.push(FieldError {
-                field: format!("items[{i}].sku"),
-                message: "no such product".into(),
-            });
+            errors.push(FieldError::new(
+                format!("items[{i}].sku"),
+                "no such product",
+            ));
             continue;
         };
         match &currency {
-            Some(c) if c != &p.currency => errors.push(FieldError {
-                field: format!("items[{i}].sku"),
-                message: format!("priced in {}, the order in {c}", p.currency),
-            }),
+            Some(c) if c != &p.currency => errors.push(FieldError::new(
+                format!("items[{i}].sku"),
+                format!("priced in {}, the order in {c}", p.currency),
+            )),
             _ => currency = Some(p.currency.clone()),
         }
         lines.push(Line {

@@ -1,19 +1,10 @@
 //! The order service's errors and how each is answered (problem+json).
 
 use axum::response::{IntoResponse, Response};
+pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
-use serde::Serialize;
 
 use crate::store::StoreError;
-
-/// One invalid input field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's path in the request body (`items[0].qty`).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
 
 /// Everything an order-service handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -52,23 +43,16 @@ impl From<DbError> for Error {
 
 impl Error {
     /// One invalid field.
-    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+    pub fn field(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::Invalid(vec![FieldError::new(field, message)])
     }
 
     fn problem(self) -> Problem {
         match self {
-            Error::Invalid(errors) => {
-                let detail = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Problem::unprocessable(detail).with("errors", errors)
-            }
+            Error::Invalid(errors) => Problem::invalid(errors),
             Error::NotFound => Problem::not_found("no such order"),
             Error::Conflict(why) => Problem::conflict(why),
             Error::Unavailable(why) => Problem::unavailable(why),

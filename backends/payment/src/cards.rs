@@ -172,12 +172,7 @@ impl NewCard {
     /// Checks every field against `today` (year, month) and collects every problem.
     pub fn validate(&self, today: (i64, i64)) -> Result<ValidCard, Error> {
         let mut errors = Vec::new();
-        let mut bad = |field, message: &str| {
-            errors.push(FieldError {
-                field,
-                message: message.to_owned(),
-            })
-        };
+        let mut bad = |field, message: &str| errors.push(FieldError::new(field, message));
         let number = CardNumber::parse(&self.card_number)
             .map_err(|m| bad("card_number", &m))
             .ok();

@@ -1,19 +1,10 @@
 //! The payment service's errors and how each is answered (problem+json).
 
 use axum::response::{IntoResponse, Response};
+pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
-use serde::Serialize;
 
 use crate::processor::ProcessorError;
-
-/// One invalid input field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's name in the request body (or query).
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
 
 /// Everything a payment-service handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -65,22 +56,12 @@ impl From<sqlx::Error> for Error {
 impl Error {
     /// One invalid field.
     pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError {
-            field,
-            message: message.into(),
-        }])
+        Error::Invalid(vec![FieldError::new(field, message)])
     }
 
     fn problem(self) -> Problem {
         match self {
-            Error::Invalid(errors) => {
-                let detail = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Problem::unprocessable(detail).with("errors", errors)
-            }
+            Error::Invalid(errors) => Problem::invalid(errors),
             Error::Forbidden(why) => Problem::forbidden(why),
             Error::NotFound(what) => Problem::not_found(what),
             Error::State(why) => Problem::conflict(why),

@@ -209,12 +209,7 @@ pub struct NewIntent {
 impl NewIntent {
     fn validate(&self) -> Result<String, Error> {
         let mut errors = Vec::new();
-        let mut bad = |field, message: &str| {
-            errors.push(FieldError {
-                field,
-                message: message.to_owned(),
-            })
-        };
+        let mut bad = |field, message: &str| errors.push(FieldError::new(field, message));
         if !(1..=MAX_AMOUNT).contains(&self.amount) {
             bad("amount", &format!("must be 1 to {MAX_AMOUNT} minor units"));
         }

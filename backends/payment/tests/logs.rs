@@ -1,8 +1,7 @@
 //! No card number or CVC appears in the logs (captured at TRACE, SQL statements included,
 //! while cards are saved, refused and charged) or in the database.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
 use kit::identity::{AccessClaims, LocalKeys, SigningKey};
@@ -11,31 +10,12 @@ use payment_service::{router, AppState, SecretSource, Settings};
 use serde_json::json;
 use sqlx::Row;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const CVC: &str = "7391";
 const NUMBER: &str = "3782 822463 10005";
 
 #[tokio::test]
 async fn card_numbers_and_cvcs_never_reach_the_logs_or_the_database() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = kit::testing::CapturedLogs::install();
 
     let db = kit::testing::sqlite().await;
     let mut settings = Settings::new(&std::env::temp_dir());
@@ -112,7 +92,7 @@ async fn card_numbers_and_cvcs_never_reach_the_logs_or_the_database() {
     .unwrap();
     assert_eq!(r.status(), 200);
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("card saved"),
         "the capture works: {text:.3000}"

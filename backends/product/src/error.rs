@@ -2,20 +2,11 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
-use serde::Serialize;
 
 /// The problem type of a reservation refused for want of stock.
 pub const OUT_OF_STOCK: &str = "https://gatehouse.dev/problems/out-of-stock";
-
-/// One invalid input field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's name in the request (body or query).
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
 
 /// Everything a product-service handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -72,22 +63,12 @@ impl From<sqlx::Error> for Error {
 impl Error {
     /// One invalid field.
     pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError {
-            field,
-            message: message.into(),
-        }])
+        Error::Invalid(vec![FieldError::new(field, message)])
     }
 
     fn problem(self) -> Problem {
         match self {
-            Error::Invalid(errors) => {
-                let detail = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Problem::unprocessable(detail).with("errors", errors)
-            }
+            Error::Invalid(errors) => Problem::invalid(errors),
             Error::SkuTaken => Problem::conflict("a product with this sku already exists"),
             Error::OutOfStock { sku } => Problem::new(StatusCode::CONFLICT)
                 .kind(OUT_OF_STOCK)
@@ -119,10 +100,7 @@ pub struct Fields(pub Vec<FieldError>);
 impl Fields {
     /// Notes that `field` is invalid.
     pub fn push(&mut self, field: &'static str, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field,
-            message: message.into(),
-        });
+        self.0.push(FieldError::new(field, message));
     }
 
     /// `Ok` when nothing was noted, else 422 with everything noted.

@@ -87,10 +87,7 @@ pub fn check_password(
     } else {
         return None;
     };
-    Some(FieldError {
-        field,
-        message: message.into(),
-    })
+    Some(FieldError::new(field, message))
 }
 
 /// `POST /users` → 201 with the account. A taken email is 409, decided by the unique index
@@ -103,10 +100,7 @@ pub async fn register(
     let email = match normalize_email(&req.email) {
         Ok(e) => Some(e),
         Err(m) => {
-            errors.push(FieldError {
-                field: "email",
-                message: m,
-            });
+            errors.push(FieldError::new("email", m));
             None
         }
     };
@@ -116,10 +110,7 @@ pub async fn register(
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
     if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        errors.push(FieldError {
-            field: "name",
-            message: "must be at most 200 characters".into(),
-        });
+        errors.push(FieldError::new("name", "must be at most 200 characters"));
     }
     let (Some(email), true) = (email, errors.is_empty()) else {
         return Err(Error::Invalid(errors));

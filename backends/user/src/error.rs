@@ -2,20 +2,11 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
-use serde::Serialize;
 
 use crate::keys::KeyError;
 use crate::password::PasswordError;
-
-/// One invalid input field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's name in the request body.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
 
 /// Everything a user-service handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -76,22 +67,12 @@ impl From<sqlx::Error> for Error {
 impl Error {
     /// One invalid field.
     pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError {
-            field,
-            message: message.into(),
-        }])
+        Error::Invalid(vec![FieldError::new(field, message)])
     }
 
     fn problem(self) -> Problem {
         match self {
-            Error::Invalid(errors) => {
-                let detail = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Problem::unprocessable(detail).with("errors", errors)
-            }
+            Error::Invalid(errors) => Problem::invalid(errors),
             Error::EmailTaken => Problem::conflict("an account with this email already exists"),
             Error::BadCredentials => {
                 Problem::new(StatusCode::UNAUTHORIZED).detail("invalid email or password")

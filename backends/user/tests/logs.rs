@@ -1,39 +1,17 @@
 //! No password, token or hash appears in the logs (captured at TRACE while accounts are
 //! registered, logged into, refreshed and changed) or in `Debug` output.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use serde_json::{json, Value};
 use sqlx::Row;
 use user_service::keys::KeySource;
 use user_service::{router, AppState, Settings};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a different long passphrase";
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs_or_debug_output() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = kit::testing::CapturedLogs::install();
 
     let db = kit::testing::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +67,7 @@ async fn secrets_never_reach_the_logs_or_debug_output() {
         .unwrap()
         .get("password_hash");
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("logged in"), "the capture works: {text}");
     assert!(text.contains("refresh token was presented again"));
     let secrets = [

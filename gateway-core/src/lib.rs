@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+mod fields;
 pub mod filter;
 pub mod observe;
 pub mod problem;

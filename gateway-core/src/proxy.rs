@@ -15,6 +15,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use smallvec::SmallVec;
 
+use crate::fields::{self, Fields};
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
 use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
 use crate::problem;
@@ -23,23 +24,13 @@ use crate::routing::{normalize_path, request_host, RequestView, Route};
 use crate::snapshot::Snapshot;
 use crate::upstream::{HashKey, InFlight};
 
-/// Names the gateway sets, as Pingora takes them cheapest: a `&'static str` becomes the case
-/// entry as is, where a non-standard `HeaderName` is first copied into a new buffer.
-mod set {
-    pub const X_REQUEST_ID: &str = "x-request-id";
-    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const SERVER_TIMING: &str = "server-timing";
-}
-
-/// The same names for lookups, which hash a `HeaderName` directly but parse a `&str` first.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static(set::X_REQUEST_ID);
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(set::X_FORWARDED_FOR);
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(set::X_FORWARDED_PROTO);
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(set::X_FORWARDED_HOST);
-const TRACEPARENT: HeaderName = HeaderName::from_static(set::TRACEPARENT);
+/// The fields the gateway sets itself, parsed once.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The only protocol the listeners speak (no TLS termination yet); static, so never copied.
 const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -145,10 +136,38 @@ impl GatewayProxy {
         for f in &route.filters {
             f.filter.on_response(header, &mut ctx.filters);
         }
-        for (name, value) in ctx.filters.response_headers.drain(..) {
-            let _ = header.append_header(name, value);
+        // A header of the gateway's own: whatever the upstream's had, this one needs the id.
+        ctx.id_in_response = false;
+        self.add_response_fields(ctx, header);
+    }
+
+    /// What every response gets after the filters' response phase: the fields they queued,
+    /// the request id (unless the upstream's response already has it) and, when configured,
+    /// `Server-Timing`. Nothing to add costs nothing.
+    fn add_response_fields(&self, ctx: &mut RequestCtx, header: &mut ResponseHeader) {
+        let snapshot = ctx.snapshot.as_deref();
+        let timing = snapshot
+            .is_some_and(|s| s.config.observability.server_timing)
+            .then(|| server_timing(ctx));
+        let id = !std::mem::take(&mut ctx.id_in_response);
+        // Exactly what is added: a parsed response's map often has room for one more field,
+        // and reserving beyond it would regrow it for nothing.
+        let extra =
+            ctx.filters.response_headers.len() + usize::from(id) + usize::from(timing.is_some());
+        if extra == 0 {
+            return;
         }
-        let _ = header.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value());
+        fields::edit_response(header, preserve_case(snapshot), extra, |f| {
+            for (name, value) in ctx.filters.response_headers.drain(..) {
+                f.append(&name, value);
+            }
+            if id {
+                f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
+            }
+            if let Some(timing) = timing {
+                f.insert(&SERVER_TIMING, timing);
+            }
+        });
     }
 
     /// Answer with a filter's reply, keeping the connection open.
@@ -184,14 +203,14 @@ pub struct RequestCtx {
     /// Path and query to send upstream (after normalization, strip_prefix and rewrite) when
     /// that is not `path` itself, as it is for a query-less request the route does not rewrite.
     upstream_path: Option<String>,
-    /// The normalized request path (what routing and path hashing see).
-    path: String,
+    /// The normalized request path (what routing and path hashing see) when normalizing
+    /// changed it; `None` when it is the request's own path (no copy made).
+    path: Option<String>,
     /// The address that connected to us.
     peer_ip: Option<IpAddr>,
     /// The client as far as we can trust: the peer, or, when the peer is a trusted proxy, the
     /// nearest untrusted hop of `X-Forwarded-For`.
     client_ip: Option<IpAddr>,
-    has_body: bool,
     /// Backends already tried by this request (a retry picks another). Inline: nearly every
     /// request makes one attempt, and this saves it an allocation.
     tried: SmallVec<[SocketAddr; 2]>,
@@ -208,13 +227,25 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// How long the backend took to send its response header.
     upstream_elapsed: Option<std::time::Duration>,
+    /// The upstream's response header already carries the request id.
+    id_in_response: bool,
 }
 
 impl RequestCtx {
-    /// Path and query to send upstream, once a route is chosen.
-    fn upstream_target(&self) -> Option<&str> {
+    /// The normalized request path of `req`, this context's request.
+    fn path<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
+        self.path.as_deref().unwrap_or_else(|| req.uri.path())
+    }
+
+    /// Path and query to send upstream, once a route is chosen; `req` is the request as the
+    /// client sent it.
+    fn upstream_target<'a>(&'a self, req: &'a RequestHeader) -> Option<&'a str> {
         self.route.as_ref()?;
-        Some(self.upstream_path.as_deref().unwrap_or(&self.path))
+        Some(
+            self.upstream_path
+                .as_deref()
+                .unwrap_or_else(|| self.path(req)),
+        )
     }
 
     fn attempts_left(&self) -> bool {
@@ -250,7 +281,10 @@ impl RequestId {
     /// A new random (v4) UUID.
     fn mint() -> RequestId {
         let mut text = [0u8; 36];
-        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        uuid::Builder::from_random_bytes(crate::observe::trace::random_id())
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text);
         RequestId(shared_value(text))
     }
 
@@ -292,6 +326,28 @@ fn ip_text(ip: IpAddr) -> String {
         }
         IpAddr::V6(_) => ip.to_string(),
     }
+}
+
+/// An address as a header value. Consecutive requests on a worker thread mostly come from one
+/// address (a keep-alive connection, or the load balancer in front of the gateway), so each
+/// thread keeps the last one, shared by reference count, instead of formatting it again.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = &*last {
+            if *cached == ip {
+                return value.clone();
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(ip_text(ip)))
+            .expect("an address's text is a valid value");
+        *last = Some((ip, value.clone()));
+        value
+    })
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -377,6 +433,57 @@ fn has_body(req: &RequestHeader) -> bool {
     length.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
 }
 
+/// Fields `set_forwarding` may add to a request.
+const FORWARDING_FIELDS: usize = 5;
+
+/// Whether header names keep the peer's spelling (`server.preserve_header_case`).
+fn preserve_case(snapshot: Option<&Snapshot>) -> bool {
+    snapshot.is_some_and(|s| s.config.server.preserve_header_case)
+}
+
+/// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up.
+/// `trusted`: the peer is a trusted proxy, whose forwarding fields are extended, not replaced.
+/// `host`: the host the client asked for.
+fn set_forwarding(f: &mut dyn Fields, ctx: &RequestCtx, trusted: bool, host: Option<HeaderValue>) {
+    let client = ctx.peer_ip.map(ip_value);
+    // Several X-Forwarded-For lines are one list (a proxy may add its own line rather than
+    // extend the client's): keep every hop, in order.
+    let prior: Option<Vec<&str>> = if trusted {
+        f.map()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        None
+    };
+    let forwarded_for = match (prior, client) {
+        (Some(lines), client) if !lines.is_empty() => {
+            let client = client.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("");
+            // Printable hops joined by ", ": always a valid value.
+            HeaderValue::try_from(format!("{}, {client}", lines.join(", "))).ok()
+        }
+        (_, client) => client,
+    };
+    match forwarded_for {
+        Some(value) => f.insert(&X_FORWARDED_FOR, value),
+        None => f.remove(&X_FORWARDED_FOR),
+    }
+    if !(trusted && f.map().contains_key(&X_FORWARDED_PROTO)) {
+        f.insert(&X_FORWARDED_PROTO, HTTP);
+    }
+    if !(trusted && f.map().contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(host) => f.insert(&X_FORWARDED_HOST, host),
+            None => f.remove(&X_FORWARDED_HOST),
+        }
+    }
+    f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
+    if let Some(trace) = &ctx.trace {
+        f.insert(&TRACEPARENT, shared_value(trace.header_bytes()));
+    }
+}
+
 async fn respond_problem(
     session: &mut Session,
     status: u16,
@@ -398,7 +505,7 @@ fn hash_input(session: &Session, ctx: &RequestCtx, key: Option<&HashKey>) -> Vec
             .client_ip
             .map(|ip| ip.to_string().into_bytes())
             .unwrap_or_default(),
-        Some(HashKey::Path) => ctx.path.as_bytes().to_vec(),
+        Some(HashKey::Path) => ctx.path(req).as_bytes().to_vec(),
         Some(HashKey::Header(name)) => req
             .headers
             .get(name)
@@ -458,10 +565,9 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             request_id: RequestId::NONE,
             upstream_path: None,
-            path: String::new(),
+            path: None,
             peer_ip: None,
             client_ip: None,
-            has_body: false,
             tried: SmallVec::new(),
             in_flight: None,
             filters: FilterState::default(),
@@ -470,6 +576,7 @@ impl ProxyHttp for GatewayProxy {
             span: tracing::Span::none(),
             upstream_started: None,
             upstream_elapsed: None,
+            id_in_response: false,
         }
     }
 
@@ -478,6 +585,10 @@ impl ProxyHttp for GatewayProxy {
         ctx.counted = true;
         self.metrics.in_flight.inc();
         let snapshot = self.store.load();
+        if !snapshot.config.server.preserve_header_case {
+            // Spellings are not kept: forget them before anything edits or copies the request.
+            fields::forget_request_case(session.req_header_mut());
+        }
         ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
         ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
@@ -500,7 +611,6 @@ impl ProxyHttp for GatewayProxy {
             ctx.span.record("trace_id", trace.trace_id_hex());
         }
         ctx.trace = Some(trace);
-        ctx.has_body = has_body(req);
         let path = match normalize_path(req.uri.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -509,7 +619,11 @@ impl ProxyHttp for GatewayProxy {
                 return Ok(true);
             }
         };
-        let host = host_of(req);
+        let host = if snapshot.router.matches_hosts() {
+            host_of(req)
+        } else {
+            None
+        };
         let view = RequestView {
             method: &req.method,
             host: host.as_deref(),
@@ -526,9 +640,15 @@ impl ProxyHttp for GatewayProxy {
             (Cow::Borrowed(same), None) if same == path => None,
             (target, query) => Some(path_and_query(&target, query)),
         };
-        ctx.path = path.into_owned();
-        ctx.route = Some(Arc::clone(&route));
+        if let Cow::Owned(normalized) = path {
+            ctx.path = Some(normalized);
+        }
         ctx.snapshot = Some(snapshot);
+        if route.filters.is_empty() {
+            ctx.route = Some(route);
+            return Ok(false);
+        }
+        ctx.route = Some(Arc::clone(&route));
         if let Some(reply) = self.run_request_filters(session, ctx, &route).await {
             self.write_reply(session, ctx, &route, reply).await?;
             return Ok(true);
@@ -591,7 +711,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Result<()> {
         // Most requests go up as they came, with nothing to rebuild.
         if let Some(path) = ctx
-            .upstream_target()
+            .upstream_target(session.req_header())
             .filter(|p| upstream_request.raw_path() != p.as_bytes())
         {
             let mut parts = upstream_request.uri.clone().into_parts();
@@ -607,41 +727,18 @@ impl ProxyHttp for GatewayProxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        let trusted = match (ctx.peer_ip, &ctx.snapshot) {
+        let snapshot = ctx.snapshot.as_deref();
+        let trusted = match (ctx.peer_ip, snapshot) {
             (Some(ip), Some(s)) => s.is_trusted_proxy(ip),
             _ => false,
         };
-        let client = ctx.peer_ip.map(ip_text).unwrap_or_default();
-        // Several X-Forwarded-For lines are one list (a proxy may add its own line rather
-        // than extend the client's): keep every hop, in order.
-        let prior: Option<Vec<&str>> = upstream_request
-            .headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.to_str().ok())
-            .collect();
-        let forwarded_for = match prior {
-            Some(lines) if trusted && !lines.is_empty() => {
-                format!("{}, {client}", lines.join(", "))
-            }
-            _ => client,
-        };
-        upstream_request.insert_header(set::X_FORWARDED_FOR, forwarded_for)?;
-        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
-            upstream_request.insert_header(set::X_FORWARDED_PROTO, HTTP)?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match raw_host_value(session.req_header()) {
-                Some(host) => upstream_request.insert_header(set::X_FORWARDED_HOST, host)?,
-                None => {
-                    upstream_request.remove_header(&X_FORWARDED_HOST);
-                }
-            }
-        }
-        upstream_request.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
-        if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(set::TRACEPARENT, shared_value(trace.header_bytes()))?;
-        }
+        let host = raw_host_value(session.req_header());
+        fields::edit_request(
+            upstream_request,
+            preserve_case(snapshot),
+            FORWARDING_FIELDS,
+            |f| set_forwarding(f, ctx, trusted, host),
+        );
         Ok(())
     }
 
@@ -655,11 +752,19 @@ impl ProxyHttp for GatewayProxy {
             let elapsed = started.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
             self.metrics
-                .observe_upstream(route.upstream.name(), elapsed.as_secs_f64());
+                .observe_upstream(&route.upstream, elapsed.as_secs_f64());
         }
-        if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
-            strip_response_hop_by_hop(upstream_response);
-        }
+        // One edit of the upstream's fields: its hop-by-hop ones out (not on a protocol switch,
+        // which needs them), the request id in, before the filters' response phase.
+        let strip = upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        let preserve = preserve_case(ctx.snapshot.as_deref());
+        fields::edit_response(upstream_response, preserve, 1, |f| {
+            if strip {
+                strip_response_hop_by_hop(f);
+            }
+            f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
+        });
+        ctx.id_in_response = true;
         Ok(())
     }
 
@@ -674,17 +779,7 @@ impl ProxyHttp for GatewayProxy {
                 f.filter.on_response(upstream_response, &mut ctx.filters);
             }
         }
-        for (name, value) in ctx.filters.response_headers.drain(..) {
-            upstream_response.append_header(name, value)?;
-        }
-        upstream_response.insert_header(set::X_REQUEST_ID, ctx.request_id.header_value())?;
-        if ctx
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.config.observability.server_timing)
-        {
-            upstream_response.insert_header(set::SERVER_TIMING, server_timing(ctx))?;
-        }
+        self.add_response_fields(ctx, upstream_response);
         Ok(())
     }
 
@@ -712,7 +807,7 @@ impl ProxyHttp for GatewayProxy {
         // The backend may have acted on the request: only a bodiless idempotent request is
         // sent again, and never once its body is gone.
         let safe = session.req_header().method.is_idempotent()
-            && !ctx.has_body
+            && !has_body(session.req_header())
             && !session.as_ref().retry_buffer_truncated();
         if safe && ctx.attempts_left() {
             e.retry.decide_reuse(client_reused);
@@ -780,9 +875,8 @@ impl ProxyHttp for GatewayProxy {
             .or_else(|| e.map(|e| failure_status(e).0))
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
-        let route = ctx.route.as_ref().map_or("(none)", |r| &r.name);
         self.metrics.observe_request(
-            route,
+            ctx.route.as_deref(),
             &session.req_header().method,
             status,
             elapsed.as_secs_f64(),
@@ -797,9 +891,9 @@ impl ProxyHttp for GatewayProxy {
 }
 
 /// `Server-Timing` of a response: the upstream's time to header and the gateway's own share.
-fn server_timing(ctx: &RequestCtx) -> String {
+fn server_timing(ctx: &RequestCtx) -> HeaderValue {
     let total = ctx.started.elapsed().as_secs_f64() * 1000.0;
-    match ctx.upstream_elapsed {
+    let text = match ctx.upstream_elapsed {
         Some(up) => {
             let up = up.as_secs_f64() * 1000.0;
             format!(
@@ -808,7 +902,8 @@ fn server_timing(ctx: &RequestCtx) -> String {
             )
         }
         None => format!("gateway;dur={total:.3}"),
-    }
+    };
+    HeaderValue::try_from(text).expect("digits and ASCII punctuation")
 }
 
 fn record_span(ctx: &RequestCtx, status: u16, elapsed: std::time::Duration) {
@@ -841,11 +936,7 @@ fn access_record(
         client_ip: ctx.client_ip,
         method: req.method.to_string(),
         host: raw_host(req).map(str::to_string),
-        path: if ctx.path.is_empty() {
-            req.uri.path().to_string()
-        } else {
-            ctx.path.clone()
-        },
+        path: ctx.path(req).to_string(),
         route: ctx.route.as_ref().map(|r| r.name.to_string()),
         upstream: ctx.tried.last().copied(),
         attempts: ctx.tried.len(),
@@ -855,8 +946,10 @@ fn access_record(
     }
 }
 
-/// Hop-by-hop fields of a response (RFC 9110 §7.6.1) that must not be relayed.
-fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+/// Hop-by-hop fields of a response (RFC 9110 §7.6.1) that must not be relayed: `Connection`
+/// itself (Pingora writes its own for the client's connection), the fields it nominates, and
+/// the fields that are hop-by-hop wherever they appear.
+fn strip_response_hop_by_hop(f: &mut dyn Fields) {
     static ALWAYS: [HeaderName; 5] = [
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
@@ -864,31 +957,58 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         http::header::TRAILER,
         http::header::UPGRADE,
     ];
-    let nominated: Vec<String> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        // The usual value nominates nothing: skip splitting it.
-        .filter(|v| !(v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close")))
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-        })
-        .map(str::to_ascii_lowercase)
-        .collect();
-    for name in nominated {
-        resp.remove_header(name.as_str());
+    // One pass over the names (a response has a handful), by length first, tells what there
+    // is to do; a lookup per name would cost more than the pass.
+    let mut present = [false; 5];
+    let mut connection = false;
+    for name in f.map().keys() {
+        let found = match name.as_str() {
+            "connection" => {
+                connection = true;
+                continue;
+            }
+            n if !matches!(n.len(), 2 | 7 | 10 | 16) => continue,
+            "keep-alive" => 0,
+            "proxy-connection" => 1,
+            "te" => 2,
+            "trailer" => 3,
+            "upgrade" => 4,
+            _ => continue,
+        };
+        present[found] = true;
     }
-    // Most responses carry none of these: look before removing, since a removal from
-    // Pingora's header touches both of its maps (this runs on every response).
-    for name in &ALWAYS {
-        if resp.headers.contains_key(name) {
-            resp.remove_header(name);
+    // The usual value, one `Connection: keep-alive` or `close`, nominates nothing.
+    let nominates = connection
+        && f.map().get_all(http::header::CONNECTION).iter().any(|v| {
+            let v = v.as_bytes();
+            !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
+        });
+    if nominates {
+        let nominated: Vec<HeaderName> = f
+            .map()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &nominated {
+            f.remove(name);
         }
+    }
+    if connection {
+        // Removing it also leaves room in the map for the one Pingora inserts, which would
+        // otherwise regrow a map the gateway's own fields have just filled.
+        f.remove(&http::header::CONNECTION);
+    }
+    for (name, _) in ALWAYS.iter().zip(present).filter(|(_, p)| *p) {
+        f.remove(name);
     }
 }
 
@@ -947,7 +1067,7 @@ mod tests {
             resp.append_header(name, value).unwrap();
         }
         strip_response_hop_by_hop(&mut resp);
-        for gone in ["x-private", "keep-alive", "upgrade"] {
+        for gone in ["x-private", "keep-alive", "upgrade", "connection"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
         assert!(resp.headers.contains_key("content-type"));

@@ -79,6 +79,8 @@ pub struct Upstream {
     hash_key: Option<HashKey>,
     last_check: Mutex<Option<Instant>>,
     checking: AtomicBool,
+    /// This pool's `gatehouse_upstream_duration_seconds` series, resolved on first use.
+    pub(crate) duration_metric: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -136,6 +138,7 @@ impl Upstream {
             hash_key,
             last_check: Mutex::new(None),
             checking: AtomicBool::new(false),
+            duration_metric: Default::default(),
         })
     }
 

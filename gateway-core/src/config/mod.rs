@@ -122,6 +122,13 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight requests get to finish.
     #[serde(default = "default_shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Send header names upstream and to clients spelled as the peer spelled them. Off by
+    /// default: names the gateway forwards over HTTP/1 go out in lower case (a few common ones
+    /// title-cased), as over HTTP/2 and as Envoy and HAProxy send them, which lets the gateway
+    /// set its own fields at a fraction of the cost. Turn it on for a backend that (against
+    /// RFC 9110 §5.1) reads names case-sensitively.
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 /// Admin listener settings.
@@ -368,6 +375,7 @@ impl Default for ServerConfig {
             max_retries: default_max_retries(),
             grace_period: Duration::ZERO,
             shutdown_timeout: default_shutdown_timeout(),
+            preserve_header_case: false,
         }
     }
 }

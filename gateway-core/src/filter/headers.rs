@@ -190,11 +190,11 @@ fn overlap(
 impl Filter for Headers {
     async fn on_request(&self, req: &mut RequestInfo<'_>, _state: &mut FilterState) -> Decision {
         for name in &self.request_remove {
-            req.header.remove_header(name);
+            req.remove_header(name);
         }
         for (name, value) in &self.request_set {
             // Names and values were validated when the config loaded.
-            let _ = req.header.insert_header(name.clone(), value.clone());
+            req.set_header(name, value.clone());
         }
         Decision::Continue
     }

@@ -8,5 +8,5 @@ pub mod otlp;
 pub mod trace;
 
 pub use access_log::{AccessLog, AccessRecord};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, RouteMetrics};
 pub use trace::TraceContext;

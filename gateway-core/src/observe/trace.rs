@@ -76,16 +76,33 @@ fn ascii(bytes: &[u8]) -> String {
 
 fn new_trace_id() -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rand::random();
+        let id: [u8; 16] = random_id();
         if id != [0; 16] {
             return id;
         }
     }
 }
 
+/// Random bytes for ids (trace ids, span ids, request ids): unique, not secret. Each thread
+/// draws them from its own small generator (xoshiro256++), seeded once from the OS's, as
+/// OpenTelemetry's SDKs do; the cryptographic thread generator cost ~500 instructions per
+/// request for ids no one may treat as credentials anyway.
+pub(crate) fn random_id<const N: usize>() -> [u8; N] {
+    use rand::{Rng, SeedableRng};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+    }
+    IDS.with(|rng| {
+        let mut out = [0u8; N];
+        rng.borrow_mut().fill(&mut out[..]);
+        out
+    })
+}
+
 fn new_span_id() -> [u8; 8] {
     loop {
-        let id: [u8; 8] = rand::random();
+        let id: [u8; 8] = random_id();
         if id != [0; 8] {
             return id;
         }

@@ -163,6 +163,8 @@ pub struct Route {
     pub attempts: usize,
     /// The filter chain: `default_filters` then the route's own, in order.
     pub filters: Vec<NamedFilter>,
+    /// This route's metric series, resolved on first use.
+    pub(crate) metrics: crate::observe::RouteMetrics,
 }
 
 impl Route {
@@ -225,6 +227,7 @@ impl Route {
             rewrite,
             attempts: cfg.retry.attempts,
             filters,
+            metrics: Default::default(),
         })
     }
 
@@ -346,6 +349,8 @@ pub struct Router {
     by_first_segment: HashMap<Box<str>, Vec<usize>>,
     /// Rank positions of the routes without such a segment; always considered.
     unindexed: Vec<usize>,
+    /// Whether any route matches on the host (if none does, the proxy need not look it up).
+    matches_hosts: bool,
 }
 
 impl Router {
@@ -367,9 +372,16 @@ impl Router {
                     .push(rank),
                 None => router.unindexed.push(rank),
             }
+            router.matches_hosts |= !matches!(route.host, HostMatch::Any);
             router.routes.push(Arc::new(route));
         }
         router
+    }
+
+    /// Whether any route matches on the request's host: when none does, a request's host
+    /// cannot change which route it takes.
+    pub fn matches_hosts(&self) -> bool {
+        self.matches_hosts
     }
 
     /// All routes in rank order.

@@ -118,7 +118,7 @@ impl Filter for ApiKeyFilter {
             return Decision::Respond(why.api_key_reply(&self.challenge));
         }
         if !self.forward {
-            req.header.remove_header(&self.header);
+            req.remove_header(&self.header);
         }
         Decision::Continue
     }

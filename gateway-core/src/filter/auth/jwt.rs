@@ -183,7 +183,7 @@ impl Filter for JwtFilter {
     async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
         // Identity headers come from a verified token or not at all.
         for (name, _) in &self.forward {
-            req.header.remove_header(name);
+            req.remove_header(name);
         }
         let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
             Ok(token) => self.verify(token).await,
@@ -197,7 +197,7 @@ impl Filter for JwtFilter {
             return self.reject(why);
         }
         for (name, value) in &verified.forward {
-            let _ = req.header.insert_header(name.clone(), value.clone());
+            req.set_header(name, value.clone());
         }
         state.extensions.insert(verified.claims.clone());
         Decision::Continue

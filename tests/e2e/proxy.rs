@@ -1353,3 +1353,112 @@ retry = {{ attempts = 2 }}
     assert_eq!(gets.iter().filter(|s| !s.answered).count(), 1, "{gets:?}");
     support::stop(gw).await;
 }
+
+/// An upstream that records each request head as it arrived (bytes, spelling included) and
+/// answers it with `response`.
+async fn recording_upstream(
+    response: &'static str,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind recording");
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while find(&buf, b"\r\n\r\n").is_none() {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    buf.clear();
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads, task)
+}
+
+/// The response head to a raw request, as sent (spelling included).
+async fn raw_head(addr: SocketAddr, request: &str) -> String {
+    tokio::time::timeout(EXCHANGE_LIMIT, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before a response head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("a response head in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_go_out_in_lower_case_unless_their_case_is_preserved() {
+    let (addr, heads, task) = recording_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream-Spelled: Yes\r\n\r\nok",
+    )
+    .await;
+    let request = "GET /spell HTTP/1.1\r\nHost: gw.test\r\nX-Client-Spelled: One\r\n\
+                   Connection: close\r\n\r\n";
+    for (preserve, client_name, upstream_name) in [
+        (false, "x-client-spelled: One", "x-upstream-spelled: Yes"),
+        (true, "X-Client-Spelled: One", "X-Upstream-Spelled: Yes"),
+    ] {
+        let toml = format!(
+            "[server]\npreserve_header_case = {preserve}\n\n{}[[routes]]\nname = \"all\"\n\
+             upstream = \"spell\"\n",
+            upstream_toml("spell", addr)
+        );
+        let gw = support::gateway(&toml).await;
+        let head = raw_head(gw.local_addr(), request).await;
+        let sent = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the upstream saw the request");
+        assert!(
+            sent.contains(&format!("\r\n{client_name}\r\n")),
+            "preserve={preserve}: {sent}"
+        );
+        assert!(
+            head.contains(&format!("\r\n{upstream_name}\r\n")),
+            "preserve={preserve}: {head}"
+        );
+        // The gateway's own fields are there either way, and well-known names keep their
+        // usual spelling.
+        for field in [
+            "x-forwarded-for: ",
+            "x-request-id: ",
+            "traceparent: ",
+            "Host: gw.test",
+        ] {
+            assert!(sent.contains(field), "preserve={preserve}, {field}: {sent}");
+        }
+        assert!(head.contains("\r\nContent-Length: 2\r\n"), "{head}");
+        assert!(head.contains("\r\nx-request-id: "), "{head}");
+        support::stop(gw).await;
+    }
+    task.abort();
+}

@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 mod fields;
 pub mod filter;
+mod keyed;
 pub mod observe;
 pub mod problem;
 pub mod proxy;

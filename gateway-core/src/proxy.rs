@@ -75,7 +75,11 @@ impl GatewayProxy {
             request_id: ctx.request_id.as_str(),
         };
         for f in &route.filters {
-            match f.filter.on_request(&mut info, &mut ctx.filters).await {
+            let decision = match f.filter.decide_now(&mut info, &mut ctx.filters) {
+                Some(decision) => decision,
+                None => f.filter.on_request(&mut info, &mut ctx.filters).await,
+            };
+            match decision {
                 Decision::Continue => self.metrics.filter_continued(f),
                 Decision::Respond(reply) => {
                     self.metrics
@@ -755,14 +759,20 @@ impl ProxyHttp for GatewayProxy {
                 .observe_upstream(&route.upstream, elapsed.as_secs_f64());
         }
         // One edit of the upstream's fields: its hop-by-hop ones out (not on a protocol switch,
-        // which needs them), the request id in, before the filters' response phase.
+        // which needs them), then the request id and what the request phase queued (rate-limit
+        // fields), before the filters' response phase; room for all of them is made at once.
         let strip = upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS;
         let preserve = preserve_case(ctx.snapshot.as_deref());
-        fields::edit_response(upstream_response, preserve, 1, |f| {
+        let queued = &mut ctx.filters.response_headers;
+        let request_id = &ctx.request_id;
+        fields::edit_response(upstream_response, preserve, 1 + queued.len(), |f| {
             if strip {
                 strip_response_hop_by_hop(f);
             }
-            f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
+            f.insert(&X_REQUEST_ID, request_id.header_value());
+            for (name, value) in queued.drain(..) {
+                f.append(&name, value);
+            }
         });
         ctx.id_in_response = true;
         Ok(())

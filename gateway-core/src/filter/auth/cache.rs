@@ -1,9 +1,12 @@
 //! The verified-token cache: a hot token skips signature checks.
 //!
 //! Bounds: at most `capacity` entries (split over a few mutex-guarded shards so request threads
-//! rarely meet), and no entry outlives its token (`exp` + leeway). Entries are keyed by the
-//! SHA-256 of the token, so the cache never holds a usable credential. An entry also records the
-//! key-set generation it was verified under: after a JWKS rotation it no longer counts.
+//! rarely meet), and no entry outlives its token (`exp` + leeway). Entries are keyed by a keyed
+//! 128-bit hash of the token (SipHash-1-3 with a random key of the cache's own, as the rate
+//! limiter keys its buckets: see `crate::keyed`), so the cache never holds a usable credential,
+//! and without the key no one can aim a forged token at a cached one. A SHA-256 key cost as
+//! much as the rest of a cached check on CPUs without SHA instructions. An entry also records
+//! the key-set generation it was verified under: after a JWKS rotation it no longer counts.
 //!
 //! A full shard first drops what has expired, then the entry that would expire first. A plain
 //! `Mutex<HashMap>` per shard keeps this small and obviously correct; a lookup costs one hash
@@ -14,8 +17,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
-/// SHA-256 of a token: the cache key.
+/// SHA-256 of a document (a key set's fingerprint).
 pub(crate) type TokenDigest = [u8; 32];
+
+/// A token's key in the cache: see the module docs.
+pub(crate) type CacheKey = crate::keyed::Key128;
 
 /// The SHA-256 of a token (or of any bytes).
 pub(crate) fn digest(data: impl AsRef<[u8]>) -> TokenDigest {
@@ -29,13 +35,16 @@ struct Entry<V> {
     value: Arc<V>,
 }
 
-type Shard<V> = Mutex<HashMap<TokenDigest, Entry<V>>>;
+/// The keys are keyed hashes already: the maps use them as they are.
+type Shard<V> = Mutex<HashMap<CacheKey, Entry<V>, crate::keyed::PassThrough>>;
 
 /// A bounded map from token digest to what verifying it produced.
 pub(crate) struct TokenCache<V> {
     shards: Box<[Shard<V>]>,
     /// Total capacity; shard `i` holds at most `capacity / n + (i < capacity % n)` entries.
     capacity: usize,
+    /// The hash key of [`TokenCache::key`], random per cache.
+    hashing: crate::keyed::HashKey,
 }
 
 impl<V> TokenCache<V> {
@@ -43,13 +52,22 @@ impl<V> TokenCache<V> {
     pub fn new(capacity: usize) -> TokenCache<V> {
         let shards = capacity.clamp(1, 16);
         TokenCache {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             capacity: capacity.max(1),
+            hashing: crate::keyed::HashKey::new(),
         }
     }
 
-    fn index(&self, key: &TokenDigest) -> usize {
-        usize::from(u16::from_le_bytes([key[0], key[1]])) % self.shards.len()
+    /// The cache key of a token.
+    pub fn key(&self, token: &[u8]) -> CacheKey {
+        self.hashing.hash(token)
+    }
+
+    fn index(&self, key: &CacheKey) -> usize {
+        // The map hashes the first half; the shard takes the second.
+        (key.1 % self.shards.len() as u64) as usize
     }
 
     fn shard_capacity(&self, i: usize) -> usize {
@@ -57,14 +75,17 @@ impl<V> TokenCache<V> {
         self.capacity / n + usize::from(i < self.capacity % n)
     }
 
-    fn shard(&self, i: usize) -> MutexGuard<'_, HashMap<TokenDigest, Entry<V>>> {
+    fn shard(
+        &self,
+        i: usize,
+    ) -> MutexGuard<'_, HashMap<CacheKey, Entry<V>, crate::keyed::PassThrough>> {
         // A panic while holding the lock cannot leave a map half-updated in a way that matters
         // here: at worst an entry is missing.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cached value, if it is still valid at `now` under key-set `generation`.
-    pub fn get(&self, key: &TokenDigest, now: u64, generation: u64) -> Option<Arc<V>> {
+    pub fn get(&self, key: &CacheKey, now: u64, generation: u64) -> Option<Arc<V>> {
         let mut shard = self.shard(self.index(key));
         let entry = shard.get(key)?;
         if now <= entry.valid_until && entry.generation == generation {
@@ -77,7 +98,7 @@ impl<V> TokenCache<V> {
     /// Remember a verified token until `valid_until` (Unix seconds).
     pub fn insert(
         &self,
-        key: TokenDigest,
+        key: CacheKey,
         value: Arc<V>,
         valid_until: u64,
         generation: u64,
@@ -127,7 +148,7 @@ mod tests {
     #[test]
     fn a_cached_token_is_served_until_it_expires() {
         let cache = TokenCache::new(10);
-        let key = digest("a.b.c");
+        let key = cache.key(b"a.b.c");
         cache.insert(key, Arc::new("claims"), 100, 0, 50);
         assert_eq!(cache.get(&key, 100, 0).as_deref(), Some(&"claims"));
         assert!(
@@ -140,7 +161,7 @@ mod tests {
     #[test]
     fn a_new_key_generation_invalidates_entries() {
         let cache = TokenCache::new(10);
-        let key = digest("a.b.c");
+        let key = cache.key(b"a.b.c");
         cache.insert(key, Arc::new(1), 100, 1, 50);
         assert!(cache.get(&key, 60, 2).is_none());
     }
@@ -150,7 +171,13 @@ mod tests {
         for capacity in [1usize, 7, 100, 1000] {
             let cache = TokenCache::new(capacity);
             for i in 0..capacity * 5 {
-                cache.insert(digest(i.to_string()), Arc::new(i), 1000 + i as u64, 0, 10);
+                cache.insert(
+                    cache.key(i.to_string().as_bytes()),
+                    Arc::new(i),
+                    1000 + i as u64,
+                    0,
+                    10,
+                );
             }
             assert!(
                 cache.len() <= capacity,
@@ -164,7 +191,7 @@ mod tests {
     #[test]
     fn a_full_shard_evicts_the_soonest_expiring_entry() {
         let cache = TokenCache::new(1);
-        let (a, b) = (digest("a"), digest("b"));
+        let (a, b) = (cache.key(b"a"), cache.key(b"b"));
         cache.insert(a, Arc::new("a"), 500, 0, 10);
         cache.insert(b, Arc::new("b"), 900, 0, 10);
         assert!(cache.get(&a, 20, 0).is_none());
@@ -172,9 +199,21 @@ mod tests {
     }
 
     #[test]
+    fn keys_differ_between_tokens_and_between_caches() {
+        let (one, two) = (TokenCache::<()>::new(4), TokenCache::<()>::new(4));
+        assert_eq!(one.key(b"a.b.c"), one.key(b"a.b.c"));
+        assert_ne!(one.key(b"a.b.c"), one.key(b"a.b.d"));
+        assert_ne!(
+            one.key(b"a.b.c"),
+            two.key(b"a.b.c"),
+            "each cache has its own keys"
+        );
+    }
+
+    #[test]
     fn already_expired_tokens_are_not_cached() {
         let cache = TokenCache::new(4);
-        cache.insert(digest("old"), Arc::new(()), 5, 0, 10);
+        cache.insert(cache.key(b"old"), Arc::new(()), 5, 0, 10);
         assert_eq!(cache.len(), 0);
     }
 }

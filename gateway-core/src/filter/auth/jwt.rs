@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::cache::{digest, TokenCache};
+use super::cache::TokenCache;
 use super::config::{JwtConfig, KeySource};
 use super::jwks::{Jwks, JwksSettings};
 use super::keys::{self, KeyEntry, KeySet};
@@ -117,17 +117,19 @@ impl JwtFilter {
         }
     }
 
+    /// A token verified earlier and still valid under the keys serving now.
+    fn cached(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
+        let cache = self.cache.as_ref()?;
+        cache.get(&cache.key(token.as_bytes()), now, self.generation()?)
+    }
+
     /// Verify a token (or find it verified in the cache).
     async fn verify(&self, token: &str) -> Result<Arc<Verified>, Rejection> {
         let now = now_secs();
-        let cache_key = self.cache.as_ref().map(|_| digest(token));
-        if let (Some(cache), Some(key), Some(generation)) =
-            (&self.cache, &cache_key, self.generation())
-        {
-            if let Some(hit) = cache.get(key, now, generation) {
-                return Ok(hit);
-            }
+        if let Some(hit) = self.cached(token, now) {
+            return Ok(hit);
         }
+        let cache_key = self.cache.as_ref().map(|c| c.key(token.as_bytes()));
         let header = decode_header(token).map_err(|e| Rejection::from_jwt(e.kind()))?;
         // RFC 7515 §4.1.11: `crit` lists extensions the recipient must understand; we know
         // none. (`jku`/`x5u`/`jwk` in the header are ignored: keys never come from the token.)
@@ -178,17 +180,21 @@ impl JwtFilter {
     }
 }
 
-#[async_trait]
-impl Filter for JwtFilter {
-    async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
-        // Identity headers come from a verified token or not at all.
+impl JwtFilter {
+    /// Identity headers come from a verified token or not at all: the client's are dropped.
+    fn strip_forwarded(&self, req: &mut RequestInfo<'_>) {
         for (name, _) in &self.forward {
             req.remove_header(name);
         }
-        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
-            Ok(token) => self.verify(token).await,
-            Err(why) => Err(why),
-        };
+    }
+
+    /// The request phase once the token is known good (or not).
+    fn admit(
+        &self,
+        verified: Result<Arc<Verified>, Rejection>,
+        req: &mut RequestInfo<'_>,
+        state: &mut FilterState,
+    ) -> Decision {
         let verified = match verified {
             Ok(v) => v,
             Err(why) => return self.reject(why),
@@ -199,8 +205,31 @@ impl Filter for JwtFilter {
         for (name, value) in &verified.forward {
             req.set_header(name, value.clone());
         }
-        state.extensions.insert(verified.claims.clone());
+        state.verified_claims = Some(verified.claims.clone());
         Decision::Continue
+    }
+}
+
+#[async_trait]
+impl Filter for JwtFilter {
+    /// A missing or malformed token, or one in the verified-token cache, is decided at once;
+    /// only a token that needs its signature checked (and maybe keys fetched) waits.
+    fn decide_now(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Option<Decision> {
+        self.strip_forwarded(req);
+        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
+            Ok(token) => Ok(self.cached(token, now_secs())?),
+            Err(why) => Err(why),
+        };
+        Some(self.admit(verified, req, state))
+    }
+
+    async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
+        self.strip_forwarded(req);
+        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
+            Ok(token) => self.verify(token).await,
+            Err(why) => Err(why),
+        };
+        self.admit(verified, req, state)
     }
 }
 

@@ -271,11 +271,7 @@ async fn a_valid_token_forwards_claims_and_strips_client_copies() {
     let ids: Vec<_> = out.header.headers.get_all("x-user-id").iter().collect();
     assert_eq!(ids, vec!["user-1"]);
     assert_eq!(out.header.headers["x-user-roles"], "admin,ops");
-    let claims = out
-        .state
-        .extensions
-        .get::<VerifiedClaims>()
-        .expect("claims left");
+    let claims = out.state.claims().expect("claims left");
     assert_eq!(claims.text("sub").as_deref(), Some("user-1"));
 
     // A token without the claim: the client's copy is still gone.
@@ -429,4 +425,72 @@ fn config_errors_are_reported() {
         "secret = {SECRET:?}\nalgorithms = [\"HS256\"]\nsecrets = 1"
     ))
     .contains("unknown field"));
+}
+
+/// The proxy's order: `decide_now`, then `on_request` when it had no answer.
+async fn run_as_proxy(f: &JwtFilter, authorization: &str) -> (Option<Decision>, Outcome) {
+    let mut header = RequestHeader::build("GET", b"/", None).unwrap();
+    header
+        .append_header("authorization", authorization)
+        .unwrap();
+    header.append_header("x-user-id", "evil").unwrap();
+    let mut state = FilterState::default();
+    let mut info = RequestInfo {
+        header: &mut header,
+        client_ip: None,
+        route: "r",
+        request_id: "id",
+    };
+    let now = f.decide_now(&mut info, &mut state);
+    let decision = match &now {
+        Some(Decision::Continue) => Decision::Continue,
+        Some(Decision::Respond(r)) => Decision::Respond(r.clone()),
+        None => f.on_request(&mut info, &mut state).await,
+    };
+    let reply = match decision {
+        Decision::Continue => None,
+        Decision::Respond(r) => Some(r),
+    };
+    (
+        now,
+        Outcome {
+            reply,
+            header,
+            state,
+        },
+    )
+}
+
+#[tokio::test]
+async fn only_a_token_that_needs_its_signature_checked_waits() {
+    let f = rs256_filter("");
+    let token = rs256(&claims(json!({})));
+    let bearer = format!("Bearer {token}");
+
+    // First sight: not cached, so `decide_now` defers; `on_request` verifies and caches.
+    let (now, first) = run_as_proxy(&f, &bearer).await;
+    assert!(now.is_none(), "an uncached token is not decided at once");
+    assert!(first.reply.is_none());
+    // Again: decided at once, with the same effect (claims forwarded, client copy gone).
+    let (now, again) = run_as_proxy(&f, &bearer).await;
+    assert!(matches!(now, Some(Decision::Continue)));
+    for out in [&first, &again] {
+        let ids: Vec<_> = out.header.headers.get_all("x-user-id").iter().collect();
+        assert_eq!(ids, vec!["user-1"]);
+        assert_eq!(
+            out.state.claims().and_then(|c| c.text("sub")).as_deref(),
+            Some("user-1")
+        );
+    }
+    // A request that cannot carry a valid token is refused at once, stripped as well.
+    for bad in [
+        "Basic abc",
+        "Bearer ",
+        &format!("Bearer {}", "a".repeat(100_000)),
+    ] {
+        let (now, out) = run_as_proxy(&f, bad).await;
+        assert!(matches!(now, Some(Decision::Respond(_))), "{:.20}", bad);
+        assert_eq!(out.reply.map(|r| r.status.as_u16()), Some(401));
+        assert!(!out.header.headers.contains_key("x-user-id"));
+    }
 }

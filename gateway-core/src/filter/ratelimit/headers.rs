@@ -117,7 +117,7 @@ impl RateHeaders {
         let r = u64::from(v.remaining);
         let ratelimit = match self.ratelimit.get((r * (self.max_t + 1) + t) as usize) {
             Some(cached) if t <= self.max_t => cached.clone(),
-            _ => value(format!("{};r={r};t={t}", self.name)),
+            _ => item(&self.name, r, Some(t)),
         };
         [
             (RATELIMIT_POLICY, self.policy.clone()),
@@ -135,6 +135,23 @@ impl RateHeaders {
             (X_LIMIT, self.limit.clone()),
         ]
     }
+}
+
+/// `NAME;r=R;t=T` (or without `;t=`), written without `fmt`: a limit whose values lie beyond
+/// the prebuilt tables formats one per request.
+fn item(name: &str, r: u64, t: Option<u64>) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(name.len() + 48);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b";r=");
+    out.extend_from_slice(digits.format(r).as_bytes());
+    if let Some(t) = t {
+        out.extend_from_slice(b";t=");
+        out.extend_from_slice(digits.format(t).as_bytes());
+    }
+    // An sf-string and digits: always a valid value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `table[n]`, or `n` formatted.
@@ -170,7 +187,7 @@ impl ConcurrencyHeaders {
     pub(crate) fn with_remaining(&self, remaining: u32) -> [(HeaderName, HeaderValue); 2] {
         let ratelimit = match self.ratelimit.get(remaining as usize) {
             Some(v) => v.clone(),
-            None => value(format!("{};r={remaining}", self.name)),
+            None => item(&self.name, u64::from(remaining), None),
         };
         [
             (RATELIMIT_POLICY, self.policy.clone()),

@@ -8,13 +8,13 @@
 //! without knowing the per-process keys. The Redis store needs the same key on every replica, so
 //! it uses a SHA-256 digest instead.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::Hasher;
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 
 use super::config::{KeyPart, OnMissingKey};
-use crate::filter::{FilterState, RequestInfo, VerifiedClaims};
+use crate::filter::{FilterState, RequestInfo};
 
 const TAG_IP: u8 = 1;
 const TAG_ROUTE: u8 = 2;
@@ -38,44 +38,20 @@ pub(crate) trait KeySink {
 }
 
 /// A bucket of the local stores: 128 bits of keyed hash.
-///
-/// Two `u64`s rather than a `u128` so an entry is 8-byte aligned (24 bytes with its state, not 32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BucketKey(pub(crate) u64, pub(crate) u64);
-
-impl std::hash::Hash for BucketKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a keyed hash: half of it is a fine table hash (see `store::PassThrough`).
-        state.write_u64(self.0);
-    }
-}
+pub(crate) use crate::keyed::Key128 as BucketKey;
 
 /// Reserved key of the bucket shared by keys that find the local store full. A real key lands
 /// here with probability 2^-128.
 pub(crate) const OVERFLOW: BucketKey = BucketKey(0, 0);
 
 /// The per-filter secret that turns framed key bytes into [`BucketKey`]s.
-#[derive(Debug, Clone)]
-pub(crate) struct KeyHashing {
-    a: RandomState,
-    b: RandomState,
-}
-
-impl KeyHashing {
-    pub(crate) fn new() -> KeyHashing {
-        KeyHashing {
-            a: RandomState::new(),
-            b: RandomState::new(),
-        }
-    }
-}
+pub(crate) use crate::keyed::HashKey as KeyHashing;
 
 /// A [`KeySink`] computing a [`BucketKey`]. Small writes are gathered first: SipHash reads a
 /// stream (how it is cut into writes does not change the hash), and one long write costs far
 /// less than many short ones.
 pub(crate) struct SipPair {
-    a: std::hash::DefaultHasher,
-    b: std::hash::DefaultHasher,
+    hasher: siphasher::sip128::SipHasher13,
     buf: [u8; 64],
     len: usize,
 }
@@ -83,23 +59,20 @@ pub(crate) struct SipPair {
 impl SipPair {
     pub(crate) fn new(keys: &KeyHashing) -> SipPair {
         SipPair {
-            a: keys.a.build_hasher(),
-            b: keys.b.build_hasher(),
+            hasher: keys.hasher(),
             buf: [0; 64],
             len: 0,
         }
     }
 
     fn flush(&mut self) {
-        let pending = &self.buf[..self.len];
-        self.a.write(pending);
-        self.b.write(pending);
+        self.hasher.write(&self.buf[..self.len]);
         self.len = 0;
     }
 
     pub(crate) fn finish(mut self) -> BucketKey {
         self.flush();
-        BucketKey(self.a.finish(), self.b.finish())
+        crate::keyed::finish(&self.hasher)
     }
 }
 
@@ -108,8 +81,7 @@ impl KeySink for SipPair {
         if self.len + bytes.len() > self.buf.len() {
             self.flush();
             if bytes.len() > self.buf.len() {
-                self.a.write(bytes);
-                self.b.write(bytes);
+                self.hasher.write(bytes);
                 return;
             }
         }
@@ -192,19 +164,13 @@ impl KeySpec {
                     }
                     count > 0
                 }
-                KeyPart::Claim(name) => {
-                    match state
-                        .extensions
-                        .get::<VerifiedClaims>()
-                        .and_then(|c| c.text(name))
-                    {
-                        Some(text) => {
-                            sink.part(TAG_CLAIM, std::iter::once(text.as_bytes()));
-                            true
-                        }
-                        None => false,
+                KeyPart::Claim(name) => match state.claims().and_then(|c| c.as_text(name)) {
+                    Some(text) => {
+                        sink.part(TAG_CLAIM, std::iter::once(text.as_bytes()));
+                        true
                     }
-                }
+                    None => false,
+                },
             };
             if !present {
                 match self.on_missing {
@@ -299,7 +265,9 @@ pub(crate) mod tests {
         };
         let mut state = FilterState::default();
         if let Some(serde_json::Value::Object(map)) = claims {
-            state.extensions.insert(VerifiedClaims(Arc::new(map)));
+            state
+                .extensions
+                .insert(crate::filter::VerifiedClaims(Arc::new(map)));
         }
         let mut sink = Bytes(Vec::new());
         let outcome = spec.write(&info, &state, &mut sink);

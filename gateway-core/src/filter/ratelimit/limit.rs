@@ -200,6 +200,20 @@ fn redis_store(
 
 #[async_trait]
 impl Filter for RateLimit {
+    /// A local limit never waits: it decides here; a Redis one waits for the store.
+    fn decide_now(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Option<Decision> {
+        let Store::Local { limiter, hashing } = &self.store else {
+            return None;
+        };
+        let mut sink = SipPair::new(hashing);
+        let verdict = match self.key.write(req, state, &mut sink) {
+            KeyOutcome::Limit => limiter.check_and_tend(&sink.finish()),
+            KeyOutcome::Skip => return Some(Decision::Continue),
+            KeyOutcome::Reject => return Some(Decision::Respond(missing_key_reply(&self.key))),
+        };
+        Some(self.decide(verdict, state))
+    }
+
     async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
         let verdict = match &self.store {
             Store::Local { limiter, hashing } => {

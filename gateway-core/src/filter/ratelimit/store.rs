@@ -17,7 +17,6 @@
 //! buckets that are full again (a full bucket is the same as no bucket), and `shrink_to_fit`
 //! gives the freed slots back.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -29,36 +28,7 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 
 use super::key::{BucketKey, OVERFLOW};
 
-/// The table hasher for [`BucketKey`]s: they are keyed hashes already, so hashing them again
-/// would only cost time.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PassThrough;
-
-/// See [`PassThrough`].
-#[derive(Debug, Default)]
-pub(crate) struct PassThroughHasher(u64);
-
-impl BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if a key type other than `BucketKey` were used: mix (FNV-1a) anyway.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+pub(crate) use crate::keyed::PassThrough;
 
 /// Upper bound of table bytes per key held by a local `rate_limit`: an entry is 24 bytes plus a
 /// control byte, in hashbrown tables filled to between 7/16 and 7/8, so at most

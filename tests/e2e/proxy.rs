@@ -689,28 +689,7 @@ async fn hop_by_hop_headers_never_reach_the_upstream() {
 
 /// An upstream that reads each request head and answers it with the same raw bytes.
 async fn canned_upstream(response: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind canned");
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    while find(&buf, b"\r\n\r\n").is_none() {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.clear();
-                    if stream.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, _heads, task) = recording_upstream(response).await;
     (addr, task)
 }
 

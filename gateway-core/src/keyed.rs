@@ -20,15 +20,15 @@ impl std::hash::Hash for Key128 {
 
 /// A table's secret hash key, drawn from the OS's generator.
 #[derive(Debug, Clone)]
-pub(crate) struct HashKey {
+pub(crate) struct HashSecret {
     k0: u64,
     k1: u64,
 }
 
-impl HashKey {
-    pub(crate) fn new() -> HashKey {
+impl HashSecret {
+    pub(crate) fn new() -> HashSecret {
         let [k0, k1]: [u64; 2] = rand::random();
-        HashKey { k0, k1 }
+        HashSecret { k0, k1 }
     }
 
     /// A hasher to stream input into; [`finish`] gives the key.
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn keys_depend_on_the_input_and_the_table() {
-        let (one, two) = (HashKey::new(), HashKey::new());
+        let (one, two) = (HashSecret::new(), HashSecret::new());
         assert_eq!(one.hash(b"a.b.c"), one.hash(b"a.b.c"));
         assert_ne!(one.hash(b"a.b.c"), one.hash(b"a.b.d"));
         assert_ne!(one.hash(b"a.b.c"), two.hash(b"a.b.c"));

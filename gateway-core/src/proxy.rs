@@ -648,10 +648,6 @@ impl ProxyHttp for GatewayProxy {
             ctx.path = Some(normalized);
         }
         ctx.snapshot = Some(snapshot);
-        if route.filters.is_empty() {
-            ctx.route = Some(route);
-            return Ok(false);
-        }
         ctx.route = Some(Arc::clone(&route));
         if let Some(reply) = self.run_request_filters(session, ctx, &route).await {
             self.write_reply(session, ctx, &route, reply).await?;

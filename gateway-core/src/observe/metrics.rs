@@ -209,27 +209,28 @@ impl Metrics {
         seconds: f64,
     ) {
         let name = route.map_or("(none)", |r| &*r.name);
-        let mut buf = itoa::Buffer::new();
-        let label: [&str; 3] = [name, method_label(method), buf.format(status)];
-        let label = &label;
-        match route.map(|r| &r.metrics) {
-            Some(cached) => {
-                if status == 200 {
-                    cached.ok[method_index(method)]
-                        .get_or_init(|| self.requests.with_label_values(label))
-                        .inc();
-                } else {
-                    self.requests.with_label_values(label).inc();
-                }
-                cached
-                    .duration
-                    .get_or_init(|| self.duration.with_label_values(&[name]))
-                    .observe(seconds);
-            }
-            None => {
-                self.requests.with_label_values(label).inc();
-                self.duration.with_label_values(&[name]).observe(seconds);
-            }
+        // The labels are only formatted when a series is looked up, not on a cached one.
+        let counter = || {
+            let mut status_text = itoa::Buffer::new();
+            self.requests.with_label_values(&[
+                name,
+                method_label(method),
+                status_text.format(status),
+            ])
+        };
+        match route.filter(|_| status == 200) {
+            Some(r) => r.metrics.ok[method_index(method)]
+                .get_or_init(counter)
+                .inc(),
+            None => counter().inc(),
+        }
+        match route {
+            Some(r) => r
+                .metrics
+                .duration
+                .get_or_init(|| self.duration.with_label_values(&[name]))
+                .observe(seconds),
+            None => self.duration.with_label_values(&[name]).observe(seconds),
         }
     }
 

@@ -44,7 +44,7 @@ pub(crate) struct TokenCache<V> {
     /// Total capacity; shard `i` holds at most `capacity / n + (i < capacity % n)` entries.
     capacity: usize,
     /// The hash key of [`TokenCache::key`], random per cache.
-    hashing: crate::keyed::HashKey,
+    hashing: crate::keyed::HashSecret,
 }
 
 impl<V> TokenCache<V> {
@@ -56,7 +56,7 @@ impl<V> TokenCache<V> {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             capacity: capacity.max(1),
-            hashing: crate::keyed::HashKey::new(),
+            hashing: crate::keyed::HashSecret::new(),
         }
     }
 

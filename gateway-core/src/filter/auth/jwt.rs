@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::cache::TokenCache;
+use super::cache::{CacheKey, TokenCache};
 use super::config::{JwtConfig, KeySource};
 use super::jwks::{Jwks, JwksSettings};
 use super::keys::{self, KeyEntry, KeySet};
@@ -117,19 +117,23 @@ impl JwtFilter {
         }
     }
 
-    /// A token verified earlier and still valid under the keys serving now.
-    fn cached(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
-        let cache = self.cache.as_ref()?;
-        cache.get(&cache.key(token.as_bytes()), now, self.generation()?)
+    /// A token's key in the verified-token cache (`None` when the cache is off).
+    fn cache_key(&self, token: &str) -> Option<CacheKey> {
+        self.cache.as_ref().map(|c| c.key(token.as_bytes()))
+    }
+
+    /// The token of `key`, verified earlier and still valid under the keys serving now.
+    fn cached(&self, key: Option<&CacheKey>, now: u64) -> Option<Arc<Verified>> {
+        self.cache.as_ref()?.get(key?, now, self.generation()?)
     }
 
     /// Verify a token (or find it verified in the cache).
     async fn verify(&self, token: &str) -> Result<Arc<Verified>, Rejection> {
         let now = now_secs();
-        if let Some(hit) = self.cached(token, now) {
+        let cache_key = self.cache_key(token);
+        if let Some(hit) = self.cached(cache_key.as_ref(), now) {
             return Ok(hit);
         }
-        let cache_key = self.cache.as_ref().map(|c| c.key(token.as_bytes()));
         let header = decode_header(token).map_err(|e| Rejection::from_jwt(e.kind()))?;
         // RFC 7515 §4.1.11: `crit` lists extensions the recipient must understand; we know
         // none. (`jku`/`x5u`/`jwk` in the header are ignored: keys never come from the token.)
@@ -217,7 +221,7 @@ impl Filter for JwtFilter {
     fn decide_now(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Option<Decision> {
         self.strip_forwarded(req);
         let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
-            Ok(token) => Ok(self.cached(token, now_secs())?),
+            Ok(token) => Ok(self.cached(self.cache_key(token).as_ref(), now_secs())?),
             Err(why) => Err(why),
         };
         Some(self.admit(verified, req, state))

@@ -14,7 +14,7 @@ use http::StatusCode;
 
 use super::config::{ConcurrencyLimitConfig, KeyPart};
 use super::headers::ConcurrencyHeaders;
-use super::key::{BucketKey, KeyHashing, KeyOutcome, KeySpec, SipPair};
+use super::key::{BucketKey, HashSecret, KeyOutcome, KeySpec, SipSink};
 use super::missing_key_reply;
 use super::store::PassThrough;
 use crate::filter::{Decision, Filter, FilterSpec, FilterState, Reply, RequestInfo};
@@ -32,7 +32,7 @@ pub struct ConcurrencyLimit {
     max: u32,
     status: StatusCode,
     key: KeySpec,
-    hashing: KeyHashing,
+    hashing: HashSecret,
     slots: Arc<Slots>,
     headers: ConcurrencyHeaders,
 }
@@ -98,7 +98,7 @@ impl ConcurrencyLimit {
                 parts: KeyPart::parse_all(&config.key)?,
                 on_missing: config.on_missing_key,
             },
-            hashing: KeyHashing::new(),
+            hashing: HashSecret::new(),
             slots: Arc::new(Slots {
                 in_flight: DashMap::with_hasher(PassThrough),
             }),
@@ -120,7 +120,7 @@ impl ConcurrencyLimit {
 #[async_trait]
 impl Filter for ConcurrencyLimit {
     async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
-        let mut sink = SipPair::new(&self.hashing);
+        let mut sink = SipSink::new(&self.hashing);
         match self.key.write(req, state, &mut sink) {
             KeyOutcome::Limit => {}
             KeyOutcome::Skip => return Decision::Continue,

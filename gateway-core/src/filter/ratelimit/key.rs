@@ -45,20 +45,20 @@ pub(crate) use crate::keyed::Key128 as BucketKey;
 pub(crate) const OVERFLOW: BucketKey = BucketKey(0, 0);
 
 /// The per-filter secret that turns framed key bytes into [`BucketKey`]s.
-pub(crate) use crate::keyed::HashKey as KeyHashing;
+pub(crate) use crate::keyed::HashSecret;
 
 /// A [`KeySink`] computing a [`BucketKey`]. Small writes are gathered first: SipHash reads a
 /// stream (how it is cut into writes does not change the hash), and one long write costs far
 /// less than many short ones.
-pub(crate) struct SipPair {
+pub(crate) struct SipSink {
     hasher: siphasher::sip128::SipHasher13,
     buf: [u8; 64],
     len: usize,
 }
 
-impl SipPair {
-    pub(crate) fn new(keys: &KeyHashing) -> SipPair {
-        SipPair {
+impl SipSink {
+    pub(crate) fn new(keys: &HashSecret) -> SipSink {
+        SipSink {
             hasher: keys.hasher(),
             buf: [0; 64],
             len: 0,
@@ -76,7 +76,7 @@ impl SipPair {
     }
 }
 
-impl KeySink for SipPair {
+impl KeySink for SipSink {
     fn write(&mut self, bytes: &[u8]) {
         if self.len + bytes.len() > self.buf.len() {
             self.flush();
@@ -336,23 +336,23 @@ pub(crate) mod tests {
             request_id: "id",
         };
         let state = FilterState::default();
-        let hashing = KeyHashing::new();
-        let key = |h: &KeyHashing| {
-            let mut sink = SipPair::new(h);
+        let hashing = HashSecret::new();
+        let key = |h: &HashSecret| {
+            let mut sink = SipSink::new(h);
             s.write(&info, &state, &mut sink);
             sink.finish()
         };
         assert_eq!(key(&hashing), key(&hashing));
         // However the bytes are cut into writes, the key is the same.
         let long = vec![7u8; 150];
-        let mut one = SipPair::new(&hashing);
+        let mut one = SipSink::new(&hashing);
         one.write(&long);
-        let mut many = SipPair::new(&hashing);
+        let mut many = SipSink::new(&hashing);
         for chunk in long.chunks(3) {
             many.write(chunk);
         }
         assert_eq!(one.finish(), many.finish());
-        assert_ne!(key(&hashing), key(&KeyHashing::new()));
+        assert_ne!(key(&hashing), key(&HashSecret::new()));
         let mut sha = Sha(Sha256::new());
         s.write(&info, &state, &mut sha);
         assert_eq!(sha.hex().len(), 32);

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::config::{duration, KeyPart, OnStoreError, Rate, RateLimitConfig, StoreKind};
 use super::gauge;
 use super::headers::{ceil_secs, RateHeaders};
-use super::key::{KeyHashing, KeyOutcome, KeySpec, Sha, SipPair};
+use super::key::{HashSecret, KeyOutcome, KeySpec, Sha, SipSink};
 use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
 use super::{missing_key_reply, Verdict};
@@ -39,7 +39,7 @@ pub struct RateLimit {
 enum Store {
     Local {
         limiter: Arc<LocalLimiter>,
-        hashing: KeyHashing,
+        hashing: HashSecret,
     },
     Redis {
         limiter: Box<RedisLimiter>,
@@ -162,7 +162,7 @@ fn local_store(
     gauge::track(name, weak);
     Ok(Store::Local {
         limiter,
-        hashing: KeyHashing::new(),
+        hashing: HashSecret::new(),
     })
 }
 
@@ -205,7 +205,7 @@ impl Filter for RateLimit {
         let Store::Local { limiter, hashing } = &self.store else {
             return None;
         };
-        let mut sink = SipPair::new(hashing);
+        let mut sink = SipSink::new(hashing);
         let verdict = match self.key.write(req, state, &mut sink) {
             KeyOutcome::Limit => limiter.check_and_tend(&sink.finish()),
             KeyOutcome::Skip => return Some(Decision::Continue),
@@ -215,38 +215,32 @@ impl Filter for RateLimit {
     }
 
     async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
-        let verdict = match &self.store {
-            Store::Local { limiter, hashing } => {
-                let mut sink = SipPair::new(hashing);
-                match self.key.write(req, state, &mut sink) {
-                    KeyOutcome::Limit => limiter.check_and_tend(&sink.finish()),
-                    KeyOutcome::Skip => return Decision::Continue,
-                    KeyOutcome::Reject => return Decision::Respond(missing_key_reply(&self.key)),
+        if let Some(decided) = self.decide_now(req, state) {
+            return decided;
+        }
+        let Store::Redis { limiter, on_error } = &self.store else {
+            unreachable!("decide_now answers for a local store");
+        };
+        let mut sink = Sha(Sha256::new());
+        match self.key.write(req, state, &mut sink) {
+            KeyOutcome::Limit => {}
+            KeyOutcome::Skip => return Decision::Continue,
+            KeyOutcome::Reject => return Decision::Respond(missing_key_reply(&self.key)),
+        }
+        let verdict = match limiter.check(&sink.hex()).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                let open = *on_error == OnStoreError::Allow;
+                limiter.warn(&self.name, &e, open);
+                state.response_headers.extend(self.headers.policy_only());
+                if open {
+                    return Decision::Continue;
                 }
-            }
-            Store::Redis { limiter, on_error } => {
-                let mut sink = Sha(Sha256::new());
-                match self.key.write(req, state, &mut sink) {
-                    KeyOutcome::Limit => {}
-                    KeyOutcome::Skip => return Decision::Continue,
-                    KeyOutcome::Reject => return Decision::Respond(missing_key_reply(&self.key)),
-                }
-                match limiter.check(&sink.hex()).await {
-                    Ok(verdict) => verdict,
-                    Err(e) => {
-                        let open = *on_error == OnStoreError::Allow;
-                        limiter.warn(&self.name, &e, open);
-                        state.response_headers.extend(self.headers.policy_only());
-                        if open {
-                            return Decision::Continue;
-                        }
-                        return Decision::Respond(Reply::problem(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the rate-limit store is unavailable",
-                            "store_unavailable",
-                        ));
-                    }
-                }
+                return Decision::Respond(Reply::problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rate-limit store is unavailable",
+                    "store_unavailable",
+                ));
             }
         };
         self.decide(verdict, state)

@@ -220,8 +220,12 @@ impl Upstream {
         self.config.health_check.is_none() || self.selector.backends().ready(&self.members[i])
     }
 
-    /// Count a request in flight on `addr` until the guard is dropped.
+    /// Count a request in flight on `addr` until the guard is dropped; only least-request
+    /// reads the counts, so other policies skip them (`None`).
     pub fn track(self: &Arc<Self>, addr: SocketAddr) -> Option<InFlight> {
+        if self.config.balance != Balance::LeastRequest || self.addrs.len() < 2 {
+            return None;
+        }
         let index = self.addrs.iter().position(|a| *a == addr)?;
         self.in_flight[index].fetch_add(1, Ordering::Relaxed);
         Some(InFlight {

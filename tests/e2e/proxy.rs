@@ -731,6 +731,48 @@ async fn hop_by_hop_response_headers_never_reach_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_its_connection_leaves_the_clients_open() {
+    let (addr, task) = canned_upstream(
+        "HTTP/1.1 200 OK\r\n\
+         Content-Length: 2\r\n\
+         Connection: close\r\n\
+         \r\n\
+         ok",
+    )
+    .await;
+    let toml = format!(
+        "{}[[routes]]\nname = \"all\"\nupstream = \"canned\"\n",
+        upstream_toml("canned", addr)
+    );
+    let gw = support::gateway(&toml).await;
+    let mut stream = TcpStream::connect(gw.local_addr()).await.expect("connect");
+    // The upstream's `Connection` speaks for its own connection: the client's, kept alive,
+    // carries one `Connection` of the gateway's and serves the next request.
+    for _ in 0..2 {
+        let resp = tokio::time::timeout(EXCHANGE_LIMIT, async {
+            stream
+                .write_all(b"GET /canned HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+                .await
+                .expect("write request");
+            read_response(&mut stream).await
+        })
+        .await
+        .expect("an answer on the kept-alive connection");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"ok");
+        let connection: Vec<&str> = resp
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(connection, ["keep-alive"], "{:?}", resp.headers);
+    }
+    support::stop(gw).await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_nominating_a_forwarding_header_is_a_client_error() {
     let (ups, mut toml) = echo_pools(&["echo"]).await;
     toml.push_str("[[routes]]\nname = \"all\"\nupstream = \"echo\"\n");

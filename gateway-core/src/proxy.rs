@@ -225,6 +225,8 @@ pub struct RequestCtx {
     pending_reply: Option<Reply>,
     /// The W3C trace this request belongs to and the gateway's span id in it.
     trace: Option<TraceContext>,
+    /// That trace as the `traceparent` value sent upstream.
+    traceparent: Option<HeaderValue>,
     /// A debug-level span for the request (disabled, and nearly free, unless enabled).
     span: tracing::Span,
     /// When the current attempt's backend was picked.
@@ -268,28 +270,20 @@ impl RequestId {
     /// No id yet (the request failed before `request_filter`).
     const NONE: RequestId = RequestId(HeaderValue::from_static(""));
 
-    /// A client's own id is kept when it is short printable ASCII; otherwise we mint one.
-    fn from_header(header: Option<&HeaderValue>) -> RequestId {
-        match header {
-            Some(id)
-                if !id.is_empty()
+    /// A client's own id, kept when it is short printable ASCII (else the gateway mints one).
+    fn given(header: Option<&HeaderValue>) -> Option<RequestId> {
+        header
+            .filter(|id| {
+                !id.is_empty()
                     && id.len() <= 128
-                    && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-            {
-                RequestId(id.clone())
-            }
-            _ => RequestId::mint(),
-        }
+                    && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+            })
+            .map(|id| RequestId(id.clone()))
     }
 
     /// A new random (v4) UUID.
     fn mint() -> RequestId {
-        let mut text = [0u8; 36];
-        uuid::Builder::from_random_bytes(crate::observe::trace::random_id())
-            .into_uuid()
-            .hyphenated()
-            .encode_lower(&mut text);
-        RequestId(shared_value(text))
+        RequestId(shared_value(crate::observe::trace::uuid_text()))
     }
 
     fn as_str(&self) -> &str {
@@ -304,6 +298,40 @@ impl RequestId {
     fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
+}
+
+/// The request's id (the client's usable one, or a new one) and the `traceparent` value to
+/// send upstream; when both are new they share one allocation.
+fn request_ids(given: Option<&HeaderValue>, trace: &TraceContext) -> (RequestId, HeaderValue) {
+    if let Some(id) = RequestId::given(given) {
+        return (id, shared_value(trace.header_bytes()));
+    }
+    let mut both = [0u8; 36 + 55];
+    both[..36].copy_from_slice(&crate::observe::trace::uuid_text());
+    both[36..].copy_from_slice(&trace.header_bytes());
+    let both = Bytes::from_owner(both);
+    let value = |b: Bytes| {
+        HeaderValue::from_maybe_shared(b).expect("the gateway's own ids are printable ASCII")
+    };
+    (RequestId(value(both.slice(..36))), value(both.slice(36..)))
+}
+
+/// The client's `traceparent` and `x-request-id` (the first of each, as `get` finds them). A
+/// short header is read in one pass: comparing a handful of names costs less than two hashed
+/// lookups of names `http` does not know. A long one is looked up.
+fn trace_fields(fields: &http::HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+    if fields.keys_len() > 8 {
+        return (fields.get(&TRACEPARENT), fields.get(&X_REQUEST_ID));
+    }
+    let (mut trace, mut id) = (None, None);
+    for (name, value) in fields {
+        if *name == TRACEPARENT {
+            trace = trace.or(Some(value));
+        } else if *name == X_REQUEST_ID {
+            id = id.or(Some(value));
+        }
+    }
+    (trace, id)
 }
 
 /// A header value of bytes the gateway wrote itself (hex, digits, dashes). `from_owner` makes
@@ -483,8 +511,8 @@ fn set_forwarding(f: &mut dyn Fields, ctx: &RequestCtx, trusted: bool, host: Opt
         }
     }
     f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
-    if let Some(trace) = &ctx.trace {
-        f.insert(&TRACEPARENT, shared_value(trace.header_bytes()));
+    if let Some(traceparent) = &ctx.traceparent {
+        f.insert(&TRACEPARENT, traceparent.clone());
     }
 }
 
@@ -577,6 +605,7 @@ impl ProxyHttp for GatewayProxy {
             filters: FilterState::default(),
             pending_reply: None,
             trace: None,
+            traceparent: None,
             span: tracing::Span::none(),
             upstream_started: None,
             upstream_elapsed: None,
@@ -596,11 +625,11 @@ impl ProxyHttp for GatewayProxy {
         ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
         ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
-        ctx.request_id = RequestId::from_header(req.headers.get(X_REQUEST_ID));
-        let trace = TraceContext::from_header(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
+        let (given_trace, given_id) = trace_fields(&req.headers);
+        let trace = TraceContext::from_header(given_trace.map(|v| v.as_bytes()));
         ctx.span = tracing::debug_span!(
             "request",
-            request_id = ctx.request_id.as_str(),
+            request_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             method = %req.method,
             route = tracing::field::Empty,
@@ -611,10 +640,14 @@ impl ProxyHttp for GatewayProxy {
         );
         #[cfg(feature = "otlp")]
         let trace = crate::observe::otlp::join_trace(&ctx.span, trace);
+        let (request_id, traceparent) = request_ids(given_id, &trace);
+        ctx.request_id = request_id;
         if !ctx.span.is_disabled() {
+            ctx.span.record("request_id", ctx.request_id.as_str());
             ctx.span.record("trace_id", trace.trace_id_hex());
         }
         ctx.trace = Some(trace);
+        ctx.traceparent = Some(traceparent);
         let path = match normalize_path(req.uri.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -1009,8 +1042,10 @@ fn strip_response_hop_by_hop(f: &mut dyn Fields) {
         }
     }
     if connection {
-        // Removing it also leaves room in the map for the one Pingora inserts, which would
-        // otherwise regrow a map the gateway's own fields have just filled.
+        // Pingora writes its own for the client's connection. Removing the upstream's first
+        // also keeps the map from growing twice: the response reaches us in an exactly-sized
+        // copy, and `http` grows a full map's index on any insert, even one that replaces
+        // (Pingora's `Date`), so the request id taking that room would cost a second growth.
         f.remove(&http::header::CONNECTION);
     }
     for (name, _) in ALWAYS.iter().zip(present).filter(|(_, p)| *p) {
@@ -1023,15 +1058,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_ids() {
+    fn request_ids_are_kept_or_minted() {
+        let trace = TraceContext::from_header(None);
+        let traceparent = trace.header_value();
         let kept = HeaderValue::from_static("abc-123");
-        assert_eq!(RequestId::from_header(Some(&kept)).as_str(), "abc-123");
+        let (id, up) = request_ids(Some(&kept), &trace);
+        assert_eq!(
+            (id.as_str(), up.to_str().unwrap()),
+            ("abc-123", &*traceparent)
+        );
         let spaced = HeaderValue::from_static("a b");
-        assert_ne!(RequestId::from_header(Some(&spaced)).as_str(), "a b");
-        let minted = RequestId::from_header(None);
+        assert_ne!(request_ids(Some(&spaced), &trace).0.as_str(), "a b");
+        let (minted, up) = request_ids(None, &trace);
+        assert_eq!(up, &*traceparent);
         assert_eq!(minted.as_str().len(), 36);
         assert_eq!(minted.header_value(), minted.as_str());
         assert!(uuid::Uuid::parse_str(minted.as_str()).is_ok());
+        assert_ne!(request_ids(None, &trace).0.as_str(), minted.as_str());
+    }
+
+    #[test]
+    fn trace_fields_find_the_first_of_each_in_short_and_long_headers() {
+        let mut fields = http::HeaderMap::new();
+        fields.append(&X_REQUEST_ID, HeaderValue::from_static("first"));
+        fields.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
+        fields.append(&TRACEPARENT, HeaderValue::from_static("tp"));
+        let owned = |(t, i): (Option<&HeaderValue>, Option<&HeaderValue>)| (t.cloned(), i.cloned());
+        let short = owned(trace_fields(&fields));
+        assert_eq!(short.0.as_ref().unwrap(), "tp");
+        assert_eq!(short.1.as_ref().unwrap(), "first");
+        for i in 0..10 {
+            fields.insert(
+                format!("x-pad-{i}").parse::<HeaderName>().unwrap(),
+                i.into(),
+            );
+        }
+        assert!(fields.keys_len() > 8);
+        assert_eq!(owned(trace_fields(&fields)), short);
+        assert_eq!(trace_fields(&http::HeaderMap::new()), (None, None));
     }
 
     #[test]

@@ -687,15 +687,22 @@ async fn hop_by_hop_headers_never_reach_the_upstream() {
     support::stop(gw).await;
 }
 
-/// An upstream that reads each request head and answers it with the same raw bytes.
-async fn canned_upstream(response: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A gateway routing every request to an upstream that reads each request head and answers
+/// it with the same raw bytes; the task is the upstream's.
+async fn gateway_on_canned(
+    response: &'static str,
+) -> (gatehouse::GatewayHandle, tokio::task::JoinHandle<()>) {
     let (addr, _heads, task) = recording_upstream(response).await;
-    (addr, task)
+    let toml = format!(
+        "{}[[routes]]\nname = \"all\"\nupstream = \"canned\"\n",
+        upstream_toml("canned", addr)
+    );
+    (support::gateway(&toml).await, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_never_reach_the_client() {
-    let (addr, task) = canned_upstream(
+    let (gw, task) = gateway_on_canned(
         "HTTP/1.1 200 OK\r\n\
          Content-Length: 2\r\n\
          Connection: keep-alive, x-upstream-secret\r\n\
@@ -708,11 +715,6 @@ async fn hop_by_hop_response_headers_never_reach_the_client() {
          ok",
     )
     .await;
-    let toml = format!(
-        "{}[[routes]]\nname = \"all\"\nupstream = \"canned\"\n",
-        upstream_toml("canned", addr)
-    );
-    let gw = support::gateway(&toml).await;
     let resp = raw_get(gw.local_addr(), "gw.test", "/canned").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"ok");
@@ -732,7 +734,7 @@ async fn hop_by_hop_response_headers_never_reach_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_its_connection_leaves_the_clients_open() {
-    let (addr, task) = canned_upstream(
+    let (gw, task) = gateway_on_canned(
         "HTTP/1.1 200 OK\r\n\
          Content-Length: 2\r\n\
          Connection: close\r\n\
@@ -740,11 +742,6 @@ async fn an_upstream_closing_its_connection_leaves_the_clients_open() {
          ok",
     )
     .await;
-    let toml = format!(
-        "{}[[routes]]\nname = \"all\"\nupstream = \"canned\"\n",
-        upstream_toml("canned", addr)
-    );
-    let gw = support::gateway(&toml).await;
     let mut stream = TcpStream::connect(gw.local_addr()).await.expect("connect");
     // The upstream's `Connection` speaks for its own connection: the client's, kept alive,
     // carries one `Connection` of the gateway's and serves the next request.

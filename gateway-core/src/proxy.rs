@@ -212,6 +212,8 @@ pub struct RequestCtx {
     path: Option<String>,
     /// The address that connected to us.
     peer_ip: Option<IpAddr>,
+    /// That address is a trusted proxy, whose forwarding fields are extended, not replaced.
+    peer_trusted: bool,
     /// The client as far as we can trust: the peer, or, when the peer is a trusted proxy, the
     /// nearest untrusted hop of `X-Forwarded-For`.
     client_ip: Option<IpAddr>,
@@ -310,10 +312,10 @@ fn request_ids(given: Option<&HeaderValue>, trace: &TraceContext) -> (RequestId,
     both[..36].copy_from_slice(&crate::observe::trace::uuid_text());
     both[36..].copy_from_slice(&trace.header_bytes());
     let both = Bytes::from_owner(both);
-    let value = |b: Bytes| {
-        HeaderValue::from_maybe_shared(b).expect("the gateway's own ids are printable ASCII")
-    };
-    (RequestId(value(both.slice(..36))), value(both.slice(36..)))
+    (
+        RequestId(own_value(both.slice(..36))),
+        own_value(both.slice(36..)),
+    )
 }
 
 /// The client's `traceparent` and `x-request-id` (the first of each, as `get` finds them). A
@@ -338,8 +340,12 @@ fn trace_fields(fields: &http::HeaderMap) -> (Option<&HeaderValue>, Option<&Head
 /// one allocation that every clone shares, where a value copied from a slice is reallocated
 /// as shared storage on its first clone.
 fn shared_value<const N: usize>(ascii: [u8; N]) -> HeaderValue {
-    HeaderValue::from_maybe_shared(Bytes::from_owner(ascii))
-        .expect("the gateway's own ids are printable ASCII")
+    own_value(Bytes::from_owner(ascii))
+}
+
+/// A header value of the gateway's own printable ASCII, shared as it is.
+fn own_value(ascii: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(ascii).expect("the gateway's own ids are printable ASCII")
 }
 
 /// An address as text; IPv4 without `fmt`, which costs ~1k instructions on every request.
@@ -391,13 +397,15 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 
 /// Walk `X-Forwarded-For` from the nearest hop outwards while the hops are trusted proxies;
 /// the first untrusted hop is the client. A malformed hop ends the walk at the last trusted one.
+/// `trusted`: the peer is a trusted proxy.
 fn resolve_client_ip(
     snapshot: &Snapshot,
     peer: Option<IpAddr>,
+    trusted: bool,
     req: &RequestHeader,
 ) -> Option<IpAddr> {
     let mut client = peer?;
-    if !snapshot.is_trusted_proxy(client) {
+    if !trusted {
         return Some(client);
     }
     let lines: Vec<&str> = req
@@ -473,10 +481,11 @@ fn preserve_case(snapshot: Option<&Snapshot>) -> bool {
     snapshot.is_some_and(|s| s.config.server.preserve_header_case)
 }
 
-/// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up.
-/// `trusted`: the peer is a trusted proxy, whose forwarding fields are extended, not replaced.
-/// `host`: the host the client asked for.
-fn set_forwarding(f: &mut dyn Fields, ctx: &RequestCtx, trusted: bool, host: Option<HeaderValue>) {
+/// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up
+/// (a trusted proxy's forwarding fields are extended, not replaced); `host` is the host the
+/// client asked for.
+fn set_forwarding(f: &mut dyn Fields, ctx: &RequestCtx, host: Option<HeaderValue>) {
+    let trusted = ctx.peer_trusted;
     let client = ctx.peer_ip.map(ip_value);
     // Several X-Forwarded-For lines are one list (a proxy may add its own line rather than
     // extend the client's): keep every hop, in order.
@@ -599,6 +608,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_path: None,
             path: None,
             peer_ip: None,
+            peer_trusted: false,
             client_ip: None,
             tried: SmallVec::new(),
             in_flight: None,
@@ -624,7 +634,8 @@ impl ProxyHttp for GatewayProxy {
         }
         ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
-        ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, req);
+        ctx.peer_trusted = ctx.peer_ip.is_some_and(|ip| snapshot.is_trusted_proxy(ip));
+        ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, ctx.peer_trusted, req);
         let (given_trace, given_id) = trace_fields(&req.headers);
         let trace = TraceContext::from_header(given_trace.map(|v| v.as_bytes()));
         ctx.span = tracing::debug_span!(
@@ -760,17 +771,12 @@ impl ProxyHttp for GatewayProxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        let snapshot = ctx.snapshot.as_deref();
-        let trusted = match (ctx.peer_ip, snapshot) {
-            (Some(ip), Some(s)) => s.is_trusted_proxy(ip),
-            _ => false,
-        };
         let host = raw_host_value(session.req_header());
         fields::edit_request(
             upstream_request,
-            preserve_case(snapshot),
+            preserve_case(ctx.snapshot.as_deref()),
             FORWARDING_FIELDS,
-            |f| set_forwarding(f, ctx, trusted, host),
+            |f| set_forwarding(f, ctx, host),
         );
         Ok(())
     }

@@ -74,7 +74,7 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 
 /// Lower-case hex into `out` (twice as long as `bytes`), without `fmt`: a `write!` per byte
 /// cost ~6k instructions per request.
-pub(crate) fn write_hex(out: &mut [u8], bytes: &[u8]) {
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }

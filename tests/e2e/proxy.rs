@@ -1432,6 +1432,28 @@ async fn raw_head(addr: SocketAddr, request: &str) -> String {
     .expect("a response head in time")
 }
 
+/// A `[server]` section without `listen` once made a test bind 127.0.0.1:8080, which failed
+/// whenever the platform of the README's first command was serving there.
+#[tokio::test]
+async fn a_test_gateway_binds_port_0_even_when_the_text_has_a_server_section() {
+    let gw = support::gateway("[server]\npreserve_header_case = true\n").await;
+    assert_ne!(gw.local_addr().port(), 8080, "the proxy took the default port");
+    assert_ne!(gw.admin_addr().expect("admin").port(), 9090, "the admin took the default port");
+    let health = support::client()
+        .get(support::url(gw.admin_addr().expect("admin"), "/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    support::stop(gw).await;
+}
+
+#[test]
+#[should_panic(expected = "may not bind the fixed address 127.0.0.1:8080")]
+fn a_test_config_with_a_fixed_port_is_refused() {
+    support::with_test_listeners("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_names_go_out_in_lower_case_unless_their_case_is_preserved() {
     let (addr, heads, task) = recording_upstream(

@@ -551,3 +551,30 @@ async fn redis_down_follows_on_store_error() {
     );
     support::stop(gw).await;
 }
+
+/// The platform's login limit (10/s, burst 20) once stated `q=10` and `X-RateLimit-Limit: 10`
+/// beside `r=19` and `X-RateLimit-Remaining: 19`. The stated quota is the one the remaining
+/// count is measured against: the bucket, 20 per 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_burst_above_the_rate_remaining_never_exceeds_the_stated_limit() {
+    let up = Upstream::start("app").await;
+    let filter = rate_filter("rl-deep", "rate = \"10/s\"\nburst = 20");
+    let gw = support::gateway(&config(up.addr, &filter, "").replace("FILTER", "rl-deep")).await;
+    let client = support::client();
+    let url = support::url(gw.local_addr(), "/limited/x");
+    for i in 0..5 {
+        let seen = get(&client, &url, None).await;
+        assert_eq!(seen.status, StatusCode::OK, "{seen:#?}");
+        assert_eq!(seen.header("ratelimit-policy"), "\"rl-deep\";q=20;w=2");
+        let limit: u32 = seen.header("x-ratelimit-limit").parse().unwrap();
+        let remaining: u32 = seen.header("x-ratelimit-remaining").parse().unwrap();
+        assert_eq!(limit, 20);
+        assert!(remaining <= limit && remaining >= 19 - i, "{seen:#?}");
+        assert!(
+            seen.header("ratelimit")
+                .starts_with(&format!("\"rl-deep\";r={remaining};")),
+            "{seen:#?}"
+        );
+    }
+    support::stop(gw).await;
+}

@@ -198,8 +198,54 @@ pub async fn stop(handle: GatewayHandle) {
         .unwrap();
 }
 
-/// Prepend test listeners (port 0, 2 threads, no grace period) unless the text has a [server]/[admin] table.
+/// The text with test listeners: `[server] listen` and `[admin] listen` set to port 0 where
+/// the text leaves them out, 2 threads and a 1 s grace period unless it sets them. A test
+/// never binds a fixed port (the platform of the README's first command may be serving on
+/// 8080 and 9090 while the tests run): a listen address with a port other than 0 panics.
+/// Text that is not TOML (a test of a rejected file) gets the tables prepended as text.
 pub fn with_test_listeners(toml: &str) -> String {
+    let Ok(mut table) = toml.parse::<toml::Table>() else {
+        return prepend_test_listeners(toml);
+    };
+    let server = section(&mut table, "server");
+    server
+        .entry("listen")
+        .or_insert_with(|| toml::Value::Array(vec!["127.0.0.1:0".into()]));
+    server.entry("threads").or_insert(toml::Value::Integer(2));
+    server
+        .entry("shutdown_timeout")
+        .or_insert_with(|| "1s".into());
+    let listens: Vec<String> = match &server["listen"] {
+        toml::Value::Array(items) => items.iter().map(listen_text).collect(),
+        other => vec![listen_text(other)],
+    };
+    let admin = section(&mut table, "admin");
+    admin
+        .entry("listen")
+        .or_insert_with(|| "127.0.0.1:0".into());
+    for listen in listens.iter().chain([&listen_text(&admin["listen"])]) {
+        assert!(
+            listen.ends_with(":0"),
+            "a test may not bind the fixed address {listen}: use port 0"
+        );
+    }
+    table.to_string()
+}
+
+fn section<'a>(table: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    let entry = table
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    entry
+        .as_table_mut()
+        .unwrap_or_else(|| panic!("[{name}] must be a table"))
+}
+
+fn listen_text(v: &toml::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+fn prepend_test_listeners(toml: &str) -> String {
     let mut out = String::new();
     if !toml.contains("[server]") {
         out.push_str(

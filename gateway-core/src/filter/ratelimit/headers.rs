@@ -5,7 +5,8 @@
 //! `sf-string` with integer parameters.
 //!
 //! ```text
-//! RateLimit-Policy: "per-client";q=5;w=1          q requests per w seconds (the configured rate)
+//! RateLimit-Policy: "per-client";q=5;w=1          q requests per w seconds (the configured rate,
+//!                                                 or burst per fill time when burst > rate)
 //! RateLimit: "per-client";r=3;t=1                 r requests left now; t seconds (see below)
 //! X-RateLimit-Limit: 5                            = q
 //! X-RateLimit-Remaining: 3                        = r
@@ -83,7 +84,17 @@ pub(crate) struct RateHeaders {
 impl RateHeaders {
     /// For the filter `name` admitting `q` requests per `w` seconds, a full bucket of `burst`
     /// refilling in `fill` (the longest `t` there can be).
+    ///
+    /// The remaining count is measured against the bucket, so the stated quota is never
+    /// below it: with `burst > q` the policy is the bucket itself, `burst` requests per
+    /// `fill` (rounded up to the second), which keeps the sustained rate and never shows
+    /// `r` above `q` (`rate = "10/s"`, `burst = 20` states `q=20;w=2`).
     pub(crate) fn new(name: &str, q: u32, w: u64, burst: u32, fill: Duration) -> RateHeaders {
+        let (q, w) = if burst > q {
+            (burst, ceil_secs(fill).max(1))
+        } else {
+            (q, w)
+        };
         let name = sf_string(name);
         let max_r = u64::from(burst).min(CACHE);
         let max_t = ceil_secs(fill).clamp(1, CACHE);
@@ -249,6 +260,31 @@ mod tests {
                 assert_eq!(v[4].1, t.to_string().as_str());
             }
         }
+        let c = ConcurrencyHeaders::new("slots", 2).with_remaining(1);
+        assert_eq!(c[0].1, "\"slots\";q=2;qu=\"concurrent-requests\"");
+        assert_eq!(c[1].1, "\"slots\";r=1");
+    }
+
+    #[test]
+    fn with_a_burst_above_the_rate_the_policy_is_the_bucket_and_remaining_stays_within_it() {
+        // 10/s with a burst of 20: the bucket holds 20 and refills in 2 s.
+        let h = RateHeaders::new("auth", 10, 1, 20, Duration::from_secs(2));
+        let full = h.for_verdict(&Verdict::allowed(19, Duration::from_millis(100)));
+        assert_eq!(full[0].1, "\"auth\";q=20;w=2");
+        assert_eq!(full[2].1, "20", "X-RateLimit-Limit states the same quota");
+        assert_eq!(full[3].1, "19");
+        // A fill time that is not whole seconds is rounded up: the stated rate is never
+        // above the real one.
+        let h = RateHeaders::new("odd", 10, 1, 15, Duration::from_millis(1500));
+        assert_eq!(h.policy_only()[0].1, "\"odd\";q=15;w=2");
+        // A burst at or below the rate keeps the configured rate.
+        let h = RateHeaders::new("small", 10, 1, 4, Duration::from_millis(400));
+        assert_eq!(h.policy_only()[0].1, "\"small\";q=10;w=1");
+        assert_eq!(h.policy_only()[1].1, "10");
+    }
+
+    #[test]
+    fn concurrency_fields() {
         let c = ConcurrencyHeaders::new("slots", 2).with_remaining(1);
         assert_eq!(c[0].1, "\"slots\";q=2;qu=\"concurrent-requests\"");
         assert_eq!(c[1].1, "\"slots\";r=1");

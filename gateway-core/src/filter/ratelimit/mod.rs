@@ -33,7 +33,8 @@
 //! Every response of a limited route (proxied or answered by the gateway) carries:
 //!
 //! ```text
-//! RateLimit-Policy: "per-client";q=5;w=1   q requests per w seconds: the configured rate
+//! RateLimit-Policy: "per-client";q=5;w=1   q requests per w seconds: the configured rate,
+//!                                          or the bucket (burst per fill time) when burst > rate
 //! RateLimit: "per-client";r=3;t=1          r requests left now; t seconds (below)
 //! X-RateLimit-Limit: 5                     = q
 //! X-RateLimit-Remaining: 3                 = r

@@ -164,8 +164,8 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues a W3C `traceparent` (version 00), or starts a trace when it is absent or
-    /// malformed.
+    /// Continues a W3C `traceparent` (version 00, or a later one read as 00), or starts a
+    /// trace when it is absent or malformed.
     pub fn continue_from(traceparent: Option<&str>) -> TraceContext {
         let span_id = random_hex(8);
         if let Some((trace_id, parent, flags)) = traceparent.and_then(parse_traceparent) {
@@ -194,12 +194,16 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// `version-traceid-parentid-flags`, as W3C Trace Context (and the gateway) read it: a
+/// version other than `00` is parsed as `00` and may carry more fields after the flags
+/// (ignored); version `ff`, upper-case hex and all-zero ids are invalid.
 fn parse_traceparent(v: &str) -> Option<(String, String, String)> {
     let mut parts = v.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let ok = version == "00"
-        && parts.next().is_none()
+    let ok = is_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
         && is_hex(trace, 32)
         && is_hex(parent, 16)
         && is_hex(flags, 2)
@@ -255,6 +259,23 @@ async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Re
 mod tests {
     use super::*;
 
+    /// W3C Trace Context §3.2.4: a higher version is parsed as version 00, and the fields it
+    /// may add after the flags are ignored. The gateway does the same, so a trace crosses
+    /// both.
+    #[test]
+    fn a_higher_version_is_read_as_version_00() {
+        for future in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+        ] {
+            let t = TraceContext::continue_from(Some(future));
+            assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{future}");
+            assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+            assert_eq!(t.flags, "01");
+            assert!(t.header().starts_with("00-"), "we send the version we speak");
+        }
+    }
+
     #[test]
     fn a_valid_traceparent_is_continued_and_a_bad_one_starts_a_trace() {
         let t = TraceContext::continue_from(Some(
@@ -270,7 +291,9 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "garbage",
         ] {
             let t = TraceContext::continue_from(Some(bad));

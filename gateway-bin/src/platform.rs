@@ -25,11 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use futures::future::BoxFuture;
-use kit::identity::TokenSource;
-use kit::Verifier;
+use kit::service::{Launch, Launcher, Running};
+use kit::{Env, Verifier};
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
 /// `[platform]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,14 +55,25 @@ pub struct PlatformConfig {
     pub order: Option<ServiceConfig>,
 }
 
+/// The services platform mode can run, in the order they start (a service starts after
+/// those it needs) and stop in reverse.
+pub const SERVICES: [Launcher; 4] = [
+    Launcher::of::<user_service::Service>(),
+    Launcher::of::<product_service::Service>(),
+    Launcher::of::<payment_service::Service>(),
+    Launcher::of::<order_service::Service>(),
+];
+
 impl PlatformConfig {
-    fn services(&self) -> [(&'static str, Option<&ServiceConfig>); 4] {
-        [
-            ("user", self.user.as_ref()),
-            ("product", self.product.as_ref()),
-            ("payment", self.payment.as_ref()),
-            ("order", self.order.as_ref()),
-        ]
+    /// The section of the service `name`, if the file has one.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        match name {
+            "user" => self.user.as_ref(),
+            "product" => self.product.as_ref(),
+            "payment" => self.payment.as_ref(),
+            "order" => self.order.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -109,8 +118,9 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Option<PlatformConfig>> 
 }
 
 fn validate(p: &PlatformConfig) -> Result<(), String> {
-    for (name, c) in p.services() {
-        let Some(c) = c else { continue };
+    for launcher in &SERVICES {
+        let name = launcher.name;
+        let Some(c) = p.service(name) else { continue };
         if let Some(url) = &c.database_url {
             let ok = ["sqlite:", "postgres://", "postgresql://"]
                 .iter()
@@ -126,9 +136,18 @@ fn validate(p: &PlatformConfig) -> Result<(), String> {
                 "{name}.bootstrap_admin: only the user service has accounts"
             ));
         }
-    }
-    if p.order.is_some() && (p.product.is_none() || p.payment.is_none() || p.user.is_none()) {
-        return Err("order: the order service needs [platform.user], [platform.product] and [platform.payment] in the same process".into());
+        let missing: Vec<String> = launcher
+            .needs
+            .iter()
+            .filter(|n| p.service(n).is_none())
+            .map(|n| format!("[platform.{n}]"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{name}: the {name} service needs {} in the same process",
+                missing.join(", ")
+            ));
+        }
     }
     Ok(())
 }
@@ -146,20 +165,10 @@ pub struct Platform {
     running: Vec<Running>,
 }
 
-type Shutdown = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
-
-struct Running {
-    name: &'static str,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// Stops the service's background work (relay, sweepers, sagas) after serving stopped.
-    shutdown: Shutdown,
-}
-
-/// Starts every service the section names, user first and order last; returns once each is
-/// listening. Services verify tokens with the user service's key set in-process; the order
-/// service gets its service token from the user service by client credentials (a secret
-/// made for this process).
+/// Starts every service the section names, in [`SERVICES`] order; returns once each is
+/// listening. They share one event bus; services verify tokens with the user service's key
+/// set in-process; a service that calls others gets its service token from the user service
+/// by client credentials, with a secret made for this process.
 pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -171,162 +180,116 @@ pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
     Ok(Platform { rt, running })
 }
 
-async fn open(name: &str, data_dir: &Path, c: &ServiceConfig) -> anyhow::Result<kit::Db> {
-    let url = c
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}/{name}.db", data_dir.display()));
-    kit::Db::connect(&url).await.with_context(|| {
-        format!(
-            "platform.{name}: opening the database {}",
-            kit::db::redact_url(&url)
-        )
-    })
-}
-
-async fn serve(
-    name: &'static str,
-    c: &ServiceConfig,
-    app: axum::Router,
-    shutdown: Shutdown,
-) -> anyhow::Result<Running> {
-    let listener = tokio::net::TcpListener::bind(c.listen)
-        .await
-        .with_context(|| format!("platform.{name}.listen: cannot bind {}", c.listen))?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(kit::serve::serve(listener, app, async {
-        let _ = stopped.await;
-    }));
-    tracing::info!(service = name, addr = %c.listen, "platform: service listening");
-    Ok(Running {
-        name,
-        stop,
-        task,
-        shutdown,
-    })
-}
-
 async fn start_all(config: &PlatformConfig) -> anyhow::Result<Vec<Running>> {
     let bus = kit::bus::from_config(config.nats_url.as_deref())
         .await
         .context("platform.nats_url: connecting to the event bus")?;
-    let data_dir = &config.data_dir;
-    let mut running = Vec::new();
+    let wiring = Wiring::new(config);
     let mut verifier: Option<Arc<Verifier>> = None;
-    let mut order_secret: Option<String> = None;
-    if let Some(c) = &config.user {
-        let db = open("user", data_dir, c).await?;
-        let mut settings = user_service::Settings::from_env(data_dir)
-            .map_err(|e| anyhow!("platform.user: {e}"))?;
-        if c.bootstrap_admin.is_some() {
-            settings.bootstrap_admin = c.bootstrap_admin.clone();
-        }
-        if config.order.is_some() {
-            let secret = random_secret();
-            settings.service_clients.push(user_service::ServiceClient {
-                id: "order".into(),
-                secret_sha256: sha256_hex(&secret),
-                permissions: order_service::SERVICE_PERMISSIONS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect(),
-            });
-            order_secret = Some(secret);
-        }
-        let (issuer, audience) = (settings.issuer.clone(), settings.audience.clone());
-        let service = user_service::Service::start(db, settings, bus.clone())
-            .await
-            .context("platform.user: starting the user service")?;
-        verifier = Some(Arc::new(Verifier::local(
-            service.state.keys.published(),
-            &issuer,
-            &audience,
-        )));
-        let app = service.router();
-        running.push(
-            serve(
-                "user",
-                c,
-                app,
-                Box::new(move || Box::pin(service.shutdown())),
-            )
-            .await?,
-        );
-    }
-    if let Some(c) = &config.product {
-        let db = open("product", data_dir, c).await?;
-        let kit_config = kit::ServiceConfig::from_env("product", c.listen.port())?;
-        let settings = product_service::Settings::from_env(&kit_config)?;
-        let v = verifier
-            .clone()
-            .unwrap_or_else(|| Arc::new(settings.verifier()));
-        let service = product_service::Service::start(db, settings, v, bus.clone())
-            .await
-            .context("platform.product: starting the product service")?;
-        let app = service.router();
-        running.push(
-            serve(
-                "product",
-                c,
-                app,
-                Box::new(move || Box::pin(service.shutdown())),
-            )
-            .await?,
-        );
-    }
-    if let Some(c) = &config.payment {
-        let db = open("payment", data_dir, c).await?;
-        let settings = payment_service::Settings::from_env(data_dir)?;
-        let v = verifier
-            .clone()
-            .unwrap_or_else(|| Arc::new(settings.verifier()));
-        let service = payment_service::Service::start(db, settings, v, bus.clone())
-            .await
-            .context("platform.payment: starting the payment service")?;
-        let app = service.router();
-        running.push(
-            serve(
-                "payment",
-                c,
-                app,
-                Box::new(move || Box::pin(service.shutdown())),
-            )
-            .await?,
-        );
-    }
-    if let (Some(c), Some(user), Some(product), Some(payment)) = (
-        &config.order,
-        &config.user,
-        &config.product,
-        &config.payment,
-    ) {
-        let db = open("order", data_dir, c).await?;
-        let settings = order_service::Settings {
-            product_url: format!("http://{}", product.listen),
-            payment_url: format!("http://{}", payment.listen),
-            ..order_service::Settings::default()
+    let mut running = Vec::new();
+    for launcher in &SERVICES {
+        let name = launcher.name;
+        let Some(c) = config.service(name) else {
+            continue;
         };
-        let tokens = TokenSource::client_credentials(
-            &format!("http://{}/auth/token", user.listen),
-            "order",
-            order_secret.as_deref().unwrap_or_default(),
-        );
-        let v = verifier.clone().context("platform.order: no verifier")?;
-        let service = order_service::Service::start(db, settings, bus.clone(), v, tokens)
+        let env = wiring
+            .env(name, c)
+            .with_context(|| format!("platform.{name}"))?;
+        let service = launcher
+            .launch(Launch {
+                env,
+                bus: Some(bus.clone()),
+                verifier: verifier.clone(),
+            })
             .await
-            .context("platform.order: starting the order service")?;
-        let app = service.router();
-        running.push(
-            serve(
-                "order",
-                c,
-                app,
-                Box::new(move || Box::pin(service.shutdown())),
-            )
-            .await?,
-        );
+            .with_context(|| format!("platform.{name}"))?;
+        verifier = verifier.or_else(|| service.verifier.clone());
+        running.push(service);
     }
     Ok(running)
+}
+
+/// What platform mode sets on each service's settings, over the environment: its
+/// listener, data folder and database from the section; every other service's address as
+/// `<NAME>_URL`; and, for a service that calls others, client credentials at the user
+/// service made for this process.
+struct Wiring {
+    data_dir: String,
+    urls: Vec<(String, String)>,
+    /// (service, secret) of every service that gets service tokens.
+    clients: Vec<(&'static str, String)>,
+    user_url: Option<String>,
+}
+
+impl Wiring {
+    fn new(config: &PlatformConfig) -> Wiring {
+        let present = || SERVICES.iter().filter(|l| config.service(l.name).is_some());
+        let url = |name: &str| config.service(name).map(|c| format!("http://{}", c.listen));
+        Wiring {
+            data_dir: config.data_dir.display().to_string(),
+            urls: present()
+                .filter_map(|l| {
+                    Some((format!("{}_URL", l.name.to_ascii_uppercase()), url(l.name)?))
+                })
+                .collect(),
+            clients: present()
+                .filter(|l| !l.client_permissions.is_empty())
+                .map(|l| (l.name, random_secret()))
+                .collect(),
+            user_url: url("user"),
+        }
+    }
+
+    fn env(&self, name: &'static str, c: &ServiceConfig) -> anyhow::Result<Env> {
+        let mut env = Env::process(name)?
+            .set("BIND", c.listen.to_string())
+            .set("DATA_DIR", self.data_dir.clone());
+        if let Some(url) = &c.database_url {
+            env = env.set("DATABASE_URL", url.clone());
+        }
+        if let Some(email) = &c.bootstrap_admin {
+            env = env.set("BOOTSTRAP_ADMIN", email.clone());
+        }
+        for (variable, url) in &self.urls {
+            env = env.set(variable, url.clone());
+        }
+        if name == "user" && !self.clients.is_empty() {
+            let clients = self.service_clients(&env)?;
+            env = env.set("SERVICE_CLIENTS", clients);
+        }
+        if let (Some((_, secret)), Some(user)) = (
+            self.clients.iter().find(|(client, _)| *client == name),
+            &self.user_url,
+        ) {
+            env = env
+                .set("SERVICE_CLIENT_ID", name)
+                .set("SERVICE_CLIENT_SECRET", secret.clone())
+                .set("SERVICE_TOKEN_URL", format!("{user}/auth/token"));
+        }
+        Ok(env)
+    }
+
+    /// The user service's `SERVICE_CLIENTS`: those the environment declares, plus this
+    /// process's.
+    fn service_clients(&self, env: &Env) -> anyhow::Result<String> {
+        let mut clients: Vec<serde_json::Value> = match env.lookup("SERVICE_CLIENTS") {
+            Some((variable, v)) => serde_json::from_str(&v)
+                .with_context(|| format!("{variable}: not a JSON list of clients"))?,
+            None => Vec::new(),
+        };
+        for (client, secret) in &self.clients {
+            let permissions = SERVICES
+                .iter()
+                .find(|l| l.name == *client)
+                .map_or(&[][..], |l| l.client_permissions);
+            clients.push(serde_json::json!({
+                "id": client,
+                "secret_sha256": sha256_hex(secret),
+                "permissions": permissions,
+            }));
+        }
+        Ok(serde_json::Value::from(clients).to_string())
+    }
 }
 
 fn random_secret() -> String {
@@ -350,16 +313,8 @@ impl Platform {
     pub fn stop(self) {
         let Platform { rt, running } = self;
         rt.block_on(async {
-            for r in running.into_iter().rev() {
-                let _ = r.stop.send(());
-                match tokio::time::timeout(std::time::Duration::from_secs(10), r.task).await {
-                    Ok(Ok(Ok(()))) => tracing::info!(service = r.name, "platform: stopped"),
-                    Ok(Ok(Err(e))) => {
-                        tracing::warn!(service = r.name, error = %e, "platform: stopped with an error")
-                    }
-                    _ => tracing::warn!(service = r.name, "platform: did not stop in time"),
-                }
-                (r.shutdown)().await;
+            for service in running.into_iter().rev() {
+                service.stop(std::time::Duration::from_secs(10)).await;
             }
         });
     }

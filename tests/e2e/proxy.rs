@@ -1437,8 +1437,16 @@ async fn raw_head(addr: SocketAddr, request: &str) -> String {
 #[tokio::test]
 async fn a_test_gateway_binds_port_0_even_when_the_text_has_a_server_section() {
     let gw = support::gateway("[server]\npreserve_header_case = true\n").await;
-    assert_ne!(gw.local_addr().port(), 8080, "the proxy took the default port");
-    assert_ne!(gw.admin_addr().expect("admin").port(), 9090, "the admin took the default port");
+    assert_ne!(
+        gw.local_addr().port(),
+        8080,
+        "the proxy took the default port"
+    );
+    assert_ne!(
+        gw.admin_addr().expect("admin").port(),
+        9090,
+        "the admin took the default port"
+    );
     let health = support::client()
         .get(support::url(gw.admin_addr().expect("admin"), "/health"))
         .send()

@@ -1,6 +1,7 @@
-//! A service's settings from its environment. Every setting has an embedded default, so a
-//! service starts with none set: `127.0.0.1:<port>`, SQLite under `./data`, the in-process
-//! bus, its own key set.
+//! A service's settings: one [`Env`] per service reads every setting the same way, and
+//! [`ServiceConfig`] holds the ones every service has. Every setting has an embedded
+//! default, so a service starts with none set: `127.0.0.1:<port>`, SQLite under `./data`,
+//! the in-process bus, its own key set.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -10,23 +11,255 @@
 //! | `NATS_URL` | NATS JetStream for events; unset = in-process bus | unset |
 //! | `JWKS_URL` | where access-token keys are published | unset (the service's own keys) |
 //!
-//! Each variable may be prefixed with the service's name in capitals (`USER_DATABASE_URL`),
-//! which wins over the bare name, so several services can share one environment.
+//! Where a value comes from, first found wins:
 //!
-//! `CONFIG_FILE` (or `USER_CONFIG_FILE`…) names a TOML file with the same settings in lower
-//! case (`bind = "127.0.0.1:3001"`, `database_url = "…"`); the environment wins over it.
+//! 1. what the process itself sets (a command-line flag, or platform mode wiring services
+//!    together): [`Env::set`];
+//! 2. the environment, each name prefixed with the service's name in capitals
+//!    (`USER_DATABASE_URL`) before the bare name, so several services can share one
+//!    environment;
+//! 3. the TOML file named by `CONFIG_FILE` (or `USER_CONFIG_FILE`…), with the same names in
+//!    lower case (`bind = "127.0.0.1:3001"`, `reservation_ttl = "15m"`); a name the service
+//!    does not know is an error naming the file;
+//! 4. the service's default.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A setting that could not be used, naming the variable and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {reason}")]
 pub struct ConfigError {
-    /// The environment variable that was read.
+    /// The environment variable (or the file and key) that was read.
     pub variable: String,
     /// What is wrong with its value.
     pub reason: String,
+}
+
+/// The settings every service reads, with what each is for.
+pub const COMMON_SETTINGS: &[Setting] = &[
+    Setting::flag(
+        "BIND",
+        "listen address (default 127.0.0.1:<the service's port>)",
+    ),
+    Setting::flag(
+        "DATA_DIR",
+        "folder for SQLite files and generated keys (default ./data)",
+    ),
+    Setting::flag(
+        "DATABASE_URL",
+        "sqlite://… or postgres://… (default sqlite://<DATA_DIR>/<service>.db)",
+    ),
+    Setting::flag(
+        "NATS_URL",
+        "NATS JetStream for events (default: the in-process bus)",
+    ),
+    Setting::env(
+        "JWKS_URL",
+        "where access-token keys are published (default: the user service's)",
+    ),
+    Setting::env(
+        "LOG_FORMAT",
+        "text (default) or json: one JSON object per line",
+    ),
+];
+
+/// One setting a service reads: its name (an environment variable, a lower-case key in the
+/// settings file) and, with `flag`, a command-line flag `--name-in-kebab-case` too.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The upper-case name (`RESERVATION_TTL`).
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+    /// Whether it is also a command-line flag.
+    pub flag: bool,
+}
+
+impl Setting {
+    /// A setting read from the environment and the file.
+    pub const fn env(name: &'static str, help: &'static str) -> Setting {
+        Setting {
+            name,
+            help,
+            flag: false,
+        }
+    }
+
+    /// A setting that is also a command-line flag.
+    pub const fn flag(name: &'static str, help: &'static str) -> Setting {
+        Setting {
+            name,
+            help,
+            flag: true,
+        }
+    }
+
+    /// `--bootstrap-admin` for `BOOTSTRAP_ADMIN`.
+    pub fn long(&self) -> String {
+        self.name.to_ascii_lowercase().replace('_', "-")
+    }
+}
+
+type Lookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where one service's settings come from (see the module docs for the order). Cheap to
+/// clone; typed reads name the variable in their errors.
+#[derive(Clone)]
+pub struct Env {
+    service: &'static str,
+    prefix: String,
+    set: HashMap<String, String>,
+    vars: Lookup,
+    file: Option<(String, HashMap<String, String>)>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values may be secrets: names only.
+        f.debug_struct("Env")
+            .field("service", &self.service)
+            .field("set", &self.set.keys().collect::<Vec<_>>())
+            .field("file", &self.file.as_ref().map(|(p, _)| p))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Env {
+    /// The process environment of `service`, over the file `CONFIG_FILE` (or
+    /// `<SERVICE>_CONFIG_FILE`) names, if any.
+    pub fn process(service: &'static str) -> Result<Env, ConfigError> {
+        Env::from_lookup(service, |k| std::env::var(k).ok()).with_file_from_env()
+    }
+
+    /// Reads variables through `get` (a map in tests); no file.
+    pub fn from_lookup(
+        service: &'static str,
+        get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Env {
+        Env {
+            service,
+            prefix: format!("{}_", service.to_ascii_uppercase()),
+            set: HashMap::new(),
+            vars: Arc::new(get),
+            file: None,
+        }
+    }
+
+    /// The service these settings are for.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// Sets `name` above everything else (a flag, or platform wiring).
+    pub fn set(mut self, name: &str, value: impl Into<String>) -> Env {
+        self.set.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Reads the file named by `<SERVICE>_CONFIG_FILE` or `CONFIG_FILE`, if either is set.
+    pub fn with_file_from_env(mut self) -> Result<Env, ConfigError> {
+        let named = self
+            .var(&format!("{}CONFIG_FILE", self.prefix))
+            .or_else(|| self.var("CONFIG_FILE"));
+        if let Some((variable, path)) = named {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                variable: variable.clone(),
+                reason: format!("{path}: {e}"),
+            })?;
+            let values =
+                parse_file(&path, &text).map_err(|reason| ConfigError { variable, reason })?;
+            self.file = Some((path, values));
+        }
+        Ok(self)
+    }
+
+    /// Fails on a key of the settings file that is none of `known` (the common settings
+    /// are always known): a typo must not pass for a default.
+    pub fn check_file(&self, known: &[Setting]) -> Result<(), ConfigError> {
+        let Some((path, values)) = &self.file else {
+            return Ok(());
+        };
+        let names = || COMMON_SETTINGS.iter().chain(known).map(|s| s.name);
+        let mut keys: Vec<&String> = values.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !names().any(|n| n.eq_ignore_ascii_case(key)) {
+                let known: Vec<String> = names().map(|n| n.to_ascii_lowercase()).collect();
+                return Err(ConfigError {
+                    variable: path.clone(),
+                    reason: format!("unknown setting {key:?} (known: {})", known.join(", ")),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn var(&self, name: &str) -> Option<(String, String)> {
+        (self.vars)(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name.to_owned(), v))
+    }
+
+    /// `name`'s value and where it came from (the variable, or `file:key`), if set.
+    pub fn lookup(&self, name: &str) -> Option<(String, String)> {
+        if let Some(v) = self.set.get(name) {
+            return Some((name.to_owned(), v.clone()));
+        }
+        let prefixed = format!("{}{name}", self.prefix);
+        self.var(&prefixed).or_else(|| self.var(name)).or_else(|| {
+            let (path, values) = self.file.as_ref()?;
+            let key = name.to_ascii_lowercase();
+            values
+                .get(&key)
+                .map(|v| (format!("{path}: {key}"), v.clone()))
+        })
+    }
+
+    /// `name` as text, if set.
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.lookup(name).map(|(_, v)| v)
+    }
+
+    /// `name` parsed by `parse`; `what` says what was expected (`a duration like 30s`).
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some((variable, v)) = self.lookup(name) else {
+            return Ok(None);
+        };
+        match parse(v.trim()) {
+            Some(t) => Ok(Some(t)),
+            None => Err(ConfigError {
+                variable,
+                reason: format!("{v:?} is not {what}"),
+            }),
+        }
+    }
+
+    /// A duration like `15m`, `30s` or `500ms` (not zero).
+    pub fn duration(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        self.parse(name, "a duration like 15m or 500ms", |v| {
+            humantime::parse_duration(v).ok().filter(|d| !d.is_zero())
+        })
+    }
+
+    /// A whole number ≥ 0.
+    pub fn count<T: FromStr + Default + PartialOrd>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        self.parse(name, "a whole number ≥ 0", |v| {
+            v.parse::<T>().ok().filter(|n| *n >= T::default())
+        })
+    }
 }
 
 /// Settings shared by every service.
@@ -40,9 +273,9 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// The database URL.
     pub database_url: String,
-    /// NATS server for the JetStream bus; `None` = in-process bus.
+    /// NATS server for the JetStream bus; `None` = the embedded bus.
     pub nats_url: Option<String>,
-    /// JWKS to verify access tokens against; `None` = the service's own key set.
+    /// JWKS to verify access tokens against; `None` = the service's default.
     pub jwks_url: Option<String>,
 }
 
@@ -50,90 +283,56 @@ impl ServiceConfig {
     /// Reads the settings of `service` (default port `port`) from the process environment,
     /// over those of the `CONFIG_FILE` it names, if any.
     pub fn from_env(service: &'static str, port: u16) -> Result<ServiceConfig, ConfigError> {
-        let env = |k: &str| std::env::var(k).ok();
-        let prefixed = format!("{}_CONFIG_FILE", service.to_ascii_uppercase());
-        let file = match env(&prefixed)
-            .map(|f| (prefixed.clone(), f))
-            .or_else(|| env("CONFIG_FILE").map(|f| ("CONFIG_FILE".to_owned(), f)))
-        {
-            Some((variable, path)) => read_file(&variable, &path)?,
-            None => Default::default(),
-        };
-        let prefix = format!("{}_", service.to_ascii_uppercase());
-        ServiceConfig::from_lookup(service, port, |k| {
-            env(k).or_else(|| {
-                let bare = k.strip_prefix(&prefix).unwrap_or(k);
-                file.get(&bare.to_ascii_lowercase()).cloned()
-            })
-        })
+        ServiceConfig::read(&Env::process(service)?, port)
     }
 
-    /// Reads the settings through `get` (the environment, or a map in tests).
+    /// Reads the settings through `get` (a map in tests).
     pub fn from_lookup(
         service: &'static str,
         port: u16,
-        get: impl Fn(&str) -> Option<String>,
+        get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Result<ServiceConfig, ConfigError> {
-        let prefix = service.to_ascii_uppercase();
-        let read = |name: &str| -> Option<(String, String)> {
-            let prefixed = format!("{prefix}_{name}");
-            get(&prefixed)
-                .map(|v| (prefixed, v))
-                .or_else(|| get(name).map(|v| (name.to_owned(), v)))
-                .filter(|(_, v)| !v.trim().is_empty())
-        };
-        let bind = match read("BIND") {
-            Some((var, v)) => v.trim().parse().map_err(|e| ConfigError {
-                variable: var,
-                reason: format!("{v:?} is not a socket address like 127.0.0.1:3001 ({e})"),
-            })?,
-            None => SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let data_dir = read("DATA_DIR")
-            .map(|(_, v)| PathBuf::from(v))
+        ServiceConfig::read(&Env::from_lookup(service, get), port)
+    }
+
+    /// Reads the common settings from `env` (default port `port`).
+    pub fn read(env: &Env, port: u16) -> Result<ServiceConfig, ConfigError> {
+        let service = env.service();
+        let bind = env
+            .parse("BIND", "a socket address like 127.0.0.1:3001", |v| {
+                v.parse().ok()
+            })?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
+        let data_dir = env
+            .string("DATA_DIR")
+            .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("data"));
-        let database_url = match read("DATABASE_URL") {
-            Some((var, v)) => {
-                let ok = ["sqlite:", "postgres://", "postgresql://"]
-                    .iter()
-                    .any(|p| v.starts_with(p));
-                if !ok {
-                    return Err(ConfigError {
-                        variable: var,
-                        reason: format!("{v:?} must start with sqlite:// or postgres://"),
-                    });
-                }
-                v
-            }
-            None => format!("sqlite://{}/{service}.db", data_dir.display()),
-        };
+        let database_url = env
+            .parse(
+                "DATABASE_URL",
+                "a URL starting sqlite:// or postgres://",
+                |v| {
+                    ["sqlite:", "postgres://", "postgresql://"]
+                        .iter()
+                        .any(|p| v.starts_with(p))
+                        .then(|| v.to_owned())
+                },
+            )?
+            .unwrap_or_else(|| format!("sqlite://{}/{service}.db", data_dir.display()));
         Ok(ServiceConfig {
             service,
             bind,
             data_dir,
             database_url,
-            nats_url: read("NATS_URL").map(|(_, v)| v),
-            jwks_url: read("JWKS_URL").map(|(_, v)| v),
+            nats_url: env.string("NATS_URL"),
+            jwks_url: env.string("JWKS_URL"),
         })
     }
 }
 
-/// The settings in a TOML file, as strings by lower-case name; an error names the file and
-/// the line.
-fn read_file(
-    variable: &str,
-    path: &str,
-) -> Result<std::collections::HashMap<String, String>, ConfigError> {
-    let err = |reason: String| ConfigError {
-        variable: variable.to_owned(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("{path}: {e}")))?;
-    parse_file(path, &text).map_err(err)
-}
-
-fn parse_file(path: &str, text: &str) -> Result<std::collections::HashMap<String, String>, String> {
-    const KEYS: [&str; 5] = ["bind", "data_dir", "database_url", "nats_url", "jwks_url"];
+/// The settings in a TOML file, as strings by lower-case name (numbers and booleans as
+/// written); an error names the file and the line.
+fn parse_file(path: &str, text: &str) -> Result<HashMap<String, String>, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e
             .span()
@@ -141,23 +340,20 @@ fn parse_file(path: &str, text: &str) -> Result<std::collections::HashMap<String
             .unwrap_or(0);
         format!("{path}:{line}: {}", e.message())
     })?;
-    let mut out = std::collections::HashMap::new();
+    let mut out = HashMap::new();
     for (k, v) in table {
-        if !KEYS.contains(&k.as_str()) {
-            return Err(format!(
-                "{path}: unknown setting {k:?} (known: {})",
-                KEYS.join(", ")
-            ));
-        }
-        match v {
-            toml::Value::String(s) => out.insert(k, s),
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
             other => {
                 return Err(format!(
-                    "{path}: {k} must be a string, not {}",
+                    "{path}: {k} must be a string, a number or a boolean, not {}",
                     other.type_str()
                 ))
             }
         };
+        out.insert(k.to_ascii_lowercase(), value);
     }
     Ok(out)
 }
@@ -165,9 +361,8 @@ fn parse_file(path: &str, text: &str) -> Result<std::collections::HashMap<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -194,19 +389,63 @@ mod tests {
     }
 
     #[test]
+    fn what_the_process_sets_wins_over_the_environment_and_the_file() {
+        let mut env = Env::from_lookup("user", lookup(&[("USER_BIND", "127.0.0.1:5000")]));
+        env.file = Some((
+            "u.toml".into(),
+            parse_file("u.toml", "bind = \"127.0.0.1:6000\"\ndata_dir = \"d\"\n").unwrap(),
+        ));
+        let c = ServiceConfig::read(&env, 3001).unwrap();
+        assert_eq!(
+            c.bind.to_string(),
+            "127.0.0.1:5000",
+            "environment over file"
+        );
+        assert_eq!(c.data_dir, PathBuf::from("d"), "the file over the default");
+        let c = ServiceConfig::read(&env.set("BIND", "127.0.0.1:7000"), 3001).unwrap();
+        assert_eq!(
+            c.bind.to_string(),
+            "127.0.0.1:7000",
+            "a flag over everything"
+        );
+    }
+
+    #[test]
     fn a_config_file_gives_settings_and_names_its_mistakes() {
         let f = parse_file(
             "u.toml",
-            "bind = \"127.0.0.1:4000\"\ndatabase_url = \"sqlite://x.db\"\n",
+            "bind = \"127.0.0.1:4000\"\ndatabase_url = \"sqlite://x.db\"\ncache_capacity = 5\n",
         )
         .unwrap();
         assert_eq!(f["bind"], "127.0.0.1:4000");
-        let e = parse_file("u.toml", "bind = \"a\"\nport = \"1\"\n").unwrap_err();
-        assert!(e.contains("unknown setting \"port\""), "{e}");
-        let e = parse_file("u.toml", "bind = \"a\"\ndatabase_url = 3\n").unwrap_err();
+        assert_eq!(f["cache_capacity"], "5");
+        let e = parse_file("u.toml", "bind = \"a\"\ndatabase_url = [3]\n").unwrap_err();
         assert!(e.contains("database_url must be a string"), "{e}");
         let e = parse_file("u.toml", "bind = \"a\"\nx = = 1\n").unwrap_err();
         assert!(e.starts_with("u.toml:2:"), "{e}");
+
+        let mut env = Env::from_lookup("product", lookup(&[]));
+        env.file = Some((
+            "p.toml".into(),
+            parse_file("p.toml", "bind = \"a\"\nreservaton_ttl = \"1m\"\n").unwrap(),
+        ));
+        let known = [Setting::env("RESERVATION_TTL", "")];
+        let e = env.check_file(&known).unwrap_err();
+        assert_eq!(e.variable, "p.toml");
+        assert!(
+            e.reason.contains("unknown setting \"reservaton_ttl\""),
+            "{e}"
+        );
+        assert!(e.reason.contains("reservation_ttl"), "{e}");
+        env.file = Some((
+            "p.toml".into(),
+            parse_file("p.toml", "reservation_ttl = \"1m\"\n").unwrap(),
+        ));
+        env.check_file(&known).unwrap();
+        assert_eq!(
+            env.duration("RESERVATION_TTL").unwrap(),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]
@@ -217,5 +456,12 @@ mod tests {
         let e = ServiceConfig::from_lookup("user", 3001, lookup(&[("DATABASE_URL", "mysql://x")]))
             .unwrap_err();
         assert!(e.to_string().starts_with("DATABASE_URL: "), "{e}");
+        let env = Env::from_lookup("order", lookup(&[("ORDER_SAGA_LEASE", "soon")]));
+        assert_eq!(
+            env.duration("SAGA_LEASE").unwrap_err().variable,
+            "ORDER_SAGA_LEASE"
+        );
+        let env = Env::from_lookup("order", lookup(&[("LIMIT", "-1")]));
+        assert_eq!(env.count::<i64>("LIMIT").unwrap_err().variable, "LIMIT");
     }
 }

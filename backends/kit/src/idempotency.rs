@@ -112,6 +112,21 @@ impl IdempotencyScope for Anonymous {
     }
 }
 
+/// Keys belong to the caller's verified `sub`: two callers never share a key, and a request
+/// without a valid token is answered 401 (with `WWW-Authenticate`) before its key is looked
+/// at.
+#[derive(Clone)]
+pub struct CallerScope(pub Arc<crate::Verifier>);
+
+#[async_trait::async_trait]
+impl IdempotencyScope for CallerScope {
+    async fn scope(&self, parts: &mut Parts) -> Result<String, Problem> {
+        use axum::extract::FromRequestParts;
+        let id = crate::Identity::from_request_parts(parts, &self.0).await?;
+        Ok(id.user_id)
+    }
+}
+
 /// The layer: put it on the routes whose POST and PATCH requests take keys. Other methods
 /// pass untouched.
 #[derive(Clone)]

@@ -9,7 +9,9 @@
 //! - [`identity`]: the bearer-token [`Identity`] extractor (EdDSA, JWKS URL or in-process
 //!   keys) with role/permission guards, and the [`identity::SigningKey`] that issues tokens;
 //! - [`idempotency`]: the `Idempotency-Key` layer (Stripe semantics) for POST and PATCH;
-//! - [`config`]: settings from the environment with embedded defaults;
+//! - [`service`]: the one shape of a service — name, settings, start, router, shutdown —
+//!   run the same way as its own binary (CLI, logs, signals) and in platform mode;
+//! - [`config`]: settings from flags, the environment and a file, with embedded defaults;
 //! - [`telemetry`]: `/health`, `/ready`, `/metrics`, a span per request continuing `traceparent`;
 //! - [`serve`]: serving with graceful shutdown;
 //! - events, at least once from a committed transaction to every consumer:
@@ -29,15 +31,17 @@ pub mod identity;
 pub mod inbox;
 mod migrations;
 pub mod outbox;
+pub mod page;
 pub mod problem;
 pub mod relay;
 pub mod serve;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use bus::{BusError, Delivery, EventBus, InProcessBus, NatsBus, Subscription};
-pub use config::ServiceConfig;
+pub use config::{Env, ServiceConfig};
 pub use db::{Db, DbError, DbKind};
 pub use event::Event;
 pub use idempotency::IdempotencyLayer;
@@ -45,4 +49,5 @@ pub use identity::{Identity, Verifier};
 pub use inbox::{Consumer, Handler};
 pub use problem::{Json, Problem};
 pub use relay::{OutboxWaker, Relay};
+pub use service::Service;
 pub use telemetry::{Telemetry, TraceContext};

@@ -275,3 +275,54 @@ fn json_rejection(r: JsonRejection) -> Problem {
     };
     Problem::new(status).detail(detail)
 }
+
+#[doc(hidden)]
+pub mod __private {
+    pub use axum::response::{IntoResponse, Response};
+}
+
+/// The glue every service's error enum needs, written once. The enum has a variant
+/// `Problem(Problem)` (answers already shaped, from extractors and the identity checks) and
+/// `Invalid(Vec<FieldError>)` (422), and an inherent `fn problem(self) -> Problem` for the
+/// rest; this adds `From<Problem>`, `IntoResponse` (`problem+json`), and
+/// `Error::field(name, message)` for one invalid field. With `db: Variant` it also adds
+/// `From<sqlx::Error>` through `Variant(DbError)`.
+///
+/// ```ignore
+/// kit::problem_glue!(Error, db: Db);
+/// ```
+#[macro_export]
+macro_rules! problem_glue {
+    ($error:ident) => {
+        impl From<$crate::Problem> for $error {
+            fn from(p: $crate::Problem) -> $error {
+                $error::Problem(p)
+            }
+        }
+
+        impl $crate::problem::__private::IntoResponse for $error {
+            fn into_response(self) -> $crate::problem::__private::Response {
+                $crate::problem::__private::IntoResponse::into_response(self.problem())
+            }
+        }
+
+        impl $error {
+            /// One invalid field: 422.
+            pub fn field(
+                field: impl Into<std::borrow::Cow<'static, str>>,
+                message: impl Into<String>,
+            ) -> $error {
+                $error::Invalid(vec![$crate::problem::FieldError::new(field, message)])
+            }
+        }
+    };
+    ($error:ident, db: $variant:ident) => {
+        $crate::problem_glue!($error);
+
+        impl From<sqlx::Error> for $error {
+            fn from(e: sqlx::Error) -> $error {
+                $error::$variant(e.into())
+            }
+        }
+    };
+}

@@ -272,7 +272,10 @@ mod tests {
             assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{future}");
             assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
             assert_eq!(t.flags, "01");
-            assert!(t.header().starts_with("00-"), "we send the version we speak");
+            assert!(
+                t.header().starts_with("00-"),
+                "we send the version we speak"
+            );
         }
     }
 

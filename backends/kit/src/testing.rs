@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use tokio::sync::oneshot;
 
+pub mod binary;
+
 use crate::bus::{NatsBus, NatsOptions};
 use crate::db::{Db, DbKind};
 

@@ -18,11 +18,10 @@ use std::collections::{HashMap, HashSet};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use kit::db::{new_id, now_ms};
+use kit::page::Page;
 use kit::{Identity, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::clients::StepError;
 use crate::error::{Error, FieldError};
@@ -184,35 +183,14 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of orders.
-#[derive(Debug, Serialize)]
-pub struct Page {
-    /// The caller's orders, newest first.
-    pub items: Vec<Order>,
-    /// The cursor of the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// `GET /orders`: the caller's orders, newest first.
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Page>, Error> {
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Error::field("limit", "1 to 100"));
-    }
-    let before = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::field("cursor", "not a cursor from this API"))?,
-        ),
-    };
+) -> Result<Json<Page<Order>>, Error> {
+    let limit = kit::page::limit(q.limit)?;
+    let before = kit::page::decode_cursor(q.cursor.as_deref())?;
     // One more than asked tells whether there is a next page. UUIDv7 ids sort by time.
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM orders WHERE customer_id = $1 AND ($2 IS NULL OR id < $2) \
@@ -232,7 +210,7 @@ pub async fn list(
         }
     }
     let next_cursor = more
-        .then(|| items.last().map(|o| URL_SAFE_NO_PAD.encode(&o.id)))
+        .then(|| items.last().map(|o| kit::page::encode_cursor(&o.id)))
         .flatten();
     Ok(Json(Page { items, next_cursor }))
 }

@@ -1,6 +1,5 @@
 //! The order service's errors and how each is answered (problem+json).
 
-use axum::response::{IntoResponse, Response};
 pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
 
@@ -29,11 +28,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<Problem> for Error {
-    fn from(p: Problem) -> Error {
-        Error::Problem(p)
-    }
-}
+kit::problem_glue!(Error);
 
 impl From<DbError> for Error {
     fn from(e: DbError) -> Error {
@@ -42,14 +37,6 @@ impl From<DbError> for Error {
 }
 
 impl Error {
-    /// One invalid field.
-    pub fn field(
-        field: impl Into<std::borrow::Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Error {
-        Error::Invalid(vec![FieldError::new(field, message)])
-    }
-
     fn problem(self) -> Problem {
         match self {
             Error::Invalid(errors) => Problem::invalid(errors),
@@ -62,11 +49,5 @@ impl Error {
             }
             e @ Error::Store(_) => Problem::internal(&e),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        self.problem().into_response()
     }
 }

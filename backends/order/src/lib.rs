@@ -27,15 +27,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
-use kit::idempotency::IdempotencyScope;
-use kit::identity::TokenSource;
+use kit::config::{ConfigError, Setting};
+use kit::idempotency::CallerScope;
+use kit::identity::{SigningKey, TokenSource};
 use kit::relay::RelayOptions;
 use kit::telemetry::ReadyCheck;
-use kit::{Db, EventBus, IdempotencyLayer, Problem, Relay, Telemetry, Verifier};
+use kit::{Db, Env, EventBus, IdempotencyLayer, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 
@@ -81,35 +81,156 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Reads overrides from the environment (`ORDER_`-prefixed or bare): `PRODUCT_URL`,
-    /// `PAYMENT_URL`, `REQUEST_TIMEOUT`, `SAGA_STEP_DEADLINE`, `SAGA_LEASE`,
-    /// `SAGA_RESUME_INTERVAL` (durations like `5s`, `500ms`).
-    pub fn from_env() -> Result<Settings, String> {
-        let get = |name: &str| {
-            std::env::var(format!("ORDER_{name}"))
-                .or_else(|_| std::env::var(name))
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-        };
-        let duration = |name: &str, into: &mut Duration| -> Result<(), String> {
-            if let Some(v) = get(name) {
-                *into = humantime::parse_duration(v.trim())
-                    .map_err(|e| format!("{name}: {v:?}: {e}"))?;
-            }
-            Ok(())
-        };
-        let mut s = Settings::default();
-        if let Some(v) = get("PRODUCT_URL") {
-            s.product_url = v;
-        }
-        if let Some(v) = get("PAYMENT_URL") {
-            s.payment_url = v;
-        }
-        duration("REQUEST_TIMEOUT", &mut s.request_timeout)?;
-        duration("SAGA_STEP_DEADLINE", &mut s.saga.step_deadline)?;
-        duration("SAGA_LEASE", &mut s.saga.lease)?;
-        duration("SAGA_RESUME_INTERVAL", &mut s.saga.resume_interval)?;
-        Ok(s)
+    /// The defaults with what `env` sets (see [`SETTINGS`]).
+    pub fn read(env: &Env) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        Ok(Settings {
+            product_url: env.string("PRODUCT_URL").unwrap_or(d.product_url),
+            payment_url: env.string("PAYMENT_URL").unwrap_or(d.payment_url),
+            request_timeout: env
+                .duration("REQUEST_TIMEOUT")?
+                .unwrap_or(d.request_timeout),
+            saga: SagaSettings {
+                step_deadline: env
+                    .duration("SAGA_STEP_DEADLINE")?
+                    .unwrap_or(d.saga.step_deadline),
+                lease: env.duration("SAGA_LEASE")?.unwrap_or(d.saga.lease),
+                resume_interval: env
+                    .duration("SAGA_RESUME_INTERVAL")?
+                    .unwrap_or(d.saga.resume_interval),
+                ..d.saga
+            },
+        })
+    }
+}
+
+/// The settings the order service reads beyond the kit's.
+pub const SETTINGS: &[Setting] = &[
+    Setting::flag("PRODUCT_URL", "the product service (http://127.0.0.1:3002)"),
+    Setting::flag("PAYMENT_URL", "the payment service (http://127.0.0.1:3004)"),
+    Setting::env(
+        "REQUEST_TIMEOUT",
+        "the longest one call to another service may take (5s)",
+    ),
+    Setting::env("SAGA_STEP_DEADLINE", "the longest one saga step may take"),
+    Setting::env("SAGA_LEASE", "how long a process owns a saga it runs"),
+    Setting::env(
+        "SAGA_RESUME_INTERVAL",
+        "how often unfinished sagas are looked for",
+    ),
+    Setting::env("TOKEN_ISSUER", "iss of access tokens (gatehouse-user)"),
+    Setting::env("TOKEN_AUDIENCE", "aud of access tokens (gatehouse)"),
+    Setting::env(
+        "SERVICE_CLIENT_ID",
+        "its client id at the user service (order)",
+    ),
+    Setting::env(
+        "SERVICE_CLIENT_SECRET",
+        "its client secret: service tokens by client credentials",
+    ),
+    Setting::env(
+        "SERVICE_TOKEN_URL",
+        "where to get them (http://127.0.0.1:3001/auth/token)",
+    ),
+    Setting::env(
+        "SERVICE_SIGNING_KEY_FILE",
+        "or a PEM Ed25519 key the verifiers trust, to mint service tokens locally",
+    ),
+];
+
+/// Where the service token comes from: client credentials at the user service
+/// (`SERVICE_CLIENT_SECRET`), or a key the verifiers trust (`SERVICE_SIGNING_KEY_FILE`).
+pub fn token_source(env: &Env) -> Result<TokenSource, ConfigError> {
+    let claim = |name, default: &str| env.string(name).unwrap_or_else(|| default.into());
+    let (issuer, audience) = (
+        claim("TOKEN_ISSUER", "gatehouse-user"),
+        claim("TOKEN_AUDIENCE", "gatehouse"),
+    );
+    if let Some(secret) = env.string("SERVICE_CLIENT_SECRET") {
+        let url = env
+            .string("SERVICE_TOKEN_URL")
+            .unwrap_or_else(|| "http://127.0.0.1:3001/auth/token".into());
+        let id = env
+            .string("SERVICE_CLIENT_ID")
+            .unwrap_or_else(|| "order".into());
+        return Ok(TokenSource::client_credentials(&url, &id, &secret));
+    }
+    let key = env.parse(
+        "SERVICE_SIGNING_KEY_FILE",
+        "a readable PEM file of an Ed25519 key",
+        |file| {
+            let pem = std::fs::read_to_string(file).ok()?;
+            SigningKey::from_pem(&pem).ok()
+        },
+    )?;
+    match key {
+        Some(key) => Ok(TokenSource::signing(
+            key,
+            &issuer,
+            &audience,
+            "service:order",
+            SERVICE_PERMISSIONS,
+        )),
+        None => Err(ConfigError {
+            variable: "SERVICE_CLIENT_SECRET".into(),
+            reason: "set it (client credentials at the user service) or SERVICE_SIGNING_KEY_FILE (mint service tokens locally)".into(),
+        }),
+    }
+}
+
+/// The order service's settings and where its service token comes from.
+pub struct Config {
+    /// How it behaves.
+    pub settings: Settings,
+    /// Its service token for the product and payment services.
+    pub tokens: TokenSource,
+    /// Verifies callers when no verifier is shared: the JWKS at `JWKS_URL` (fetched on
+    /// first use).
+    pub verifier: Verifier,
+}
+
+impl kit::Service for Service {
+    const NAME: &'static str = "order";
+    const PORT: u16 = 3003;
+    const ABOUT: &'static str =
+        "Gatehouse order service: event-sourced orders placed by a persisted saga";
+    const SETTINGS: &'static [Setting] = SETTINGS;
+    const NEEDS: &'static [&'static str] = &["user", "product", "payment"];
+    const CLIENT_PERMISSIONS: &'static [&'static str] = SERVICE_PERMISSIONS;
+    type Settings = Config;
+
+    fn settings(env: &Env, config: &ServiceConfig) -> Result<Config, ConfigError> {
+        let jwks = config
+            .jwks_url
+            .as_deref()
+            .unwrap_or("http://127.0.0.1:3001/.well-known/jwks.json");
+        let claim = |name, default: &str| env.string(name).unwrap_or_else(|| default.into());
+        Ok(Config {
+            settings: Settings::read(env)?,
+            tokens: token_source(env)?,
+            verifier: Verifier::remote(
+                jwks,
+                &claim("TOKEN_ISSUER", "gatehouse-user"),
+                &claim("TOKEN_AUDIENCE", "gatehouse"),
+            ),
+        })
+    }
+
+    async fn start(ctx: kit::service::Start, c: Config) -> anyhow::Result<Service> {
+        let verifier = ctx.verifier_or(|| c.verifier);
+        Ok(Service::start(ctx.db, c.settings, ctx.bus, verifier, c.tokens).await?)
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the saga runners where they are (their leases expire and another process,
+    /// or the next start, resumes them), then the relay.
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.resumer.await;
+        self.relay.shutdown().await;
     }
 }
 
@@ -203,30 +324,6 @@ impl Service {
             stop,
             resumer,
         })
-    }
-
-    /// The HTTP surface.
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    /// Stops the saga runners where they are (their leases expire and another process,
-    /// or the next start, resumes them), then the relay.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.resumer.await;
-        self.relay.shutdown().await;
-    }
-}
-
-/// Keys of `POST /orders` belong to the verified caller.
-struct CallerScope(Arc<Verifier>);
-
-#[async_trait::async_trait]
-impl IdempotencyScope for CallerScope {
-    async fn scope(&self, parts: &mut Parts) -> Result<String, Problem> {
-        let id = self.0.verify_headers(&parts.headers).await?;
-        Ok(id.user_id)
     }
 }
 

@@ -15,7 +15,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::error::{Error, FieldError};
-use crate::{page, AppState, Page};
+use kit::page::{Page, PageQuery};
+
+use crate::AppState;
 
 /// A card number that passed the checks: digits only. `Debug` shows only the last four.
 #[derive(Clone, PartialEq, Eq)]
@@ -319,15 +321,15 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    Query(q): Query<Page>,
-) -> Result<Json<page::Items<PaymentMethod>>, Error> {
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<PaymentMethod>>, Error> {
     let limit = q.limit()?;
     let rows = sqlx::query(
         "SELECT * FROM payment_methods WHERE customer_id = $1 AND ($2 = '' OR id < $2) \
          ORDER BY id DESC LIMIT $3",
     )
     .bind(&id.user_id)
-    .bind(q.cursor.clone().unwrap_or_default())
+    .bind(q.after()?.unwrap_or_default())
     .bind(limit + 1)
     .fetch_all(state.db.pool())
     .await?;
@@ -335,7 +337,7 @@ pub async fn list(
         .iter()
         .map(PaymentMethod::from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page::Items::new(items, limit, |m| m.id.clone())))
+    Ok(Json(Page::from_rows(items, limit, |m| m.id.clone())))
 }
 
 /// What an intent needs of a payment method.

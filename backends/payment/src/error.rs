@@ -1,6 +1,5 @@
 //! The payment service's errors and how each is answered (problem+json).
 
-use axum::response::{IntoResponse, Response};
 pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
 
@@ -41,24 +40,9 @@ pub enum Error {
     Key(String),
 }
 
-impl From<Problem> for Error {
-    fn from(p: Problem) -> Error {
-        Error::Problem(p)
-    }
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Error {
-        Error::Db(e.into())
-    }
-}
+kit::problem_glue!(Error, db: Db);
 
 impl Error {
-    /// One invalid field.
-    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError::new(field, message)])
-    }
-
     fn problem(self) -> Problem {
         match self {
             Error::Invalid(errors) => Problem::invalid(errors),
@@ -71,8 +55,7 @@ impl Error {
             .kind("https://gatehouse.dev/problems/refund-exceeds-captured")
             .with("refundable", refundable),
             Error::Problem(p) => p,
-            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
-            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            Error::Db(e @ (DbError::Conflict | DbError::NotFound)) => e.into(),
             Error::Processor(e) => {
                 tracing::warn!(error = %e, "the payment processor failed");
                 Problem::new(axum::http::StatusCode::BAD_GATEWAY)
@@ -80,11 +63,5 @@ impl Error {
             }
             e @ (Error::Db(_) | Error::Key(_)) => Problem::internal(&e),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        self.problem().into_response()
     }
 }

@@ -35,7 +35,9 @@ use sqlx::{Any, Row, Transaction};
 use crate::error::{Error, FieldError};
 use crate::fraud::{self, Decision, Facts, Outcome};
 use crate::processor::{Authorize, ProcessorError, Risk};
-use crate::{cards, events, ledger, page, AppState};
+use kit::page::Page;
+
+use crate::{cards, events, ledger, AppState};
 
 /// Waiting for `confirm`.
 pub const REQUIRES_CONFIRMATION: &str = "requires_confirmation";
@@ -691,12 +693,9 @@ pub async fn list(
     State(state): State<AppState>,
     id: Identity,
     Query(q): Query<ListQuery>,
-) -> Result<Json<page::Items<Intent>>, Error> {
-    let limit = page::Page {
-        limit: q.limit,
-        cursor: None,
-    }
-    .limit()?;
+) -> Result<Json<Page<Intent>>, Error> {
+    let limit = kit::page::limit(q.limit)?;
+    let after = kit::page::decode_cursor(q.cursor.as_deref())?;
     let customer = if may_read_all(&id) {
         q.customer_id.unwrap_or_default()
     } else {
@@ -708,7 +707,7 @@ pub async fn list(
     )
     .bind(q.order_id.unwrap_or_default())
     .bind(customer)
-    .bind(q.cursor.unwrap_or_default())
+    .bind(after.unwrap_or_default())
     .bind(limit + 1)
     .fetch_all(state.db.pool())
     .await?;
@@ -716,5 +715,5 @@ pub async fn list(
         .iter()
         .map(Intent::from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page::Items::new(items, limit, |i| i.id.clone())))
+    Ok(Json(Page::from_rows(items, limit, |i| i.id.clone())))
 }

@@ -25,7 +25,7 @@
 //! the only one to capture; `payments:refund` refunds; the `admin` role may do everything
 //! and reads the ledger. Someone else's intent is 404, someone else's card is 422. Every
 //! POST needs an `Idempotency-Key`, scoped to the caller's verified `sub`
-//! ([`CallerScope`]); a duplicate arriving while the first is still running gets 409 with
+//! ([`kit::idempotency::CallerScope`]); a duplicate arriving while the first is still running gets 409 with
 //! `Retry-After` (the kit's semantics) and its retry gets the stored answer.
 //!
 //! # Where the contract left the choice to us
@@ -58,7 +58,6 @@ pub mod events;
 pub mod fraud;
 pub mod intents;
 pub mod ledger;
-pub mod page;
 pub mod processor;
 pub mod refunds;
 
@@ -66,22 +65,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, FromRequestParts};
-use axum::http::request::Parts;
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
-use kit::config::ConfigError;
-use kit::idempotency::IdempotencyScope;
+use kit::config::{ConfigError, Setting};
+use kit::idempotency::CallerScope;
 use kit::relay::RelayOptions;
 use kit::telemetry::ReadyCheck;
 use kit::{
-    Db, EventBus, IdempotencyLayer, Identity, OutboxWaker, Problem, Relay, Telemetry, Verifier,
+    Db, Env, EventBus, IdempotencyLayer, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier,
 };
 use sqlx::migrate::Migrator;
 
 pub use error::Error;
-pub use page::Page;
 pub use processor::{Processor, SimulatedProcessor};
 
 /// The service's migrations (versions from 1000; the kit's run with them).
@@ -182,62 +179,29 @@ impl Settings {
         }
     }
 
-    /// Reads overrides from the environment (`PAYMENT_`-prefixed or bare): `JWKS_URL`,
-    /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE`, `CARD_FINGERPRINT_KEY`, `CARD_FINGERPRINT_KEY_FILE`,
-    /// `PROCESSOR_DEADLINE_MS`, `FRAUD_ALLOW_CUSTOMERS` (comma-separated ids),
-    /// `FRAUD_BLOCK_AMOUNT`, `FRAUD_REVIEW_AMOUNT`, `FRAUD_BLOCK_CUSTOMER_PER_HOUR`,
-    /// `FRAUD_REVIEW_CUSTOMER_PER_HOUR`, `FRAUD_BLOCK_CARD_PER_HOUR`,
-    /// `FRAUD_REVIEW_CARD_PER_HOUR`, `FRAUD_COUNTRY_MISMATCH` (`allow|review|block`).
-    pub fn from_env(data_dir: &Path) -> Result<Settings, ConfigError> {
-        Settings::from_lookup(data_dir, |k| std::env::var(k).ok())
-    }
-
-    /// [`Settings::from_env`] through `get` (the environment, or a map in tests).
-    pub fn from_lookup(
-        data_dir: &Path,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
-        let read = |name: &str| -> Option<(String, String)> {
-            let prefixed = format!("PAYMENT_{name}");
-            get(&prefixed)
-                .map(|v| (prefixed, v))
-                .or_else(|| get(name).map(|v| (name.to_owned(), v)))
-                .filter(|(_, v)| !v.trim().is_empty())
-        };
-        let number = |name: &str| -> Result<Option<i64>, ConfigError> {
-            read(name)
-                .map(|(variable, v)| {
-                    v.trim()
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|n| *n >= 0)
-                        .ok_or(ConfigError {
-                            variable,
-                            reason: format!("{v:?} is not a non-negative whole number"),
-                        })
-                })
-                .transpose()
-        };
+    /// The defaults with what `env` sets (see [`SETTINGS`]), the fingerprint key under
+    /// `data_dir` unless `CARD_FINGERPRINT_KEY` or `CARD_FINGERPRINT_KEY_FILE` says otherwise.
+    pub fn read(env: &Env, data_dir: &Path) -> Result<Settings, ConfigError> {
         let mut s = Settings::new(data_dir);
-        if let Some((_, v)) = read("JWKS_URL") {
+        if let Some(v) = env.string("JWKS_URL") {
             s.jwks_url = v;
         }
-        if let Some((_, v)) = read("TOKEN_ISSUER") {
+        if let Some(v) = env.string("TOKEN_ISSUER") {
             s.issuer = v;
         }
-        if let Some((_, v)) = read("TOKEN_AUDIENCE") {
+        if let Some(v) = env.string("TOKEN_AUDIENCE") {
             s.audience = v;
         }
-        if let Some((_, v)) = read("CARD_FINGERPRINT_KEY_FILE") {
+        if let Some(v) = env.string("CARD_FINGERPRINT_KEY_FILE") {
             s.fingerprint_key = SecretSource::File(v.into());
         }
-        if let Some((_, v)) = read("CARD_FINGERPRINT_KEY") {
+        if let Some(v) = env.string("CARD_FINGERPRINT_KEY") {
             s.fingerprint_key = SecretSource::Inline(v);
         }
-        if let Some(ms) = number("PROCESSOR_DEADLINE_MS")? {
-            s.processor_deadline = Duration::from_millis(ms as u64);
+        if let Some(ms) = env.count::<u64>("PROCESSOR_DEADLINE_MS")? {
+            s.processor_deadline = Duration::from_millis(ms);
         }
-        if let Some((_, v)) = read("FRAUD_ALLOW_CUSTOMERS") {
+        if let Some(v) = env.string("FRAUD_ALLOW_CUSTOMERS") {
             s.fraud.allow_customers = v
                 .split(',')
                 .map(|c| c.trim().to_owned())
@@ -259,15 +223,16 @@ impl Settings {
             ("FRAUD_BLOCK_CARD_PER_HOUR", &mut f.block_card_per_hour),
             ("FRAUD_REVIEW_CARD_PER_HOUR", &mut f.review_card_per_hour),
         ] {
-            if let Some(n) = number(name)? {
+            if let Some(n) = env.count(name)? {
                 *field = n;
             }
         }
-        if let Some((variable, v)) = read("FRAUD_COUNTRY_MISMATCH") {
-            f.country_mismatch = fraud::Decision::parse(v.trim()).ok_or(ConfigError {
-                variable,
-                reason: format!("{v:?} is not one of allow, review, block"),
-            })?;
+        if let Some(d) = env.parse(
+            "FRAUD_COUNTRY_MISMATCH",
+            "one of allow, review, block",
+            fraud::Decision::parse,
+        )? {
+            f.country_mismatch = d;
         }
         Ok(s)
     }
@@ -275,6 +240,81 @@ impl Settings {
     /// A verifier of access tokens against [`Settings::jwks_url`].
     pub fn verifier(&self) -> Verifier {
         Verifier::remote(&self.jwks_url, &self.issuer, &self.audience)
+    }
+}
+
+/// The settings the payment service reads beyond the kit's.
+pub const SETTINGS: &[Setting] = &[
+    Setting::env(
+        "TOKEN_ISSUER",
+        "iss access tokens must carry (gatehouse-user)",
+    ),
+    Setting::env("TOKEN_AUDIENCE", "aud access tokens must carry (gatehouse)"),
+    Setting::env(
+        "CARD_FINGERPRINT_KEY",
+        "the key of card fingerprints (16 characters or more)",
+    ),
+    Setting::env(
+        "CARD_FINGERPRINT_KEY_FILE",
+        "its file (default <DATA_DIR>/payment-fingerprint.key, made when missing)",
+    ),
+    Setting::env(
+        "PROCESSOR_DEADLINE_MS",
+        "how long the card processor may take to answer (10000)",
+    ),
+    Setting::env(
+        "FRAUD_ALLOW_CUSTOMERS",
+        "customer ids the fraud rules never block, comma-separated",
+    ),
+    Setting::env("FRAUD_BLOCK_AMOUNT", "block intents above this amount"),
+    Setting::env("FRAUD_REVIEW_AMOUNT", "flag intents above this amount"),
+    Setting::env(
+        "FRAUD_BLOCK_CUSTOMER_PER_HOUR",
+        "block beyond this many intents per customer and hour",
+    ),
+    Setting::env(
+        "FRAUD_REVIEW_CUSTOMER_PER_HOUR",
+        "flag beyond this many intents per customer and hour",
+    ),
+    Setting::env(
+        "FRAUD_BLOCK_CARD_PER_HOUR",
+        "block beyond this many intents per card and hour",
+    ),
+    Setting::env(
+        "FRAUD_REVIEW_CARD_PER_HOUR",
+        "flag beyond this many intents per card and hour",
+    ),
+    Setting::env(
+        "FRAUD_COUNTRY_MISMATCH",
+        "card and billing country differ: allow, review or block",
+    ),
+];
+
+impl kit::Service for Service {
+    const NAME: &'static str = "payment";
+    const PORT: u16 = 3004;
+    const ABOUT: &'static str =
+        "Gatehouse payment service: cards, payment intents, refunds, a double-entry ledger";
+    const SETTINGS: &'static [Setting] = SETTINGS;
+    type Settings = Settings;
+
+    fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::read(env, &config.data_dir)
+    }
+
+    async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
+        let verifier = ctx.verifier_or(|| settings.verifier());
+        Ok(Service::start(ctx.db, settings, verifier, ctx.bus).await?)
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the relay (after serving has stopped), releasing its lease at once.
+    async fn shutdown(self) {
+        self.recovery.abort();
+        self.relay.shutdown().await;
     }
 }
 
@@ -379,17 +419,6 @@ impl Service {
             recovery,
         }
     }
-
-    /// The HTTP surface.
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    /// Stops the relay (after serving has stopped), releasing its lease at once.
-    pub async fn shutdown(self) {
-        self.recovery.abort();
-        self.relay.shutdown().await;
-    }
 }
 
 /// At start and every 30 s: intents stuck in `processing` for twice the processor deadline
@@ -401,19 +430,6 @@ async fn recover_interrupted_forever(state: AppState) {
             tracing::warn!(error = %e, "recovering interrupted payment intents failed");
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
-    }
-}
-
-/// Idempotency keys belong to the caller's verified `sub`: two callers never share a key,
-/// and a request without a valid token is 401 before its key is looked at.
-#[derive(Clone)]
-pub struct CallerScope(pub Arc<Verifier>);
-
-#[async_trait::async_trait]
-impl IdempotencyScope for CallerScope {
-    async fn scope(&self, parts: &mut Parts) -> Result<String, Problem> {
-        let id = Identity::from_request_parts(parts, &self.0).await?;
-        Ok(id.user_id)
     }
 }
 
@@ -450,22 +466,22 @@ mod tests {
     #[test]
     fn settings_from_the_environment_name_their_bad_variable() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
+            Env::from_lookup("payment", move |k: &str| {
                 pairs
                     .iter()
                     .find(|(n, _)| *n == k)
                     .map(|(_, v)| v.to_string())
-            }
+            })
         };
         let dir = Path::new("d");
-        let s = Settings::from_lookup(
-            dir,
-            env(&[
+        let s = Settings::read(
+            &env(&[
                 ("PAYMENT_PROCESSOR_DEADLINE_MS", "250"),
                 ("FRAUD_ALLOW_CUSTOMERS", "a, b,"),
                 ("FRAUD_COUNTRY_MISMATCH", "block"),
                 ("FRAUD_BLOCK_AMOUNT", "5"),
             ]),
+            dir,
         )
         .unwrap();
         assert_eq!(s.processor_deadline, Duration::from_millis(250));
@@ -475,11 +491,9 @@ mod tests {
         assert!(
             matches!(s.fingerprint_key, SecretSource::File(ref p) if p == &dir.join("payment-fingerprint.key"))
         );
-        let e = Settings::from_lookup(dir, env(&[("PAYMENT_FRAUD_REVIEW_AMOUNT", "lots")]))
-            .unwrap_err();
+        let e = Settings::read(&env(&[("PAYMENT_FRAUD_REVIEW_AMOUNT", "lots")]), dir).unwrap_err();
         assert_eq!(e.variable, "PAYMENT_FRAUD_REVIEW_AMOUNT");
-        let e =
-            Settings::from_lookup(dir, env(&[("FRAUD_COUNTRY_MISMATCH", "maybe")])).unwrap_err();
+        let e = Settings::read(&env(&[("FRAUD_COUNTRY_MISMATCH", "maybe")]), dir).unwrap_err();
         assert_eq!(e.variable, "FRAUD_COUNTRY_MISMATCH");
         let debug = format!(
             "{:?}",

@@ -1,7 +1,6 @@
 //! The product service's errors and how each is answered (problem+json).
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
 
@@ -48,24 +47,9 @@ pub enum Error {
     Cache(#[from] crate::cache::CacheError),
 }
 
-impl From<Problem> for Error {
-    fn from(p: Problem) -> Error {
-        Error::Problem(p)
-    }
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Error {
-        Error::Db(e.into())
-    }
-}
+kit::problem_glue!(Error, db: Db);
 
 impl Error {
-    /// One invalid field.
-    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError::new(field, message)])
-    }
-
     fn problem(self) -> Problem {
         match self {
             Error::Invalid(errors) => Problem::invalid(errors),
@@ -78,18 +62,11 @@ impl Error {
             Error::Conflict(why) => Problem::conflict(why),
             Error::NotFound(what) => Problem::not_found(what),
             Error::Problem(p) => p,
-            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
-            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            Error::Db(e @ (DbError::Conflict | DbError::NotFound)) => e.into(),
             e @ (Error::Db(_) | Error::Cache(_) | Error::Bus(_) | Error::Invariant(_)) => {
                 Problem::internal(&e)
             }
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        self.problem().into_response()
     }
 }
 

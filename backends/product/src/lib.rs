@@ -30,12 +30,12 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
-use kit::config::ConfigError;
+use kit::config::{ConfigError, Setting};
 use kit::inbox::ConsumerOptions;
 use kit::relay::RelayOptions;
 use kit::telemetry::ReadyCheck;
 use kit::{
-    Consumer, Db, EventBus, Identity, OutboxWaker, Problem, Relay, ServiceConfig, Telemetry,
+    Consumer, Db, Env, EventBus, Identity, OutboxWaker, Problem, Relay, ServiceConfig, Telemetry,
     Verifier,
 };
 use sqlx::migrate::Migrator;
@@ -105,65 +105,29 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The defaults with overrides from the environment (each `PRODUCT_`-prefixed or bare):
-    /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE`, `RESERVATION_TTL` (`15m`), `SWEEP_INTERVAL` (`30s`),
-    /// `LOW_STOCK_THRESHOLD` (5), `REDIS_URL` (unset = in-process cache), `CACHE_TTL`
-    /// (`60s`), `CACHE_CAPACITY` (10000), `CACHE_KEY_PREFIX` (`gatehouse:product:`); the
-    /// JWKS URL comes from `config` (`JWKS_URL`).
-    pub fn from_env(config: &ServiceConfig) -> Result<Settings, ConfigError> {
-        Settings::from_lookup(config, |k| std::env::var(k).ok())
-    }
-
-    /// [`Settings::from_env`] reading through `get` (a map in tests).
-    pub fn from_lookup(
-        config: &ServiceConfig,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
-        let read = |name: &str| {
-            let prefixed = format!("PRODUCT_{name}");
-            get(&prefixed)
-                .map(|v| (prefixed, v))
-                .or_else(|| get(name).map(|v| (name.to_owned(), v)))
-                .filter(|(_, v)| !v.trim().is_empty())
-        };
-        let duration = |name: &str, default: Duration| match read(name) {
-            None => Ok(default),
-            Some((variable, v)) => humantime::parse_duration(v.trim())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or(ConfigError {
-                    variable,
-                    reason: format!("{v:?} is not a duration like 15m or 30s"),
-                }),
-        };
-        let number = |name: &str, default: i64| match read(name) {
-            None => Ok(default),
-            Some((variable, v)) => {
-                v.trim()
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or(ConfigError {
-                        variable,
-                        reason: format!("{v:?} is not a whole number ≥ 0"),
-                    })
-            }
-        };
+    /// The defaults with what `env` sets (see [`SETTINGS`]); the JWKS URL comes from
+    /// `config` (`JWKS_URL`).
+    pub fn read(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
         let d = Settings::default();
         Ok(Settings {
-            issuer: read("TOKEN_ISSUER").map(|(_, v)| v).unwrap_or(d.issuer),
-            audience: read("TOKEN_AUDIENCE").map(|(_, v)| v).unwrap_or(d.audience),
+            issuer: env.string("TOKEN_ISSUER").unwrap_or(d.issuer),
+            audience: env.string("TOKEN_AUDIENCE").unwrap_or(d.audience),
             jwks_url: config.jwks_url.clone(),
-            reservation_ttl: duration("RESERVATION_TTL", d.reservation_ttl)?,
-            sweep_interval: duration("SWEEP_INTERVAL", d.sweep_interval)?,
-            low_stock_threshold: number("LOW_STOCK_THRESHOLD", d.low_stock_threshold)?,
+            reservation_ttl: env
+                .duration("RESERVATION_TTL")?
+                .unwrap_or(d.reservation_ttl),
+            sweep_interval: env.duration("SWEEP_INTERVAL")?.unwrap_or(d.sweep_interval),
+            low_stock_threshold: env
+                .count("LOW_STOCK_THRESHOLD")?
+                .unwrap_or(d.low_stock_threshold),
             cache: CacheSettings {
-                redis_url: read("REDIS_URL").map(|(_, v)| v),
-                key_prefix: read("CACHE_KEY_PREFIX")
-                    .map(|(_, v)| v)
-                    .unwrap_or(d.cache.key_prefix),
-                ttl: duration("CACHE_TTL", d.cache.ttl)?,
-                capacity: number("CACHE_CAPACITY", d.cache.capacity as i64)?.max(1) as usize,
+                redis_url: env.string("REDIS_URL"),
+                key_prefix: env.string("CACHE_KEY_PREFIX").unwrap_or(d.cache.key_prefix),
+                ttl: env.duration("CACHE_TTL")?.unwrap_or(d.cache.ttl),
+                capacity: env
+                    .count::<usize>("CACHE_CAPACITY")?
+                    .unwrap_or(d.cache.capacity)
+                    .max(1),
             },
         })
     }
@@ -172,6 +136,69 @@ impl Settings {
     pub fn verifier(&self) -> Verifier {
         let url = self.jwks_url.as_deref().unwrap_or(DEFAULT_JWKS_URL);
         Verifier::remote(url, &self.issuer, &self.audience)
+    }
+}
+
+/// The settings the product service reads beyond the kit's.
+pub const SETTINGS: &[Setting] = &[
+    Setting::env(
+        "TOKEN_ISSUER",
+        "iss access tokens must carry (gatehouse-user)",
+    ),
+    Setting::env("TOKEN_AUDIENCE", "aud access tokens must carry (gatehouse)"),
+    Setting::env(
+        "RESERVATION_TTL",
+        "how long a reservation holds stock without a commit (15m)",
+    ),
+    Setting::env(
+        "SWEEP_INTERVAL",
+        "how often overdue reservations are released (30s)",
+    ),
+    Setting::env(
+        "LOW_STOCK_THRESHOLD",
+        "low-stock threshold of a product created without one (5)",
+    ),
+    Setting::flag(
+        "REDIS_URL",
+        "Redis for a read cache shared by replicas (default: in-process)",
+    ),
+    Setting::env("CACHE_TTL", "how long a cached read lives (60s)"),
+    Setting::env(
+        "CACHE_CAPACITY",
+        "most entries of the in-process cache (10000)",
+    ),
+    Setting::env(
+        "CACHE_KEY_PREFIX",
+        "prefix of the Redis cache keys (gatehouse:product:)",
+    ),
+];
+
+impl kit::Service for Service {
+    const NAME: &'static str = "product";
+    const PORT: u16 = 3002;
+    const ABOUT: &'static str =
+        "Gatehouse product service: catalogue, stock and reservations that never oversell";
+    const SETTINGS: &'static [Setting] = SETTINGS;
+    type Settings = Settings;
+
+    fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::read(env, config)
+    }
+
+    async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
+        let verifier = ctx.verifier_or(|| settings.verifier());
+        Ok(Service::start(ctx.db, settings, verifier, ctx.bus).await?)
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the background tasks (after serving has stopped).
+    async fn shutdown(self) {
+        self.sweeper.shutdown().await;
+        self.invalidator.shutdown().await;
+        self.relay.shutdown().await;
     }
 }
 
@@ -273,18 +300,6 @@ impl Service {
             sweeper,
         })
     }
-
-    /// The HTTP surface.
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    /// Stops the background tasks (after serving has stopped).
-    pub async fn shutdown(self) {
-        self.sweeper.shutdown().await;
-        self.invalidator.shutdown().await;
-        self.relay.shutdown().await;
-    }
 }
 
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
@@ -321,40 +336,37 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     use super::*;
 
-    fn config() -> ServiceConfig {
-        ServiceConfig::from_lookup("product", 3002, |_| None).unwrap()
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> Env {
+        Env::from_lookup("product", move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn read(pairs: &'static [(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+        let env = env(pairs);
+        Settings::read(&env, &ServiceConfig::read(&env, 3002).unwrap())
     }
 
     #[test]
     fn settings_read_prefixed_names_first_and_name_bad_values() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let s = Settings::from_lookup(
-            &config(),
-            env(&[
-                ("RESERVATION_TTL", "1m"),
-                ("PRODUCT_RESERVATION_TTL", "90s"),
-                ("REDIS_URL", "redis://127.0.0.1:6379"),
-                ("LOW_STOCK_THRESHOLD", "2"),
-            ]),
-        )
+        let s = read(&[
+            ("RESERVATION_TTL", "1m"),
+            ("PRODUCT_RESERVATION_TTL", "90s"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("LOW_STOCK_THRESHOLD", "2"),
+        ])
         .unwrap();
         assert_eq!(s.reservation_ttl, Duration::from_secs(90));
         assert_eq!(s.cache.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(s.low_stock_threshold, 2);
         assert_eq!(s.sweep_interval, Duration::from_secs(30));
 
-        let e = Settings::from_lookup(&config(), env(&[("PRODUCT_SWEEP_INTERVAL", "soon")]))
-            .unwrap_err();
+        let e = read(&[("PRODUCT_SWEEP_INTERVAL", "soon")]).unwrap_err();
         assert_eq!(e.variable, "PRODUCT_SWEEP_INTERVAL");
-        let e =
-            Settings::from_lookup(&config(), env(&[("LOW_STOCK_THRESHOLD", "-1")])).unwrap_err();
+        let e = read(&[("LOW_STOCK_THRESHOLD", "-1")]).unwrap_err();
         assert_eq!(e.variable, "LOW_STOCK_THRESHOLD");
     }
 }

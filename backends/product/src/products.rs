@@ -14,9 +14,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use kit::db::{new_id, now_ms};
+use kit::page::Page;
 use kit::{DbError, Identity, Json, Problem};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -390,26 +389,17 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// One page of products.
-#[derive(Debug, Serialize)]
-pub struct Page {
-    /// Up to `limit` products in `(created_at, id)` order.
-    pub items: Vec<Product>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    pub next_cursor: Option<String>,
-}
-
 /// The default and the largest page size (a larger `limit` is clamped to it).
 pub const DEFAULT_LIMIT: i64 = 20;
 /// The largest page size.
 pub const MAX_LIMIT: i64 = 100;
 
-fn encode_cursor(p: &Product) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", p.created_at, p.id))
+fn position(p: &Product) -> String {
+    format!("{}:{}", p.created_at, p.id)
 }
 
 fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+    let raw = kit::page::decode_cursor(Some(c)).ok()??;
     let (at, id) = raw.split_once(':')?;
     Some((at.parse().ok()?, id.to_owned()))
 }
@@ -507,7 +497,7 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
 pub async fn list(
     State(s): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page>, Error> {
+) -> Result<Json<Page<Product>>, Error> {
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let mut f = Fields::default();
     let (sql, binds, limit) = list_sql(&q, &mut f);
@@ -520,14 +510,8 @@ pub async fn list(
         };
     }
     let rows = query.fetch_all(s.db.pool()).await?;
-    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(encode_cursor)
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(Page::from_rows(items, limit, position)))
 }
 
 #[cfg(test)]
@@ -551,7 +535,7 @@ mod tests {
             updated_at: 0,
         };
         assert_eq!(
-            decode_cursor(&encode_cursor(&p)),
+            decode_cursor(&kit::page::encode_cursor(&position(&p))),
             Some((1_700_000_000_123, "0190-abc".to_owned()))
         );
         for bad in ["", "!!", "bm90LWEtY3Vyc29y"] {

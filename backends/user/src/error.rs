@@ -1,7 +1,6 @@
 //! The user service's errors and how each is answered (problem+json).
 
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 pub use kit::problem::FieldError;
 use kit::{DbError, Problem};
 
@@ -52,24 +51,9 @@ pub enum Error {
     Keys(#[from] KeyError),
 }
 
-impl From<Problem> for Error {
-    fn from(p: Problem) -> Error {
-        Error::Problem(p)
-    }
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Error {
-        Error::Db(e.into())
-    }
-}
+kit::problem_glue!(Error, db: Db);
 
 impl Error {
-    /// One invalid field.
-    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid(vec![FieldError::new(field, message)])
-    }
-
     fn problem(self) -> Problem {
         match self {
             Error::Invalid(errors) => Problem::invalid(errors),
@@ -87,15 +71,8 @@ impl Error {
             Error::Forbidden(why) => Problem::forbidden(why),
             Error::NotFound(what) => Problem::not_found(what),
             Error::Problem(p) => p,
-            Error::Db(DbError::Conflict) => Problem::conflict("the resource exists already"),
-            Error::Db(DbError::NotFound) => Problem::not_found("no such resource"),
+            Error::Db(e @ (DbError::Conflict | DbError::NotFound)) => e.into(),
             e @ (Error::Db(_) | Error::Password(_) | Error::Keys(_)) => Problem::internal(&e),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        self.problem().into_response()
     }
 }

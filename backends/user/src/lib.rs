@@ -27,9 +27,10 @@ use axum::extract::FromRef;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use kit::bus::BusReady;
+use kit::config::{ConfigError, Setting};
 use kit::relay::RelayOptions;
 use kit::telemetry::ReadyCheck;
-use kit::{Db, EventBus, OutboxWaker, Relay, Telemetry, Verifier};
+use kit::{Db, Env, EventBus, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 
 pub use error::Error;
@@ -152,35 +153,80 @@ impl Settings {
         }
     }
 
-    /// Reads overrides from the environment (`USER_`-prefixed or bare): `TOKEN_ISSUER`,
-    /// `TOKEN_AUDIENCE`, `SIGNING_KEY` (PEM text), `SIGNING_KEY_FILE`, `BOOTSTRAP_ADMIN`,
-    /// `SERVICE_CLIENTS` (JSON: `[{"id":"order","secret_sha256":"…","permissions":[…]}]`).
-    pub fn from_env(data_dir: &std::path::Path) -> Result<Settings, String> {
-        let get = |name: &str| {
-            std::env::var(format!("USER_{name}"))
-                .or_else(|_| std::env::var(name))
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-        };
+    /// The defaults with what `env` sets (see [`SETTINGS`]), the key file under
+    /// `data_dir` unless `SIGNING_KEY` or `SIGNING_KEY_FILE` says otherwise.
+    pub fn read(env: &Env, data_dir: &std::path::Path) -> Result<Settings, ConfigError> {
         let mut s = Settings::new(data_dir);
-        if let Some(v) = get("TOKEN_ISSUER") {
+        if let Some(v) = env.string("TOKEN_ISSUER") {
             s.issuer = v;
         }
-        if let Some(v) = get("TOKEN_AUDIENCE") {
+        if let Some(v) = env.string("TOKEN_AUDIENCE") {
             s.audience = v;
         }
-        if let Some(v) = get("SIGNING_KEY_FILE") {
+        if let Some(v) = env.string("SIGNING_KEY_FILE") {
             s.signing_key = KeySource::File(v.into());
         }
-        if let Some(v) = get("SIGNING_KEY") {
+        if let Some(v) = env.string("SIGNING_KEY") {
             s.signing_key = KeySource::Inline(v);
         }
-        s.bootstrap_admin = get("BOOTSTRAP_ADMIN");
-        if let Some(v) = get("SERVICE_CLIENTS") {
-            s.service_clients =
-                serde_json::from_str(&v).map_err(|e| format!("SERVICE_CLIENTS: {e}"))?;
+        s.bootstrap_admin = env.string("BOOTSTRAP_ADMIN");
+        if let Some(clients) = env.parse(
+            "SERVICE_CLIENTS",
+            "a JSON list like [{\"id\":\"order\",\"secret_sha256\":\"…\",\"permissions\":[…]}]",
+            |v| serde_json::from_str(v).ok(),
+        )? {
+            s.service_clients = clients;
         }
         Ok(s)
+    }
+}
+
+/// The settings the user service reads beyond the kit's.
+pub const SETTINGS: &[Setting] = &[
+    Setting::env("TOKEN_ISSUER", "iss of the access tokens (gatehouse-user)"),
+    Setting::env("TOKEN_AUDIENCE", "aud of the access tokens (gatehouse)"),
+    Setting::env("SIGNING_KEY", "the Ed25519 signing key as PEM text"),
+    Setting::env(
+        "SIGNING_KEY_FILE",
+        "the signing key's PEM file (default <DATA_DIR>/user-signing-key.pem, made when missing)",
+    ),
+    Setting::flag(
+        "BOOTSTRAP_ADMIN",
+        "an existing account's email to make admin at start",
+    ),
+    Setting::env(
+        "SERVICE_CLIENTS",
+        "services allowed client credentials, JSON: [{\"id\",\"secret_sha256\",\"permissions\"}]",
+    ),
+];
+
+impl kit::Service for Service {
+    const NAME: &'static str = "user";
+    const PORT: u16 = 3001;
+    const ABOUT: &'static str =
+        "Gatehouse user service: accounts, EdDSA access tokens, sessions, roles and the JWKS";
+    const SETTINGS: &'static [Setting] = SETTINGS;
+    type Settings = Settings;
+
+    fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::read(env, &config.data_dir)
+    }
+
+    async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
+        Ok(Service::start(ctx.db, settings, ctx.bus).await?)
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Stops the relay (after serving has stopped), releasing its lease at once.
+    async fn shutdown(self) {
+        self.relay.shutdown().await;
+    }
+
+    fn token_verifier(&self) -> Option<Arc<Verifier>> {
+        Some(self.state.verifier.clone())
     }
 }
 
@@ -251,16 +297,6 @@ impl Service {
         state.outbox = relay.waker();
         state.bus = Some(bus);
         Ok(Service { state, relay })
-    }
-
-    /// The HTTP surface.
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    /// Stops the relay (after serving has stopped), releasing its lease at once.
-    pub async fn shutdown(self) {
-        self.relay.shutdown().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The harness: fake product and payment services, an order service on port 0 over a fresh
 //! database, tokens minted by a test key, and client shorthands.
 
+use kit::Service as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

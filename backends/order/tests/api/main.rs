@@ -3,6 +3,7 @@
 //! services that follow the commerce contract (`fakes.rs`), with switches to inject
 //! failures; `saga_real.rs` runs it against the real services (`real.rs`).
 
+mod binary;
 mod fakes;
 mod helpers;
 mod real;

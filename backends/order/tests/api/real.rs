@@ -3,6 +3,7 @@
 //! token signed by one test key that all three verifiers trust. Outcomes are checked by
 //! asking the other services' APIs, never by reading their databases.
 
+use kit::Service as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! With the relay running, payment facts reach a bus subscriber after commit.
 
+use kit::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The harness: a product service on port 0 over a fresh database, tokens minted by a test
 //! key, and client shorthands.
 
+use kit::Service as _;
 use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;

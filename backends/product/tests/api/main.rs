@@ -1,6 +1,7 @@
 //! The product service over real sockets, each storage test on SQLite and (with
 //! `TEST_DATABASE_URL`) PostgreSQL.
 
+mod binary;
 mod helpers;
 
 mod cache;

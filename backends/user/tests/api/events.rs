@@ -1,3 +1,4 @@
+use kit::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The user service over real sockets, each test on SQLite and (with `TEST_DATABASE_URL`)
 //! PostgreSQL.
 
+mod binary;
 mod helpers;
 
 mod accounts;

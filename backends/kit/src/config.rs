@@ -62,6 +62,8 @@ pub const COMMON_SETTINGS: &[Setting] = &[
         "JWKS_URL",
         "where access-token keys are published (default: the user service's)",
     ),
+    Setting::env("TOKEN_ISSUER", "iss of the access tokens (gatehouse-user)"),
+    Setting::env("TOKEN_AUDIENCE", "aud of the access tokens (gatehouse)"),
     Setting::env(
         "LOG_FORMAT",
         "text (default) or json: one JSON object per line",
@@ -275,9 +277,18 @@ pub struct ServiceConfig {
     pub database_url: String,
     /// NATS server for the JetStream bus; `None` = the embedded bus.
     pub nats_url: Option<String>,
-    /// JWKS to verify access tokens against; `None` = the service's default.
+    /// JWKS to verify access tokens against; `None` = [`DEFAULT_JWKS_URL`] (the user
+    /// service itself verifies with its own key set).
     pub jwks_url: Option<String>,
+    /// `iss` of the access tokens: what the user service issues and the others require.
+    pub issuer: String,
+    /// `aud` of the access tokens.
+    pub audience: String,
 }
+
+/// Where access-token keys are published when `JWKS_URL` is not set: the user service on
+/// its default port.
+pub const DEFAULT_JWKS_URL: &str = "http://127.0.0.1:3001/.well-known/jwks.json";
 
 impl ServiceConfig {
     /// Reads the settings of `service` (default port `port`) from the process environment,
@@ -326,7 +337,20 @@ impl ServiceConfig {
             database_url,
             nats_url: env.string("NATS_URL"),
             jwks_url: env.string("JWKS_URL"),
+            issuer: env
+                .string("TOKEN_ISSUER")
+                .unwrap_or_else(|| "gatehouse-user".into()),
+            audience: env
+                .string("TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "gatehouse".into()),
         })
+    }
+
+    /// A verifier of the user service's tokens: the JWKS at `jwks_url`, fetched on first
+    /// use, with the configured issuer and audience.
+    pub fn verifier(&self) -> crate::Verifier {
+        let url = self.jwks_url.as_deref().unwrap_or(DEFAULT_JWKS_URL);
+        crate::Verifier::remote(url, &self.issuer, &self.audience)
     }
 }
 

@@ -16,18 +16,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::config::{ConfigError, Env, Setting, COMMON_SETTINGS};
 use crate::{Db, EventBus, ServiceConfig, Verifier};
-
-/// A future that outlives the borrow that made it.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What a service is, declared once; the kit does the rest (see the module docs).
 pub trait Service: Sized + Send + 'static {
@@ -84,10 +81,12 @@ pub struct Start {
 }
 
 impl Start {
-    /// The verifier platform mode shares, or `remote()` (the JWKS of the service's
-    /// settings) when the service runs alone.
-    pub fn verifier_or(&self, remote: impl FnOnce() -> Verifier) -> Arc<Verifier> {
-        self.verifier.clone().unwrap_or_else(|| Arc::new(remote()))
+    /// The verifier platform mode shares, or one of the JWKS at `JWKS_URL` when the service
+    /// runs alone ([`ServiceConfig::verifier`]).
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier
+            .clone()
+            .unwrap_or_else(|| Arc::new(self.config.verifier()))
     }
 }
 
@@ -102,7 +101,7 @@ pub struct Running {
     pub verifier: Option<Arc<Verifier>>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    shutdown: Box<dyn FnOnce() -> BoxFuture<()> + Send>,
+    shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
 }
 
 impl Running {
@@ -135,7 +134,7 @@ pub struct Launcher {
     pub needs: &'static [&'static str],
     /// [`Service::CLIENT_PERMISSIONS`].
     pub client_permissions: &'static [&'static str],
-    launch: fn(Launch) -> BoxFuture<anyhow::Result<Running>>,
+    launch: fn(Launch) -> BoxFuture<'static, anyhow::Result<Running>>,
 }
 
 /// What a launch is given beyond the settings: the shared bus and verifier of platform

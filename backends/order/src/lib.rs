@@ -118,8 +118,6 @@ pub const SETTINGS: &[Setting] = &[
         "SAGA_RESUME_INTERVAL",
         "how often unfinished sagas are looked for",
     ),
-    Setting::env("TOKEN_ISSUER", "iss of access tokens (gatehouse-user)"),
-    Setting::env("TOKEN_AUDIENCE", "aud of access tokens (gatehouse)"),
     Setting::env(
         "SERVICE_CLIENT_ID",
         "its client id at the user service (order)",
@@ -140,12 +138,8 @@ pub const SETTINGS: &[Setting] = &[
 
 /// Where the service token comes from: client credentials at the user service
 /// (`SERVICE_CLIENT_SECRET`), or a key the verifiers trust (`SERVICE_SIGNING_KEY_FILE`).
-pub fn token_source(env: &Env) -> Result<TokenSource, ConfigError> {
-    let claim = |name, default: &str| env.string(name).unwrap_or_else(|| default.into());
-    let (issuer, audience) = (
-        claim("TOKEN_ISSUER", "gatehouse-user"),
-        claim("TOKEN_AUDIENCE", "gatehouse"),
-    );
+/// Locally minted tokens carry `config`'s issuer and audience.
+pub fn token_source(env: &Env, config: &ServiceConfig) -> Result<TokenSource, ConfigError> {
     if let Some(secret) = env.string("SERVICE_CLIENT_SECRET") {
         let url = env
             .string("SERVICE_TOKEN_URL")
@@ -166,8 +160,8 @@ pub fn token_source(env: &Env) -> Result<TokenSource, ConfigError> {
     match key {
         Some(key) => Ok(TokenSource::signing(
             key,
-            &issuer,
-            &audience,
+            &config.issuer,
+            &config.audience,
             "service:order",
             SERVICE_PERMISSIONS,
         )),
@@ -184,9 +178,6 @@ pub struct Config {
     pub settings: Settings,
     /// Its service token for the product and payment services.
     pub tokens: TokenSource,
-    /// Verifies callers when no verifier is shared: the JWKS at `JWKS_URL` (fetched on
-    /// first use).
-    pub verifier: Verifier,
 }
 
 impl kit::Service for Service {
@@ -200,24 +191,14 @@ impl kit::Service for Service {
     type Settings = Config;
 
     fn settings(env: &Env, config: &ServiceConfig) -> Result<Config, ConfigError> {
-        let jwks = config
-            .jwks_url
-            .as_deref()
-            .unwrap_or("http://127.0.0.1:3001/.well-known/jwks.json");
-        let claim = |name, default: &str| env.string(name).unwrap_or_else(|| default.into());
         Ok(Config {
             settings: Settings::read(env)?,
-            tokens: token_source(env)?,
-            verifier: Verifier::remote(
-                jwks,
-                &claim("TOKEN_ISSUER", "gatehouse-user"),
-                &claim("TOKEN_AUDIENCE", "gatehouse"),
-            ),
+            tokens: token_source(env, config)?,
         })
     }
 
     async fn start(ctx: kit::service::Start, c: Config) -> anyhow::Result<Service> {
-        let verifier = ctx.verifier_or(|| c.verifier);
+        let verifier = ctx.verifier();
         Ok(Service::start(ctx.db, c.settings, ctx.bus, verifier, c.tokens).await?)
     }
 

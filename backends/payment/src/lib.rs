@@ -147,12 +147,6 @@ fn create_key(path: &Path) -> Result<Vec<u8>, Error> {
 /// How the service behaves; defaults are the production values.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `iss` of the access tokens (for [`Settings::verifier`]).
-    pub issuer: String,
-    /// `aud` of the access tokens.
-    pub audience: String,
-    /// The user service's JWKS, for [`Settings::verifier`].
-    pub jwks_url: String,
     /// The key of the card fingerprints (keep it: new keys make new fingerprints, and card
     /// velocity starts over).
     pub fingerprint_key: SecretSource,
@@ -169,9 +163,6 @@ impl Settings {
     /// key in `data_dir/payment-fingerprint.key`, a 10 s processor deadline.
     pub fn new(data_dir: &Path) -> Settings {
         Settings {
-            issuer: "gatehouse-user".into(),
-            audience: "gatehouse".into(),
-            jwks_url: "http://127.0.0.1:3001/.well-known/jwks.json".into(),
             fingerprint_key: SecretSource::File(data_dir.join("payment-fingerprint.key")),
             processor_deadline: Duration::from_secs(10),
             simulator_hang: Duration::from_secs(120),
@@ -183,15 +174,6 @@ impl Settings {
     /// `data_dir` unless `CARD_FINGERPRINT_KEY` or `CARD_FINGERPRINT_KEY_FILE` says otherwise.
     pub fn read(env: &Env, data_dir: &Path) -> Result<Settings, ConfigError> {
         let mut s = Settings::new(data_dir);
-        if let Some(v) = env.string("JWKS_URL") {
-            s.jwks_url = v;
-        }
-        if let Some(v) = env.string("TOKEN_ISSUER") {
-            s.issuer = v;
-        }
-        if let Some(v) = env.string("TOKEN_AUDIENCE") {
-            s.audience = v;
-        }
         if let Some(v) = env.string("CARD_FINGERPRINT_KEY_FILE") {
             s.fingerprint_key = SecretSource::File(v.into());
         }
@@ -236,20 +218,10 @@ impl Settings {
         }
         Ok(s)
     }
-
-    /// A verifier of access tokens against [`Settings::jwks_url`].
-    pub fn verifier(&self) -> Verifier {
-        Verifier::remote(&self.jwks_url, &self.issuer, &self.audience)
-    }
 }
 
 /// The settings the payment service reads beyond the kit's.
 pub const SETTINGS: &[Setting] = &[
-    Setting::env(
-        "TOKEN_ISSUER",
-        "iss access tokens must carry (gatehouse-user)",
-    ),
-    Setting::env("TOKEN_AUDIENCE", "aud access tokens must carry (gatehouse)"),
     Setting::env(
         "CARD_FINGERPRINT_KEY",
         "the key of card fingerprints (16 characters or more)",
@@ -303,7 +275,7 @@ impl kit::Service for Service {
     }
 
     async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
-        let verifier = ctx.verifier_or(|| settings.verifier());
+        let verifier = ctx.verifier();
         Ok(Service::start(ctx.db, settings, verifier, ctx.bus).await?)
     }
 

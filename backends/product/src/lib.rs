@@ -66,19 +66,9 @@ pub fn require(id: &Identity, permission: &str) -> Result<(), Problem> {
     }
 }
 
-/// Where access-token keys come from when `JWKS_URL` is not set: the user service on its
-/// default port.
-pub const DEFAULT_JWKS_URL: &str = "http://127.0.0.1:3001/.well-known/jwks.json";
-
 /// How the service behaves; [`Settings::default`] is the production default.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `iss` access tokens must carry.
-    pub issuer: String,
-    /// `aud` access tokens must carry.
-    pub audience: String,
-    /// The user service's JWKS, for [`Settings::verifier`]; `None` = [`DEFAULT_JWKS_URL`].
-    pub jwks_url: Option<String>,
     /// How long a reservation holds stock without a commit.
     pub reservation_ttl: Duration,
     /// How often the sweeper looks for overdue reservations (the most an expired
@@ -93,9 +83,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            issuer: "gatehouse-user".into(),
-            audience: "gatehouse".into(),
-            jwks_url: None,
             reservation_ttl: Duration::from_secs(15 * 60),
             sweep_interval: Duration::from_secs(30),
             low_stock_threshold: 5,
@@ -105,14 +92,10 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The defaults with what `env` sets (see [`SETTINGS`]); the JWKS URL comes from
-    /// `config` (`JWKS_URL`).
-    pub fn read(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+    /// The defaults with what `env` sets (see [`SETTINGS`]).
+    pub fn read(env: &Env) -> Result<Settings, ConfigError> {
         let d = Settings::default();
         Ok(Settings {
-            issuer: env.string("TOKEN_ISSUER").unwrap_or(d.issuer),
-            audience: env.string("TOKEN_AUDIENCE").unwrap_or(d.audience),
-            jwks_url: config.jwks_url.clone(),
             reservation_ttl: env
                 .duration("RESERVATION_TTL")?
                 .unwrap_or(d.reservation_ttl),
@@ -131,21 +114,10 @@ impl Settings {
             },
         })
     }
-
-    /// A verifier of the user service's tokens at `jwks_url` (fetched on first use).
-    pub fn verifier(&self) -> Verifier {
-        let url = self.jwks_url.as_deref().unwrap_or(DEFAULT_JWKS_URL);
-        Verifier::remote(url, &self.issuer, &self.audience)
-    }
 }
 
 /// The settings the product service reads beyond the kit's.
 pub const SETTINGS: &[Setting] = &[
-    Setting::env(
-        "TOKEN_ISSUER",
-        "iss access tokens must carry (gatehouse-user)",
-    ),
-    Setting::env("TOKEN_AUDIENCE", "aud access tokens must carry (gatehouse)"),
     Setting::env(
         "RESERVATION_TTL",
         "how long a reservation holds stock without a commit (15m)",
@@ -181,12 +153,12 @@ impl kit::Service for Service {
     const SETTINGS: &'static [Setting] = SETTINGS;
     type Settings = Settings;
 
-    fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
-        Settings::read(env, config)
+    fn settings(env: &Env, _: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::read(env)
     }
 
     async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
-        let verifier = ctx.verifier_or(|| settings.verifier());
+        let verifier = ctx.verifier();
         Ok(Service::start(ctx.db, settings, verifier, ctx.bus).await?)
     }
 
@@ -346,8 +318,7 @@ mod tests {
     }
 
     fn read(pairs: &'static [(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
-        let env = env(pairs);
-        Settings::read(&env, &ServiceConfig::read(&env, 3002).unwrap())
+        Settings::read(&env(pairs))
     }
 
     #[test]

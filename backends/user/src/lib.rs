@@ -153,16 +153,13 @@ impl Settings {
         }
     }
 
-    /// The defaults with what `env` sets (see [`SETTINGS`]), the key file under
-    /// `data_dir` unless `SIGNING_KEY` or `SIGNING_KEY_FILE` says otherwise.
-    pub fn read(env: &Env, data_dir: &std::path::Path) -> Result<Settings, ConfigError> {
-        let mut s = Settings::new(data_dir);
-        if let Some(v) = env.string("TOKEN_ISSUER") {
-            s.issuer = v;
-        }
-        if let Some(v) = env.string("TOKEN_AUDIENCE") {
-            s.audience = v;
-        }
+    /// The defaults with what `env` sets (see [`SETTINGS`]): the issuer and audience of
+    /// `config`, the key file under its data folder unless `SIGNING_KEY` or
+    /// `SIGNING_KEY_FILE` says otherwise.
+    pub fn read(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        let mut s = Settings::new(&config.data_dir);
+        s.issuer = config.issuer.clone();
+        s.audience = config.audience.clone();
         if let Some(v) = env.string("SIGNING_KEY_FILE") {
             s.signing_key = KeySource::File(v.into());
         }
@@ -183,8 +180,6 @@ impl Settings {
 
 /// The settings the user service reads beyond the kit's.
 pub const SETTINGS: &[Setting] = &[
-    Setting::env("TOKEN_ISSUER", "iss of the access tokens (gatehouse-user)"),
-    Setting::env("TOKEN_AUDIENCE", "aud of the access tokens (gatehouse)"),
     Setting::env("SIGNING_KEY", "the Ed25519 signing key as PEM text"),
     Setting::env(
         "SIGNING_KEY_FILE",
@@ -209,7 +204,7 @@ impl kit::Service for Service {
     type Settings = Settings;
 
     fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
-        Settings::read(env, &config.data_dir)
+        Settings::read(env, config)
     }
 
     async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {

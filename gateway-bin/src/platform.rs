@@ -181,7 +181,7 @@ pub fn start(config: &PlatformConfig) -> anyhow::Result<Platform> {
 }
 
 async fn start_all(config: &PlatformConfig) -> anyhow::Result<Vec<Running>> {
-    let bus = kit::bus::from_config(config.nats_url.as_deref())
+    let bus = kit::bus::from_config(config.nats_url.as_deref(), &config.data_dir.join("bus.db"))
         .await
         .context("platform.nats_url: connecting to the event bus")?;
     let wiring = Wiring::new(config);

@@ -1,14 +1,14 @@
 //! A service's settings: one [`Env`] per service reads every setting the same way, and
 //! [`ServiceConfig`] holds the ones every service has. Every setting has an embedded
 //! default, so a service starts with none set: `127.0.0.1:<port>`, SQLite under `./data`,
-//! the in-process bus, its own key set.
+//! the embedded event bus, its own key set.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `BIND` | listen address | `127.0.0.1:<the service's port>` |
 //! | `DATA_DIR` | where SQLite files and generated keys live | `./data` |
 //! | `DATABASE_URL` | `sqlite://…` or `postgres://…` | `sqlite://<DATA_DIR>/<service>.db` |
-//! | `NATS_URL` | NATS JetStream for events; unset = in-process bus | unset |
+//! | `NATS_URL` | NATS JetStream for events; unset = the embedded bus (`<DATA_DIR>/<service>.bus.db`) | unset |
 //! | `JWKS_URL` | where access-token keys are published | unset (the service's own keys) |
 //!
 //! Where a value comes from, first found wins:
@@ -56,7 +56,7 @@ pub const COMMON_SETTINGS: &[Setting] = &[
     ),
     Setting::flag(
         "NATS_URL",
-        "NATS JetStream for events (default: the in-process bus)",
+        "NATS JetStream for events (default: the embedded bus, a log under DATA_DIR)",
     ),
     Setting::env(
         "JWKS_URL",

@@ -180,9 +180,12 @@ async fn launch<S: Service>(l: Launch) -> anyhow::Result<Running> {
     })?;
     let bus = match l.bus {
         Some(bus) => bus,
-        None => crate::bus::from_config(config.nats_url.as_deref())
-            .await
-            .with_context(|| format!("{name}: connecting to the event bus"))?,
+        None => crate::bus::from_config(
+            config.nats_url.as_deref(),
+            &config.data_dir.join(format!("{name}.bus.db")),
+        )
+        .await
+        .with_context(|| format!("{name}: connecting to the event bus"))?,
     };
     let bind = config.bind;
     let ctx = Start {

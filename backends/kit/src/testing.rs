@@ -312,3 +312,17 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// The embedded bus with its log in memory (the same code as on disk).
+pub async fn bus() -> Arc<dyn crate::EventBus> {
+    bus_with(crate::bus::InProcessOptions::default()).await
+}
+
+/// [`bus`] with `options` (e.g. a short `ack_wait`).
+pub async fn bus_with(options: crate::bus::InProcessOptions) -> Arc<dyn crate::EventBus> {
+    Arc::new(
+        crate::InProcessBus::in_memory(options)
+            .await
+            .expect("an in-memory SQLite bus"),
+    )
+}

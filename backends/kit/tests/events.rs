@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::bus::{Backlog, BusError, EventBus, InProcessBus, InProcessOptions, Subscription};
+use kit::bus::{Backlog, BusError, EventBus, InProcessOptions, Subscription};
 use kit::inbox::{self, ConsumerOptions};
 use kit::relay::RelayOptions;
 use kit::testing::{databases, TestNats};
@@ -41,10 +41,11 @@ fn fast_relay() -> RelayOptions {
 async fn buses(ack_wait: Duration) -> Vec<(&'static str, Arc<dyn EventBus>, Option<TestNats>)> {
     let mut all: Vec<(&'static str, Arc<dyn EventBus>, Option<TestNats>)> = vec![(
         "in-process",
-        Arc::new(InProcessBus::new(InProcessOptions {
+        kit::testing::bus_with(InProcessOptions {
             ack_wait,
             ..InProcessOptions::default()
-        })),
+        })
+        .await,
         None,
     )];
     if let Some(nats) = kit::testing::nats_with(|o| o.ack_wait = ack_wait).await {
@@ -285,7 +286,7 @@ async fn two_relays_on_one_database_publish_each_row_once_and_hand_over_on_shutd
     for t in databases().await {
         migrated(&t.db).await;
         let what = t.label();
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
+        let bus: Arc<dyn EventBus> = kit::testing::bus().await;
         let mut probe = bus.subscribe("probe", ">").await.unwrap();
         let first = Relay::spawn(t.db.clone(), bus.clone(), fast_relay());
         let ids = commit_events(&t.db, [0]).await;
@@ -573,7 +574,7 @@ async fn ready_answers_for_the_bus() {
         assert_eq!(resp.status(), 200, "{bus_name}");
     }
     let down = Arc::new(FlakyBus {
-        inner: Arc::new(InProcessBus::default()),
+        inner: kit::testing::bus().await,
         up: AtomicBool::new(false),
     });
     let telemetry = kit::Telemetry::new("test", vec![Arc::new(kit::bus::BusReady(down))]);

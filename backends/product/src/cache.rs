@@ -6,7 +6,7 @@
 //! same way any other reader of the facts learns of it. A read right after a write can
 //! therefore return the old product until the event has gone round (normally milliseconds
 //! after the commit; the relay is woken by the write). The TTL bounds staleness when an
-//! event is slow or lost with the in-process bus.
+//! event is slow (a consumer retrying, a bus that is down).
 //!
 //! A fill that raced an eviction is dropped (see [`Cache::generation`]): a reader that read
 //! the row before an update committed cannot put the old row back after the update's

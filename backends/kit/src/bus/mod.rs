@@ -10,18 +10,18 @@
 //!
 //! Two implementations:
 //!
-//! - [`InProcessBus`] (the embedded default): a log in memory. Its guarantees hold while
-//!   the process runs; see its docs for what a restart loses.
+//! - [`InProcessBus`] (the embedded default): a log in a SQLite file of its own with
+//!   durable consumers; it survives crashes and restarts of the process.
 //! - [`NatsBus`]: NATS JetStream, a stream on disk with durable pull consumers; it survives
 //!   restarts of services and of the server.
 
-mod memory;
+mod embedded;
 mod nats;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::{InProcessBus, InProcessOptions};
+pub use embedded::{InProcessBus, InProcessOptions};
 pub use nats::{NatsBus, NatsOptions};
 
 use crate::event::{Event, TopicError};
@@ -97,11 +97,14 @@ pub trait EventBus: Send + Sync + 'static {
 }
 
 /// The bus the configuration asks for: NATS JetStream at `nats_url` with the default
-/// stream, or the in-process bus when it is `None` (the embedded default).
-pub async fn from_config(nats_url: Option<&str>) -> Result<Arc<dyn EventBus>, BusError> {
+/// stream, or, when it is `None`, the embedded bus with its log at `log` (the default).
+pub async fn from_config(
+    nats_url: Option<&str>,
+    log: &std::path::Path,
+) -> Result<Arc<dyn EventBus>, BusError> {
     Ok(match nats_url {
         Some(url) => Arc::new(NatsBus::connect(NatsOptions::new(url)).await?),
-        None => Arc::new(InProcessBus::new(InProcessOptions::default())),
+        None => Arc::new(InProcessBus::open(log, InProcessOptions::default()).await?),
     })
 }
 

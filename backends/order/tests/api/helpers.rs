@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
-use kit::bus::{InProcessBus, InProcessOptions};
 use kit::identity::{AccessClaims, LocalKeys, SigningKey, TokenSource};
 use kit::testing::{spawn_app, TestApp, TestDb};
 use kit::{EventBus, Verifier};
@@ -90,7 +89,7 @@ impl Orders {
             db,
             key,
             verifier,
-            bus: Arc::new(InProcessBus::new(InProcessOptions::default())),
+            bus: kit::testing::bus().await,
             product_url,
             payment_url,
             service: None,

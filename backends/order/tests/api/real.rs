@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::bus::{InProcessBus, InProcessOptions};
 use kit::db::DbKind;
 use kit::testing::{spawn_app, TestApp, TestDb};
 use kit::EventBus;
@@ -100,7 +99,7 @@ impl RealWorld {
         saga: SagaSettings,
     ) -> RealWorld {
         let (key, verifier) = keyed();
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessOptions::default()));
+        let bus: Arc<dyn EventBus> = kit::testing::bus().await;
         let product_db = fresh_like(&db).await;
         let products = product_service::Service::start(
             product_db.db.clone(),

@@ -4,7 +4,6 @@ use kit::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::bus::{InProcessBus, InProcessOptions};
 use kit::EventBus;
 use serde_json::json;
 
@@ -14,7 +13,7 @@ use crate::helpers::*;
 async fn payment_events_are_published_to_the_bus() {
     for db in kit::testing::databases().await {
         let label = db.label();
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessOptions::default()));
+        let bus: Arc<dyn EventBus> = kit::testing::bus().await;
         let mut sub = bus.subscribe("test", "payment.>").await.unwrap();
         let t = spawn(db).await;
         let service = payment_service::Service::run(t.state.clone(), bus);

@@ -5,7 +5,6 @@ use kit::Service as _;
 use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
-use kit::bus::{InProcessBus, InProcessOptions};
 use kit::identity::{AccessClaims, LocalKeys, SigningKey};
 use kit::testing::{spawn_app, TestApp, TestDb};
 use kit::{EventBus, Verifier};
@@ -84,7 +83,7 @@ pub async fn start(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestProduct
     let (key, verifier) = keyed();
     let mut s = Settings::default();
     tweak(&mut s);
-    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessOptions::default()));
+    let bus: Arc<dyn EventBus> = kit::testing::bus().await;
     let service = Service::start(db.db.clone(), s, verifier, bus)
         .await
         .expect("product service");

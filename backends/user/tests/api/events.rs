@@ -2,7 +2,6 @@ use kit::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::bus::{InProcessBus, InProcessOptions};
 use kit::EventBus;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -15,7 +14,7 @@ use crate::helpers::*;
 async fn account_events_are_published_to_the_bus_after_commit() {
     for db in kit::testing::databases().await {
         let label = db.label();
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessOptions::default()));
+        let bus: Arc<dyn EventBus> = kit::testing::bus().await;
         let mut sub = bus.subscribe("test", "user.>").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let service = user_service::Service::start(db.db.clone(), settings(dir.path()), bus)

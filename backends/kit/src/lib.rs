@@ -31,6 +31,7 @@ pub mod identity;
 pub mod inbox;
 mod migrations;
 pub mod outbox;
+pub mod openapi;
 pub mod page;
 pub mod problem;
 pub mod relay;

@@ -7,14 +7,17 @@
 use axum::extract::{Path, State};
 use kit::db::now_ms;
 use kit::{Identity, Json};
+use kit::openapi::ProblemBody;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use sqlx::{Any, Row, Transaction};
 
 use crate::error::{Error, Fields};
 use crate::{events, require, AppState, WRITE_PRODUCTS};
 
 /// A sku's stock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"sku": "MUG-001", "on_hand": 50, "reserved": 2, "available": 48}))]
 pub struct Stock {
     /// The sku.
     pub sku: String,
@@ -27,7 +30,8 @@ pub struct Stock {
 }
 
 /// `POST /inventory/{sku}/adjustments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"delta": 24, "reason": "delivery"}))]
 pub struct Adjustment {
     /// Units to add (positive) or remove (negative) from on_hand.
     delta: i64,
@@ -84,6 +88,11 @@ pub(crate) async fn note_taken(
 }
 
 /// `GET /inventory/{sku}` (any signed-in caller) → the stock, from the database.
+#[utoipa::path(get, path = "/inventory/{sku}", operation_id = "getStock", tag = "inventory",
+    summary = "Read a sku's stock (any signed-in caller)",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, description = "The product's sku")),
+    responses((status = 200, description = "The stock", body = Stock)))]
 pub async fn get(
     State(s): State<AppState>,
     _id: Identity,
@@ -107,6 +116,15 @@ pub async fn get(
 /// `POST /inventory/{sku}/adjustments` {delta, reason} (admin or `products:write`) → the
 /// stock after it. A delta that would leave on_hand below reserved (or below 0) is 409 and
 /// changes nothing.
+#[utoipa::path(post, path = "/inventory/{sku}/adjustments", operation_id = "adjustStock", tag = "inventory",
+    summary = "Add or remove stock (admin or products:write)",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, description = "The product's sku")),
+    request_body = Adjustment,
+    responses(
+        (status = 200, description = "The stock after it", body = Stock),
+        (status = 409, description = "It would leave on_hand below reserved or below 0", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn adjust(
     State(s): State<AppState>,
     id: Identity,

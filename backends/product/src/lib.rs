@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
@@ -39,6 +38,8 @@ use kit::{
     Verifier,
 };
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use cache::{Cache, CacheSettings};
 pub use error::Error;
@@ -281,27 +282,30 @@ pub fn router(state: AppState) -> Router {
         checks.push(Arc::new(BusReady(bus.clone())));
     }
     let telemetry = Telemetry::new("product", checks);
-    let api = Router::new()
-        .route("/products", post(products::create).get(products::list))
-        .route(
-            "/products/{id}",
-            get(products::get)
-                .put(products::update)
-                .delete(products::delete),
-        )
-        .route("/inventory/reservations", post(reservations::reserve))
-        .route(
-            "/inventory/reservations/{order_id}",
-            get(reservations::get).delete(reservations::release),
-        )
-        .route(
-            "/inventory/reservations/{order_id}/commit",
-            post(reservations::commit),
-        )
-        .route("/inventory/{sku}", get(inventory::get))
-        .route("/inventory/{sku}/adjustments", post(inventory::adjust))
-        .with_state(state);
+    let (api, doc) = api().split_for_parts();
+    let api = api.with_state(state).merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
+}
+
+/// The routes, each with its part of the OpenAPI document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(products::create, products::list))
+        .routes(routes!(products::get, products::update, products::delete))
+        .routes(routes!(reservations::reserve))
+        .routes(routes!(reservations::get, reservations::release))
+        .routes(routes!(reservations::commit))
+        .routes(routes!(inventory::get))
+        .routes(routes!(inventory::adjust))
+}
+
+fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    kit::openapi::finish(doc, "product", <Service as kit::Service>::ABOUT)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    finish(api().into_openapi())
 }
 
 #[cfg(test)]

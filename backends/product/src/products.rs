@@ -17,8 +17,10 @@ use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
 use kit::page::Page;
 use kit::{DbError, Identity, Json, Problem};
+use kit::openapi::ProblemBody;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
+use utoipa::{IntoParams, ToSchema};
 use sqlx::Row;
 
 use crate::cache::product_key;
@@ -27,7 +29,8 @@ use crate::{events, require, AppState, WRITE_PRODUCTS};
 
 /// A price: minor units of an ISO-4217 currency (`{"amount": 1999, "currency": "EUR"}` is
 /// €19.99). Never a float.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"amount": 1999, "currency": "EUR"}))]
 pub struct Price {
     /// Minor units (cents), at least 0.
     pub amount: i64,
@@ -36,7 +39,13 @@ pub struct Price {
 }
 
 /// A product as every reader sees it (stock is not part of it: see `GET /inventory/{sku}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f2-7c1e-7a4b-9c2d-3e4f5a6b7c8d", "sku": "MUG-001", "name": "Enamel mug",
+    "description": "Blue, 350 ml", "category": "kitchen",
+    "price": {"amount": 1250, "currency": "EUR"}, "low_stock_threshold": 5,
+    "created_at": 1733400000000_i64, "updated_at": 1733400000000_i64
+}))]
 pub struct Product {
     /// UUIDv7.
     pub id: String,
@@ -59,12 +68,20 @@ pub struct Product {
 }
 
 /// `POST /products`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "sku": "MUG-001", "name": "Enamel mug", "description": "Blue, 350 ml",
+    "category": "kitchen", "price": {"amount": 1250, "currency": "EUR"}, "initial_stock": 50
+}))]
 pub struct NewProduct {
+    /// 1 to 64 of `A-Z a-z 0-9 - _ .`; unique for ever.
     sku: String,
+    /// 1 to 200 characters.
     name: String,
+    /// Up to 5 000 characters.
     #[serde(default)]
     description: Option<String>,
+    /// 1 to 100 characters.
     category: String,
     price: Price,
     /// Units on hand at creation (default 0).
@@ -77,8 +94,13 @@ pub struct NewProduct {
 
 /// `PUT /products/{id}`: replaces name, description (absent = none), category and price;
 /// `low_stock_threshold` absent = unchanged; `sku` may be sent but cannot change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "name": "Enamel mug", "description": "Red, 350 ml", "category": "kitchen",
+    "price": {"amount": 1350, "currency": "EUR"}
+}))]
 pub struct ProductUpdate {
+    /// May be sent; must equal the product's.
     #[serde(default)]
     sku: Option<String>,
     name: String,
@@ -196,6 +218,14 @@ fn check_common(
 
 /// `POST /products` → 201 with the product; a taken sku is 409 (decided by the unique
 /// index, so of two racing creations one wins).
+#[utoipa::path(post, path = "/products", operation_id = "createProduct", tag = "catalog",
+    summary = "Create a product (admin or products:write)",
+    security(("bearer" = [])),
+    request_body = NewProduct,
+    responses(
+        (status = 201, description = "Created", body = Product),
+        (status = 409, description = "The sku is taken", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(s): State<AppState>,
     id: Identity,
@@ -279,6 +309,9 @@ pub async fn load(db: &kit::Db, id: &str) -> Result<Option<Product>, Error> {
 }
 
 /// `GET /products/{id}` (public), through the read cache.
+#[utoipa::path(get, path = "/products/{id}", operation_id = "getProduct", tag = "catalog", summary = "Read a product",
+    params(("id" = String, Path, description = "The product's id")),
+    responses((status = 200, description = "The product", body = Product)))]
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
     let key = product_key(&id);
     let body = match s.cache.get(&key).await {
@@ -298,6 +331,12 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
 }
 
 /// `PUT /products/{id}` → 200 with the product; 404 when unknown or deleted.
+#[utoipa::path(put, path = "/products/{id}", operation_id = "updateProduct", tag = "catalog",
+    summary = "Replace a product (admin or products:write)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The product's id")),
+    request_body = ProductUpdate,
+    responses((status = 200, description = "The product as stored", body = Product)))]
 pub async fn update(
     State(s): State<AppState>,
     id: Identity,
@@ -348,6 +387,11 @@ pub async fn update(
 
 /// `DELETE /products/{id}` → 204; the row stays (orders and events name it) but reads and
 /// reservations no longer see it. A second delete is 404.
+#[utoipa::path(delete, path = "/products/{id}", operation_id = "deleteProduct", tag = "catalog",
+    summary = "Delete a product (admin or products:write)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The product's id")),
+    responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(s): State<AppState>,
     id: Identity,
@@ -378,14 +422,25 @@ pub async fn delete(
 }
 
 /// `GET /products` query. Numbers arrive as text so a bad one is a 422 naming the field.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Exactly this sku.
     sku: Option<String>,
+    /// Exactly this category.
     category: Option<String>,
+    /// Price amount at least this (minor units, any currency).
+    #[param(value_type = Option<i64>)]
     min_price: Option<String>,
+    /// Price amount at most this (minor units, any currency).
+    #[param(value_type = Option<i64>)]
     max_price: Option<String>,
+    /// Text in the name or description (case-insensitive).
     q: Option<String>,
+    /// Page size, 1 to 100 (default 20; larger is clamped to 100).
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -494,6 +549,10 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
 /// `GET /products?sku=&category=&min_price=&max_price=&q=&limit=&cursor=` (public; `sku` is
 /// an exact match, how the order service prices a line). Prices
 /// filter on `amount` whatever the currency. `limit` defaults to 20 and is clamped to 100.
+#[utoipa::path(get, path = "/products", operation_id = "listProducts", tag = "catalog",
+    summary = "List products, newest last, a page at a time",
+    params(ListQuery),
+    responses((status = 200, description = "One page", body = Page<Product>)))]
 pub async fn list(
     State(s): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,

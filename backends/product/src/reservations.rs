@@ -19,17 +19,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kit::db::now_ms;
+use kit::openapi::ProblemBody;
 use kit::{Db, Identity, Json, OutboxWaker};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use utoipa::ToSchema;
 
 use crate::error::{Error, Fields};
 use crate::{events, inventory, require, AppState, RESERVE};
 
 /// One line of a reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Item {
     /// The product's sku.
     pub sku: String,
@@ -38,7 +40,11 @@ pub struct Item {
 }
 
 /// A reservation as `GET /inventory/reservations/{order_id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "order_id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718", "status": "reserved",
+    "items": [{"sku": "MUG-001", "qty": 2}], "expires_at": 1733400900000_i64
+}))]
 pub struct Reservation {
     /// The order it holds stock for (the caller's id; unique).
     pub order_id: String,
@@ -52,9 +58,15 @@ pub struct Reservation {
 }
 
 /// `POST /inventory/reservations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "order_id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718", "items": [{"sku": "MUG-001", "qty": 2}]
+}))]
 pub struct NewReservation {
+    /// The caller's id for what the stock is held for; reserving it again with the same
+    /// items answers the stored reservation.
     order_id: String,
+    /// 1 to 100 lines, one per sku.
     items: Vec<Item>,
 }
 
@@ -93,6 +105,15 @@ fn check(req: &NewReservation) -> Result<Vec<Item>, Error> {
 /// items; 409 when with other items; 409 out-of-stock (problem `type`
 /// [`crate::error::OUT_OF_STOCK`], `sku` extension) when any line is short, reserving
 /// nothing; 422 when a sku is unknown or deleted.
+#[utoipa::path(post, path = "/inventory/reservations", operation_id = "reserveStock", tag = "inventory",
+    summary = "Hold stock for an order (inventory:reserve or admin)",
+    security(("bearer" = [])),
+    request_body = NewReservation,
+    responses(
+        (status = 201, description = "Reserved", body = Reservation),
+        (status = 200, description = "Reserved before with the same items", body = Reservation),
+        (status = 409, description = "Reserved before with other items, or a line is out of stock (nothing reserved)", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn reserve(
     State(s): State<AppState>,
     id: Identity,
@@ -248,6 +269,11 @@ pub async fn load(db: &Db, order_id: &str) -> Result<Option<Reservation>, Error>
 }
 
 /// `GET /inventory/reservations/{order_id}` (`inventory:reserve` or admin).
+#[utoipa::path(get, path = "/inventory/reservations/{order_id}", operation_id = "getReservation", tag = "inventory",
+    summary = "Read a reservation (inventory:reserve or admin)",
+    security(("bearer" = [])),
+    params(("order_id" = String, Path, description = "The order the stock is held for")),
+    responses((status = 200, description = "The reservation", body = Reservation)))]
 pub async fn get(
     State(s): State<AppState>,
     id: Identity,
@@ -347,6 +373,14 @@ async fn record_released(
 /// `POST /inventory/reservations/{order_id}/commit` (`inventory:reserve` or admin) → 200
 /// with status `committed` (also when it was committed before); 409 when released or
 /// expired (an overdue reservation is expired here and then); 404 when unknown.
+#[utoipa::path(post, path = "/inventory/reservations/{order_id}/commit", operation_id = "commitReservation", tag = "inventory",
+    summary = "Commit a reservation: the stock leaves (inventory:reserve or admin)",
+    security(("bearer" = [])),
+    params(("order_id" = String, Path, description = "The order the stock is held for")),
+    responses(
+        (status = 200, description = "Committed (now or before)", body = Reservation),
+        (status = 409, description = "Released or expired", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn commit(
     State(s): State<AppState>,
     id: Identity,
@@ -396,6 +430,14 @@ pub async fn commit(
 /// `DELETE /inventory/reservations/{order_id}` (`inventory:reserve` or admin) → 200 with
 /// status `released`, or with its status as stored when it was released or expired before
 /// (either way its stock is back); 409 when committed; 404 when unknown.
+#[utoipa::path(delete, path = "/inventory/reservations/{order_id}", operation_id = "releaseReservation", tag = "inventory",
+    summary = "Release a reservation: the stock is back (inventory:reserve or admin)",
+    security(("bearer" = [])),
+    params(("order_id" = String, Path, description = "The order the stock is held for")),
+    responses(
+        (status = 200, description = "Released, now or before (or expired before)", body = Reservation),
+        (status = 409, description = "Committed", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn release(
     State(s): State<AppState>,
     id: Identity,

@@ -2,6 +2,7 @@
 //! A config with a `[platform]` section also runs the backend services it names in the same
 //! process (see [`platform`]).
 
+mod docs;
 mod logging;
 mod platform;
 

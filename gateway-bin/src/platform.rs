@@ -7,12 +7,15 @@
 //! ```toml
 //! [platform]
 //! data_dir = "data"
-//! # nats_url = "nats://127.0.0.1:4222"  (default: the in-process event bus)
+//! # nats_url = "nats://127.0.0.1:4222"  (default: the embedded bus, <data_dir>/bus.db)
 //!
 //! [platform.user]
 //! listen = "127.0.0.1:3001"
 //! # database_url = "postgres://…"      (default: sqlite://<data_dir>/user.db)
 //! # bootstrap_admin = "you@example.com"
+//!
+//! [platform.docs]                      # /api/docs: every service's operations
+//! listen = "127.0.0.1:3009"
 //! ```
 //!
 //! Services start before the proxy (so the gateway's first JWKS fetch finds the user
@@ -37,8 +40,8 @@ pub struct PlatformConfig {
     /// directory).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// NATS JetStream for events between services; absent = the in-process bus (events
-    /// live while the process runs; the outbox keeps what was not yet published).
+    /// NATS JetStream for events between services; absent = the embedded bus, a log in
+    /// `<data_dir>/bus.db` that keeps every event until each consumer has handled it.
     #[serde(default)]
     pub nats_url: Option<String>,
     /// The user service (accounts, tokens, JWKS).
@@ -53,6 +56,17 @@ pub struct PlatformConfig {
     /// The order service (orders and their placement saga); needs the other three.
     #[serde(default)]
     pub order: Option<ServiceConfig>,
+    /// The docs page (`/api/docs`) of the services above.
+    #[serde(default)]
+    pub docs: Option<DocsConfig>,
+}
+
+/// `[platform.docs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocsConfig {
+    /// Its listener; the gateway routes `/api/docs` here.
+    pub listen: SocketAddr,
 }
 
 /// The services platform mode can run, in the order they start (a service starts after
@@ -205,6 +219,19 @@ async fn start_all(config: &PlatformConfig) -> anyhow::Result<Vec<Running>> {
             .with_context(|| format!("platform.{name}"))?;
         verifier = verifier.or_else(|| service.verifier.clone());
         running.push(service);
+    }
+    if let Some(docs) = &config.docs {
+        let present: Vec<&Launcher> = SERVICES
+            .iter()
+            .filter(|l| config.service(l.name).is_some())
+            .collect();
+        let doc = crate::docs::document(&present).map_err(|e| anyhow!("platform.docs: {e}"))?;
+        let page = crate::docs::router(&doc);
+        running.push(
+            Running::serve_router("docs", docs.listen, page)
+                .await
+                .context("platform.docs")?,
+        );
     }
     Ok(running)
 }

@@ -52,7 +52,7 @@ fn start_with(
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/platform.toml");
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
     let edge = free_port();
-    for fixed in ["8080", "9090", "3001", "3002", "3003", "3004"] {
+    for fixed in ["8080", "9090", "3001", "3002", "3003", "3004", "3009"] {
         let port = if fixed == "8080" { edge } else { free_port() };
         text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{port}"));
     }
@@ -463,4 +463,103 @@ async fn no_oversell_on(databases: &[(&str, String)]) {
         let file = dir.path().join(format!("data/{service}.db"));
         assert!(!file.exists(), "{service} used PostgreSQL, not {file:?}");
     }
+}
+
+/// Debian's `chromium` (installed by `.ci/run`), or where `CHROMIUM` points.
+fn chromium() -> Option<String> {
+    let candidates = [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| Path::new(p).exists())
+}
+
+/// The page at `url` as headless Chromium has it after its scripts ran. Every host but
+/// 127.0.0.1 fails to resolve, so a page that needs the internet (a CDN) shows it.
+fn rendered_dom(chromium: &str, url: &str, profile: &Path) -> String {
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `/api/docs` through the gateway, rendered by a real browser with no internet: Swagger UI
+/// (served by the gateway) lists every operation of every service, as the document says.
+#[tokio::test]
+async fn the_docs_page_renders_every_services_operations_in_a_browser() {
+    let Some(chromium) = chromium() else {
+        eprintln!("skipping the docs page: install Debian's chromium (.ci/run does)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, base) = start(dir.path());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_ready(&http, &base).await;
+    let doc: Value = http
+        .get(format!("{base}/api/docs/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "servers" {
+                continue;
+            }
+            let tag = op["tags"][0].as_str().unwrap_or("default").to_owned();
+            let id = op["operationId"].as_str().expect("an operationId");
+            operations.push((path.clone(), tag, id.to_owned()));
+        }
+    }
+    for path in ["/users", "/products", "/payment-intents", "/orders"] {
+        assert!(
+            operations.iter().any(|(p, ..)| p == path),
+            "{path} missing from the document"
+        );
+    }
+    let profile = dir.path().join("chromium-profile");
+    let url = format!("{base}/api/docs");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&chromium, &url, &profile))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("Gatehouse platform API"),
+        "Swagger UI did not render the document:\n{}",
+        &dom[..dom.len().min(3000)]
+    );
+    let missing: Vec<&(String, String, String)> = operations
+        .iter()
+        .filter(|(_, tag, id)| !dom.contains(&format!("id=\"operations-{tag}-{id}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} operations not rendered: {missing:?}",
+        missing.len(),
+        operations.len()
+    );
 }

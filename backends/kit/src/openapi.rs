@@ -8,10 +8,12 @@
 //! - the `Problem` schema (`application/problem+json`, RFC 9457) and the `bearer` scheme
 //!   (an EdDSA JWT from the user service);
 //! - the answers the kit gives for any operation, as shared responses, added to each
-//!   operation that can get them: `400` (a body or query that does not parse), `415` (a body
-//!   that is not JSON) and `422` (a field that fails validation) to operations with input,
-//!   `401`/`403` to operations that need a token, `404` to operations on a path with an id,
-//!   `409` to operations that take an `Idempotency-Key`, and `500` everywhere.
+//!   operation that can get them: `400` (a body or query that does not parse) and `422` (a
+//!   field that fails validation) to operations with input, `415` (a body that is not JSON)
+//!   to operations whose body is required,
+//!   `401`/`403`/`503` (keys not reachable) to operations that need a token, `404` to
+//!   operations on a path with an id, `409` to operations that take an `Idempotency-Key`,
+//!   `413` to those and to operations with a body, and `500` everywhere.
 //!
 //! An operation's own annotation wins over these defaults (its description is more exact).
 
@@ -21,6 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Required;
 use utoipa::openapi::{
     ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, Ref, RefOr, ResponseBuilder,
 };
@@ -74,7 +77,10 @@ pub struct IdempotencyKey {
     /// 1 to 255 visible ASCII characters, unique per intent (a UUID is a good choice). A
     /// retry with the same key and request gets the first answer again (marked
     /// `Idempotent-Replayed: true`) instead of doing the work twice.
-    #[param(rename = "Idempotency-Key", example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f")]
+    #[param(
+        rename = "Idempotency-Key",
+        example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -95,15 +101,34 @@ const SHARED: &[(&str, &str, &str)] = &[
     (
         "409",
         "Conflict",
-        "The Idempotency-Key was used with another request, or that request is still running.",
+        "A request with this Idempotency-Key is still being processed; retry after it ends.",
     ),
-    ("415", "UnsupportedMediaType", "The body is not `application/json`."),
+    (
+        "413",
+        "PayloadTooLarge",
+        "The body is larger than the operation accepts.",
+    ),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "The body is not `application/json`.",
+    ),
     (
         "422",
         "UnprocessableEntity",
-        "A field failed validation; `errors` names each.",
+        "A field failed validation (`errors` names each), or the Idempotency-Key was used \
+         with another request.",
     ),
-    ("500", "InternalServerError", "The service failed; retry later."),
+    (
+        "500",
+        "InternalServerError",
+        "The service failed; retry later.",
+    ),
+    (
+        "503",
+        "ServiceUnavailable",
+        "The keys that verify tokens (the user service's JWKS) cannot be fetched now.",
+    ),
 ];
 
 /// `doc` with the service's title and the shared parts (see the module docs).
@@ -179,10 +204,15 @@ fn add_shared_responses(op: &mut Operation, has_id: bool) {
     for (status, name, _) in SHARED {
         let applies = match *status {
             "400" | "422" => has_input || idempotent,
-            "415" => op.request_body.is_some(),
-            "401" | "403" => secured,
+            // An optional body is read by hand (no body, or JSON whatever its type).
+            "415" => op
+                .request_body
+                .as_ref()
+                .is_some_and(|b| matches!(b.required, Some(Required::True))),
+            "401" | "403" | "503" => secured,
             "404" => has_id,
             "409" => idempotent,
+            "413" => idempotent || op.request_body.is_some(),
             _ => true,
         };
         if applies {
@@ -237,7 +267,10 @@ mod tests {
         let list = &json["paths"]["/things"]["get"]["responses"];
         assert!(list.get("401").is_none(), "public");
         assert!(list.get("404").is_none(), "no id in the path");
-        assert_eq!(list["500"]["$ref"], "#/components/responses/InternalServerError");
+        assert_eq!(
+            list["500"]["$ref"],
+            "#/components/responses/InternalServerError"
+        );
         assert_eq!(
             json["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

@@ -58,6 +58,9 @@ pub trait Service: Sized + Send + 'static {
     /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
     fn router(&self) -> Router;
 
+    /// Its OpenAPI document, as its router serves it at `/openapi.json`.
+    fn openapi() -> utoipa::openapi::OpenApi;
+
     /// Stops its background work, after serving stopped.
     fn shutdown(self) -> impl Future<Output = ()> + Send;
 
@@ -105,6 +108,43 @@ pub struct Running {
 }
 
 impl Running {
+    /// Serves `router` on `bind` under `name`; stopping it runs `shutdown` after serving
+    /// stopped.
+    pub async fn serve(
+        name: &'static str,
+        bind: SocketAddr,
+        router: Router,
+        verifier: Option<Arc<Verifier>>,
+        shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
+    ) -> anyhow::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("{name}: cannot bind {bind}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(service = name, %addr, "listening");
+        Ok(Running {
+            name,
+            addr,
+            verifier,
+            stop,
+            task,
+            shutdown,
+        })
+    }
+
+    /// Serves `router` on `bind` under `name`, with nothing to do after serving stopped.
+    pub async fn serve_router(
+        name: &'static str,
+        bind: SocketAddr,
+        router: Router,
+    ) -> anyhow::Result<Running> {
+        Running::serve(name, bind, router, None, Box::new(|| Box::pin(async {}))).await
+    }
+
     /// Stops accepting, lets requests in flight finish (up to `grace`), then stops the
     /// service's background work and closes its database.
     pub async fn stop(self, grace: std::time::Duration) {
@@ -134,6 +174,8 @@ pub struct Launcher {
     pub needs: &'static [&'static str],
     /// [`Service::CLIENT_PERMISSIONS`].
     pub client_permissions: &'static [&'static str],
+    /// [`Service::openapi`].
+    pub openapi: fn() -> utoipa::openapi::OpenApi,
     launch: fn(Launch) -> BoxFuture<'static, anyhow::Result<Running>>,
 }
 
@@ -156,6 +198,7 @@ impl Launcher {
             port: S::PORT,
             needs: S::NEEDS,
             client_permissions: S::CLIENT_PERMISSIONS,
+            openapi: S::openapi,
             launch: |l| Box::pin(launch::<S>(l)),
         }
     }
@@ -197,28 +240,19 @@ async fn launch<S: Service>(l: Launch) -> anyhow::Result<Running> {
     let service = S::start(ctx, settings)
         .await
         .with_context(|| format!("starting the {name} service"))?;
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("{name}: cannot bind {bind}"))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve::serve(listener, service.router(), async {
-        let _ = stopped.await;
-    }));
-    tracing::info!(service = name, %addr, "listening");
-    Ok(Running {
+    Running::serve(
         name,
-        addr,
-        verifier: service.token_verifier(),
-        stop,
-        task,
-        shutdown: Box::new(move || {
+        bind,
+        service.router(),
+        service.token_verifier(),
+        Box::new(move || {
             Box::pin(async move {
                 service.shutdown().await;
                 db.close().await;
             })
         }),
-    })
+    )
+    .await
 }
 
 /// The command line of `S`: `--help`, `--version`, `--config FILE` and a flag per setting

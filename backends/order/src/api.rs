@@ -15,13 +15,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
-use kit::page::Page;
-use kit::{Identity, Json};
+use kit::openapi::ProblemBody;
+use kit::page::{Page, PageQuery};
+use kit::{Identity, Json, Problem};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::clients::StepError;
 use crate::error::{Error, FieldError};
@@ -34,20 +37,30 @@ pub const MAX_LINES: usize = 100;
 pub const MAX_QTY: i64 = 1000;
 
 /// `POST /orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "items": [{"sku": "MUG-001", "qty": 2}, {"sku": "TEA-042", "qty": 1}],
+    "payment_method_id": "0193a5e8-4f00-7d1e-9a2b-3c4d5e6f7a8b"
+}))]
 pub struct PlaceOrder {
-    /// What to buy; prices come from the product service.
+    /// What to buy: 1 to 100 lines, each SKU at most once, every product priced in the
+    /// same currency; prices come from the product service.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemRequest>,
-    /// The caller's payment method at the payment service.
+    /// The caller's payment method at the payment service (not blank).
+    #[schema(min_length = 1)]
     pub payment_method_id: String,
 }
 
-/// One line of a [`PlaceOrder`].
-#[derive(Debug, Deserialize)]
+/// One line of a [`PlaceOrder`]: a product and how many.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"sku": "MUG-001", "qty": 2}))]
 pub struct ItemRequest {
-    /// The product's SKU.
+    /// The product's SKU: 1 to 100 characters, not blank, a product that exists.
+    #[schema(min_length = 1, max_length = 100)]
     pub sku: String,
-    /// How many (1 to [`MAX_QTY`]).
+    /// How many: 1 to 1000 ([`MAX_QTY`]).
+    #[schema(minimum = 1, maximum = 1000)]
     pub qty: i64,
 }
 
@@ -132,6 +145,39 @@ async fn price(state: &AppState, body: &PlaceOrder) -> Result<(Vec<Line>, String
 }
 
 /// `POST /orders` (permission `orders:write`; `Idempotency-Key` required).
+#[utoipa::path(post, path = "/orders", operation_id = "placeOrder", tag = "orders",
+    summary = "Place an order (orders:write); the saga then reserves, charges and confirms it",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f",
+        description = "Required: 1 to 255 visible ASCII characters, unique per intent (a UUID \
+            is a good choice). A retry with the same key and request gets the first answer \
+            again (marked `Idempotency-Replayed: true`) instead of placing a second order.")),
+    request_body = PlaceOrder,
+    responses(
+        (status = 202, description = "Placed (`status: pending`); poll the `Location` until \
+            `confirmed` or `cancelled`. A replay of the same key and request answers the same.",
+            body = Order,
+            headers(
+                ("Location" = String, description = "`/orders/{id}` of the order"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the key")),
+            example = json!({
+                "id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718",
+                "customer_id": "0193a5e0-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
+                "status": "pending",
+                "items": [{"sku": "MUG-001", "qty": 2, "unit_price": 1250}],
+                "currency": "EUR", "total": 2500,
+                "payment_method_id": "0193a5e8-4f00-7d1e-9a2b-3c4d5e6f7a8b",
+                "payment_intent_id": null, "inventory": "none", "payment": "none",
+                "cancel_reason": null, "placed_at": 1733400000000_i64,
+                "updated_at": 1733400000000_i64, "version": 1
+            })),
+        (status = 400, description = "No Idempotency-Key, a malformed or repeated one, or a body that is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 1 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation, a SKU names no product, the lines are priced in different currencies, the total overflows, or the Idempotency-Key was used with another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The product service cannot quote prices right now, or access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn place(
     State(state): State<AppState>,
     id: Identity,
@@ -163,6 +209,15 @@ fn with_location(status: StatusCode, order: &Order) -> Response {
 }
 
 /// `GET /orders/{id}`: the fold of the order's events (owner or admin; others get 404).
+#[utoipa::path(get, path = "/orders/{id}", operation_id = "getOrder", tag = "orders",
+    summary = "Read an order (its owner or an admin)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order as its events leave it", body = Order),
+        (status = 404, description = "No such order, or not the caller's", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     id: Identity,
@@ -174,23 +229,26 @@ pub async fn get(
     }
 }
 
-/// `GET /orders` query.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    /// Page size, 1 to 100 (default 20).
-    pub limit: Option<i64>,
-    /// Where the previous page ended (opaque).
-    pub cursor: Option<String>,
-}
-
-/// `GET /orders`: the caller's orders, newest first.
+/// `GET /orders`: the caller's orders, newest first. A query that does not parse is 400
+/// (as a problem, like every other answer).
+#[utoipa::path(get, path = "/orders", operation_id = "listOrders", tag = "orders",
+    summary = "List the caller's orders, newest first, a page at a time",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page", body = Page<Order>),
+        (status = 400, description = "The query does not parse (e.g. a `limit` that is not a number)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` is not 1 to 100, or `cursor` is not one this API issued", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Page<Order>>, Error> {
-    let limit = kit::page::limit(q.limit)?;
-    let before = kit::page::decode_cursor(q.cursor.as_deref())?;
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit()?;
+    let before = q.after()?;
     // One more than asked tells whether there is a next page. UUIDv7 ids sort by time.
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM orders WHERE customer_id = $1 AND ($2 IS NULL OR id < $2) \
@@ -216,6 +274,21 @@ pub async fn list(
 }
 
 /// `POST /orders/{id}/cancel` (owner or admin).
+#[utoipa::path(post, path = "/orders/{id}/cancel", operation_id = "cancelOrder", tag = "orders",
+    summary = "Cancel an order before it is confirming (its owner or an admin)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 202, description = "Cancelling (`status: cancelling`, now or before): \
+            compensation runs in the background; poll the `Location` until `cancelled`",
+            body = Order,
+            headers(("Location" = String, description = "`/orders/{id}` of the order"))),
+        (status = 200, description = "Cancelled before: the order as it is", body = Order,
+            headers(("Location" = String, description = "`/orders/{id}` of the order"))),
+        (status = 404, description = "No such order, or not the caller's", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The order is confirming or confirmed and can no longer be cancelled, or it kept changing while this was decided (try again)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     id: Identity,

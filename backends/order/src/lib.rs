@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
@@ -38,6 +37,8 @@ use kit::telemetry::ReadyCheck;
 use kit::{Db, Env, EventBus, IdempotencyLayer, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use clients::{HttpInventory, HttpPayments, Inventory, Payments};
 pub use error::Error;
@@ -206,6 +207,10 @@ impl kit::Service for Service {
         router(self.state.clone())
     }
 
+    fn openapi() -> utoipa::openapi::OpenApi {
+        openapi()
+    }
+
     /// Stops the saga runners where they are (their leases expire and another process,
     /// or the next start, resumes them), then the relay.
     async fn shutdown(self) {
@@ -318,10 +323,32 @@ pub fn router(state: AppState) -> Router {
     let keys = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))
         .required(true);
-    let api = Router::new()
-        .route("/orders", post(api::place).layer(keys).get(api::list))
-        .route("/orders/{id}", get(api::get))
-        .route("/orders/{id}/cancel", post(api::cancel))
-        .with_state(state);
+    let (api, doc) = api(Some(keys)).split_for_parts();
+    let api = api
+        .with_state(state)
+        .merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
+}
+
+/// The routes, each with its part of the OpenAPI document. `keys` guards `POST /orders`
+/// (the layer passes `GET /orders` untouched); the document does not depend on it.
+fn api(keys: Option<IdempotencyLayer>) -> OpenApiRouter<AppState> {
+    let orders = routes!(api::place, api::list);
+    let orders = match keys {
+        Some(keys) => orders.layer(keys),
+        None => orders,
+    };
+    OpenApiRouter::new()
+        .routes(orders)
+        .routes(routes!(api::get))
+        .routes(routes!(api::cancel))
+}
+
+fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    kit::openapi::finish(doc, "order", <Service as kit::Service>::ABOUT)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    finish(api(None).into_openapi())
 }

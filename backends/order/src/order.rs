@@ -11,9 +11,11 @@
 //! decided on; the event store's expected-`seq` append guarantees that.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A line of an order: a product and how many, at the price the product service quoted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"sku": "MUG-001", "qty": 2, "unit_price": 1250}))]
 pub struct Line {
     /// The product's SKU.
     pub sku: String,
@@ -127,7 +129,7 @@ impl OrderEvent {
 }
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Placed; stock not yet reserved.
@@ -170,7 +172,7 @@ impl Status {
 }
 
 /// What the order service knows of the reservation at the product service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InventoryState {
     /// Nothing recorded.
@@ -184,7 +186,7 @@ pub enum InventoryState {
 }
 
 /// What the order service knows of the payment at the payment service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentState {
     /// Nothing recorded.
@@ -202,7 +204,18 @@ pub enum PaymentState {
 }
 
 /// An order: the fold of its events. This is what `GET /orders/{id}` answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718",
+    "customer_id": "0193a5e0-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
+    "status": "confirmed",
+    "items": [{"sku": "MUG-001", "qty": 2, "unit_price": 1250}],
+    "currency": "EUR", "total": 2500,
+    "payment_method_id": "0193a5e8-4f00-7d1e-9a2b-3c4d5e6f7a8b",
+    "payment_intent_id": "0193a5f2-8e10-7f2a-b3c4-d5e6f7a8b9c0",
+    "inventory": "committed", "payment": "captured", "cancel_reason": null,
+    "placed_at": 1733400000000_i64, "updated_at": 1733400001250_i64, "version": 8
+}))]
 pub struct Order {
     /// The order's id.
     pub id: String,
@@ -218,13 +231,17 @@ pub struct Order {
     pub total: i64,
     /// The payment method charged.
     pub payment_method_id: String,
-    /// The payment intent at the payment service, once created.
+    /// The payment intent at the payment service, once created (`null` before).
+    #[schema(required = true)]
     pub payment_intent_id: Option<String>,
     /// What is known of the reservation.
     pub inventory: InventoryState,
     /// What is known of the payment.
     pub payment: PaymentState,
-    /// Why the order is (being) cancelled.
+    /// Why the order is (being) cancelled, `null` otherwise: `out_of_stock`,
+    /// `cancelled_by_customer`, or `payment_failed`, `deadline_exceeded` or `rejected`
+    /// followed by `:` and what failed (e.g. `payment_failed:card_declined`).
+    #[schema(required = true)]
     pub cancel_reason: Option<String>,
     /// When it was placed, Unix ms.
     pub placed_at: i64,

@@ -3,21 +3,24 @@
 //! being handled: `Debug` of the types that hold them shows neither, and what is stored is
 //! the brand, the last four digits, the expiry, the processor's token and a keyed hash.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
 use kit::db::{new_id, now_ms};
-use kit::{Identity, Json};
+use kit::openapi::ProblemBody;
+use kit::{Identity, Json, Problem};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::error::{Error, FieldError};
 use kit::page::{Page, PageQuery};
 
-use crate::AppState;
+use crate::{doc, AppState};
 
 /// A card number that passed the checks: digits only. `Debug` shows only the last four.
 #[derive(Clone, PartialEq, Eq)]
@@ -138,12 +141,24 @@ pub fn brand_of(digits: &str) -> Brand {
 }
 
 /// `POST /payment-methods`. `Debug` omits the number and the CVC.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "card_number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "cvc": "123",
+    "billing_country": "US"
+}))]
 pub struct NewCard {
+    /// 12 to 19 digits (spaces allowed) passing the Luhn check; never stored or logged.
     card_number: String,
+    /// 1 to 12.
+    #[schema(minimum = 1, maximum = 12)]
     exp_month: i64,
+    /// Four digits; with `exp_month`, not before this month and at most 20 years ahead.
+    #[schema(minimum = 2000, maximum = 9999)]
     exp_year: i64,
+    /// 4 digits for amex, 3 for other brands; never stored or logged.
+    #[schema(pattern = "^[0-9]{3,4}$")]
     cvc: String,
+    /// Two-letter ISO 3166-1 country code (upper-cased).
     billing_country: String,
 }
 
@@ -242,11 +257,16 @@ pub fn fingerprint(key: &[u8], number: &CardNumber) -> String {
 }
 
 /// A saved card as its owner sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f2-7c1e-7a4b-9c2d-3e4f5a6b7c8d", "brand": "visa", "last4": "4242",
+    "exp_month": 12, "exp_year": 2030, "country": "US", "billing_country": "US",
+    "created_at": 1733400000000_i64
+}))]
 pub struct PaymentMethod {
     /// Its id, used in payment intents.
     pub id: String,
-    /// Card network.
+    /// Card network: `visa`, `mastercard`, `amex`, `discover` or `unknown`.
     pub brand: String,
     /// Last four digits.
     pub last4: String,
@@ -278,6 +298,23 @@ impl PaymentMethod {
 }
 
 /// `POST /payment-methods`: saves a card for the caller.
+///
+/// Checks the number (Luhn, 12 to 19 digits), the expiry and the CVC, and keeps only the
+/// brand, the last four digits, the expiry, the countries and the processor's token. Needs
+/// an `Idempotency-Key` header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-methods", operation_id = "createPaymentMethod", tag = "cards",
+    summary = "Save a card for the caller",
+    security(("bearer" = [])),
+    params(doc::IdempotencyKey),
+    request_body = NewCard,
+    responses(
+        (status = 201, description = "Saved (a retry with the same key gets this answer again)", body = PaymentMethod),
+        (status = 400, description = doc::BAD_KEY_OR_JSON, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation (`errors` names each: number, expiry, CVC, country), or the `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = doc::PROCESSOR, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     id: Identity,
@@ -318,11 +355,22 @@ pub async fn create(
 }
 
 /// `GET /payment-methods`: the caller's cards, newest first.
+#[utoipa::path(get, path = "/payment-methods", operation_id = "listPaymentMethods", tag = "cards",
+    summary = "List the caller's cards, newest first, a page at a time",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page", body = Page<PaymentMethod>),
+        (status = 400, description = "The query does not parse (e.g. a `limit` that is not a number)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` is not 1 to 100, or `cursor` is not one this API issued", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    Query(q): Query<PageQuery>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Page<PaymentMethod>>, Error> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = q.limit()?;
     let rows = sqlx::query(
         "SELECT * FROM payment_methods WHERE customer_id = $1 AND ($2 = '' OR id < $2) \

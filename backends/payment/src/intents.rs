@@ -23,21 +23,24 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use kit::db::{new_id, now_ms};
-use kit::{Identity, Json};
+use kit::openapi::ProblemBody;
+use kit::{Identity, Json, Problem};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{Error, FieldError};
 use crate::fraud::{self, Decision, Facts, Outcome};
 use crate::processor::{Authorize, ProcessorError, Risk};
 use kit::page::Page;
 
-use crate::{cards, events, ledger, AppState};
+use crate::{cards, doc, events, ledger, AppState};
 
 /// Waiting for `confirm`.
 pub const REQUIRES_CONFIRMATION: &str = "requires_confirmation";
@@ -54,7 +57,8 @@ pub const CANCELED: &str = "canceled";
 pub const MAX_AMOUNT: i64 = 100_000_000_000;
 
 /// The fraud decision on an intent.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(example = json!({"decision": "review", "rule": "amount_review"}))]
 pub struct FraudVerdict {
     /// `allow`, `review` or `block`.
     pub decision: String,
@@ -63,7 +67,17 @@ pub struct FraudVerdict {
 }
 
 /// A payment intent as answered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f2-9e10-7c5d-b2c3-d4e5f6071829",
+    "customer_id": "0193a5f1-0a1b-7c2d-8e3f-4a5b6c7d8e9f",
+    "payment_method_id": "0193a5f2-7c1e-7a4b-9c2d-3e4f5a6b7c8d",
+    "order_id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718",
+    "amount": 2500, "currency": "EUR", "capture_method": "manual",
+    "status": "requires_capture", "amount_authorized": 2500, "amount_captured": 0,
+    "amount_refunded": 0, "fraud": {"decision": "allow", "rule": null},
+    "failure_reason": null, "created_at": 1733400000000_i64, "updated_at": 1733400001000_i64
+}))]
 pub struct Intent {
     /// Its id.
     pub id: String,
@@ -79,7 +93,8 @@ pub struct Intent {
     pub currency: String,
     /// Always `manual`.
     pub capture_method: String,
-    /// See the module docs.
+    /// `requires_confirmation`, `processing`, `requires_capture` (authorized),
+    /// `succeeded` (captured) or `canceled` (see `failure_reason`).
     pub status: String,
     /// The hold placed on the card (0 before authorization and after capture or void:
     /// it is what the hold was).
@@ -90,7 +105,9 @@ pub struct Intent {
     pub amount_refunded: i64,
     /// The fraud decision, `null` until confirmed.
     pub fraud: Option<FraudVerdict>,
-    /// Why it was canceled.
+    /// Why it was canceled: `canceled`, `voided`, `fraud_blocked`, the issuer's decline
+    /// code (`card_declined`, `insufficient_funds`…), `processor_error`,
+    /// `processor_timeout` or `processor_interrupted`; `null` otherwise.
     pub failure_reason: Option<String>,
     /// Unix ms.
     pub created_at: i64,
@@ -194,16 +211,27 @@ enum Bind<'a> {
 }
 
 /// `POST /payment-intents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "payment_method_id": "0193a5f2-7c1e-7a4b-9c2d-3e4f5a6b7c8d", "amount": 2500,
+    "currency": "EUR", "order_id": "0193a5f2-8d00-7b4c-a1b2-c3d4e5f60718",
+    "capture_method": "manual"
+}))]
 pub struct NewIntent {
-    /// Defaults to the caller.
+    /// Whose money; defaults to the caller. Another customer needs `payments:charge`.
     #[serde(default)]
     customer_id: Option<String>,
+    /// One of that customer's saved cards (`POST /payment-methods`).
     payment_method_id: String,
+    /// Minor units, 1 to 100 000 000 000.
+    #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
     amount: i64,
+    /// A three-letter ISO 4217 code (upper-cased).
     currency: String,
+    /// The order it pays for, 1 to 255 characters.
     #[serde(default)]
     order_id: Option<String>,
+    /// Only `manual` (the default): capture is a separate step.
     #[serde(default)]
     capture_method: Option<String>,
 }
@@ -242,6 +270,22 @@ impl NewIntent {
 }
 
 /// `POST /payment-intents`: a new intent in `requires_confirmation`.
+///
+/// Customers create intents for themselves; `payments:charge` (or admin) for anyone. Needs
+/// an `Idempotency-Key` header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-intents", operation_id = "createPaymentIntent", tag = "intents",
+    summary = "Create a payment intent (requires_confirmation)",
+    security(("bearer" = [])),
+    params(doc::IdempotencyKey),
+    request_body = NewIntent,
+    responses(
+        (status = 201, description = "Created (a retry with the same key gets this answer again)", body = Intent),
+        (status = 400, description = doc::BAD_KEY_OR_JSON, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "`customer_id` names another customer and the caller lacks `payments:charge`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation (`errors` names each; a `payment_method_id` that is not the customer's card is one), or the `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     id: Identity,
@@ -301,12 +345,40 @@ fn confirmed_already(intent: Intent) -> Result<Json<Intent>, Error> {
 }
 
 /// `POST /payment-intents/{id}/confirm`: fraud rules, then authorization.
+///
+/// Answers 200 with the intent whatever the outcome: `requires_capture` when approved
+/// (`fraud.decision` may be `review`), else `canceled` with `failure_reason` (the issuer's
+/// decline code, `fraud_blocked`, `processor_error` or `processor_timeout`). An intent
+/// already authorized or captured is answered as it is. No body. Needs an
+/// `Idempotency-Key` header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-intents/{id}/confirm", operation_id = "confirmPaymentIntent", tag = "intents",
+    summary = "Confirm a payment intent: fraud rules, then authorization",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment intent's id"),
+        doc::IdempotencyKey,
+    ),
+    responses(
+        (status = 200, description = "The outcome, approved or not: read `status` and `failure_reason`", body = Intent),
+        (status = 400, description = doc::BAD_KEY, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Another customer's intent, and the caller lacks `payments:charge`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment intent (or another customer's), or its payment method is gone", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The intent is canceled or still being confirmed, or a request with this `Idempotency-Key` is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn confirm(
     State(state): State<AppState>,
     id: Identity,
     Path(intent_id): Path<String>,
 ) -> Result<Json<Intent>, Error> {
     let intent = load_visible(&state, &id, &intent_id).await?;
+    if intent.customer_id != id.user_id && !may_charge(&id) {
+        return Err(Error::Forbidden(
+            "confirming another customer's payment requires \"payments:charge\"".into(),
+        ));
+    }
     if intent.status != REQUIRES_CONFIRMATION {
         return confirmed_already(intent);
     }
@@ -511,27 +583,56 @@ async fn failed(state: &AppState, intent: &Intent, reason: &str) -> Result<Inten
 }
 
 /// `POST /payment-intents/{id}/capture` body (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": 2000}))]
 pub struct Capture {
-    /// Defaults to the whole hold.
+    /// Minor units, 1 to the authorized amount; defaults to the whole hold. The rest of
+    /// the hold is released.
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub amount: Option<i64>,
 }
 
-/// Parses an optional JSON body (an empty body is `T::default()`).
+/// Parses an optional JSON body (an empty body, or `null`, is `T::default()`: the
+/// OpenAPI document describes an optional body as "null or T").
 pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Error::Problem(kit::Problem::unprocessable(format!(
-            "the body is not valid: {e}"
-        )))
-    })
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            Error::Problem(kit::Problem::unprocessable(format!(
+                "the body is not valid: {e}"
+            )))
+        })
 }
 
 /// `POST /payment-intents/{id}/capture`: `requires_capture` → `succeeded`.
+///
+/// Only `payments:charge` (or admin) captures. The body is optional (empty = the whole
+/// hold). Capturing a captured intent answers it as it is. Needs an `Idempotency-Key`
+/// header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-intents/{id}/capture", operation_id = "capturePaymentIntent", tag = "intents",
+    summary = "Capture an authorized payment intent (payments:charge or admin)",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment intent's id"),
+        doc::IdempotencyKey,
+    ),
+    request_body(content = Option<Capture>, description = "Optional; an empty body captures the whole hold"),
+    responses(
+        (status = 200, description = "Captured (now or before): status `succeeded`", body = Intent),
+        (status = 400, description = doc::BAD_KEY, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The caller lacks `payments:charge`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment intent", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The intent is canceled or not authorized yet, or a request with this `Idempotency-Key` is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The body is not a valid capture (not JSON, an unknown field, an `amount` that is not 1 to the authorized amount), or the `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = doc::PROCESSOR, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn capture(
     State(state): State<AppState>,
     id: Identity,
@@ -608,6 +709,27 @@ async fn bounded(
 }
 
 /// `POST /payment-intents/{id}/cancel`: voids a hold, or cancels an unconfirmed intent.
+///
+/// Canceling a canceled intent answers it as it is; a captured one is refunded instead.
+/// No body. Needs an `Idempotency-Key` header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-intents/{id}/cancel", operation_id = "cancelPaymentIntent", tag = "intents",
+    summary = "Cancel a payment intent, voiding its hold",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment intent's id"),
+        doc::IdempotencyKey,
+    ),
+    responses(
+        (status = 200, description = "Canceled (now or before): status `canceled`", body = Intent),
+        (status = 400, description = doc::BAD_KEY, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Another customer's intent, and the caller lacks `payments:charge`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment intent (or another customer's)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The intent was captured (refund it instead) or is being confirmed, or a request with this `Idempotency-Key` is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = doc::PROCESSOR, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     id: Identity,
@@ -667,6 +789,15 @@ fn canceled_already(intent: Intent) -> Result<Json<Intent>, Error> {
 }
 
 /// `GET /payment-intents/{id}`.
+#[utoipa::path(get, path = "/payment-intents/{id}", operation_id = "getPaymentIntent", tag = "intents",
+    summary = "Read a payment intent (one's own; staff any)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The payment intent's id")),
+    responses(
+        (status = 200, description = "The intent", body = Intent),
+        (status = 404, description = "No such payment intent (or another customer's)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     id: Identity,
@@ -676,24 +807,37 @@ pub async fn get(
 }
 
 /// `GET /payment-intents` query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this order's intents.
     pub order_id: Option<String>,
     /// Only this customer's (staff only; customers always see only their own).
     pub customer_id: Option<String>,
-    /// Page size.
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// Where the previous page ended.
+    /// Where the previous page ended: its `next_cursor`.
     pub cursor: Option<String>,
 }
 
 /// `GET /payment-intents?order_id=&customer_id=`: staff see any, customers their own.
+#[utoipa::path(get, path = "/payment-intents", operation_id = "listPaymentIntents", tag = "intents",
+    summary = "List payment intents, newest first, a page at a time (customers: their own)",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = Page<Intent>),
+        (status = 400, description = "The query does not parse (e.g. a `limit` that is not a number)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` is not 1 to 100, or `cursor` is not one this API issued", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page<Intent>>, Error> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = kit::page::limit(q.limit)?;
     let after = kit::page::decode_cursor(q.cursor.as_deref())?;
     let customer = if may_read_all(&id) {

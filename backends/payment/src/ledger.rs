@@ -16,12 +16,14 @@
 
 use axum::extract::State;
 use kit::db::{new_id, now_ms};
+use kit::openapi::ProblemBody;
 use kit::{Identity, Json};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
+use utoipa::ToSchema;
 
 use crate::error::Error;
-use crate::AppState;
+use crate::{doc, AppState};
 
 /// Debited by an authorization.
 pub const AUTHORIZED_HOLDS: &str = "authorized_holds";
@@ -85,9 +87,11 @@ pub fn release(amount: i64) -> [(&'static str, i64); 2] {
 }
 
 /// One account's balance in one currency.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(example = json!({"account": "customer_receivable", "currency": "EUR", "balance": 2000}))]
 pub struct AccountBalance {
-    /// The account.
+    /// The account: `authorized_holds`, `customer_funds_on_hold`, `customer_receivable` or
+    /// `merchant_revenue`.
     pub account: String,
     /// ISO 4217.
     pub currency: String,
@@ -96,7 +100,16 @@ pub struct AccountBalance {
 }
 
 /// `GET /ledger/balance`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "accounts": [
+        {"account": "authorized_holds", "currency": "EUR", "balance": 2500},
+        {"account": "customer_funds_on_hold", "currency": "EUR", "balance": -2500},
+        {"account": "customer_receivable", "currency": "EUR", "balance": 2000},
+        {"account": "merchant_revenue", "currency": "EUR", "balance": -2000}
+    ],
+    "sum": 0, "unbalanced_transactions": 0
+}))]
 pub struct Balance {
     /// Every account's balance per currency.
     pub accounts: Vec<AccountBalance>,
@@ -139,6 +152,14 @@ pub async fn balance(db: &kit::Db) -> Result<Balance, Error> {
 }
 
 /// `GET /ledger/balance` (admin).
+#[utoipa::path(get, path = "/ledger/balance", operation_id = "getLedgerBalance", tag = "ledger",
+    summary = "Read every ledger account's balance per currency (admin)",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The balances; `sum` and `unbalanced_transactions` are 0 unless the ledger is broken", body = Balance),
+        (status = 403, description = "The caller is not an admin", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get_balance(
     State(state): State<AppState>,
     id: Identity,

@@ -19,6 +19,8 @@
 //!   `canceled` with `failure_reason` `processor_timeout` (answered 200 with the intent,
 //!   like every other outcome of confirm: the caller reads `status`).
 //! - **Events**: `payment.authorized|captured|voided|refunded|failed` via the kit's outbox.
+//! - **OpenAPI**: `GET /openapi.json` serves the 3.1 document generated from the handlers'
+//!   annotations ([`openapi`]); only annotated handlers are routed, so the two cannot drift.
 //!
 //! Who may do what: a customer creates, confirms, cancels and reads their own intents and
 //! their own cards; `payments:charge` (the order service) acts on anyone's intents and is
@@ -66,7 +68,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use axum::routing::{get, post};
 use axum::Router;
 use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
@@ -77,6 +78,8 @@ use kit::{
     Db, Env, EventBus, IdempotencyLayer, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier,
 };
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::Error;
 pub use processor::{Processor, SimulatedProcessor};
@@ -283,6 +286,10 @@ impl kit::Service for Service {
         router(self.state.clone())
     }
 
+    fn openapi() -> utoipa::openapi::OpenApi {
+        openapi()
+    }
+
     /// Stops the relay (after serving has stopped), releasing its lease at once.
     async fn shutdown(self) {
         self.recovery.abort();
@@ -417,18 +424,74 @@ pub fn router(state: AppState) -> Router {
         .scope(CallerScope(state.verifier.clone()))
         .fingerprint_key(state.fingerprint_key.as_slice())
         .required(true);
-    let api = Router::new()
-        .route("/payment-methods", post(cards::create).get(cards::list))
-        .route("/payment-intents", post(intents::create).get(intents::list))
-        .route("/payment-intents/{id}", get(intents::get))
-        .route("/payment-intents/{id}/confirm", post(intents::confirm))
-        .route("/payment-intents/{id}/capture", post(intents::capture))
-        .route("/payment-intents/{id}/cancel", post(intents::cancel))
-        .route("/payment-intents/{id}/refunds", post(refunds::create))
-        .route("/ledger/balance", get(ledger::get_balance))
+    let (api, doc) = api().split_for_parts();
+    let api = api
         .layer(idempotency)
-        .with_state(state);
+        .with_state(state)
+        .merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
+}
+
+/// The routes, each with its part of the OpenAPI document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(cards::create, cards::list))
+        .routes(routes!(intents::create, intents::list))
+        .routes(routes!(intents::get))
+        .routes(routes!(intents::confirm))
+        .routes(routes!(intents::capture))
+        .routes(routes!(intents::cancel))
+        .routes(routes!(refunds::create))
+        .routes(routes!(ledger::get_balance))
+}
+
+fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    kit::openapi::finish(doc, "payment", <Service as kit::Service>::ABOUT)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    finish(api().into_openapi())
+}
+
+/// What the handlers' OpenAPI annotations share.
+pub(crate) mod doc {
+    /// The `Idempotency-Key` request header, required on every POST of this service (the
+    /// kit's [`kit::openapi::IdempotencyKey`] is the optional one).
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Header)]
+    #[allow(dead_code)]
+    pub struct IdempotencyKey {
+        /// Required on every POST of this service (400 without it): 1 to 255 visible ASCII
+        /// characters, unique per intended operation (a UUID is a good choice), scoped to
+        /// the caller. A retry with the same key and request gets the first answer again
+        /// (marked `Idempotency-Replayed: true`) instead of doing the work twice; the same
+        /// key with another request is 422; while the first request still runs, 409 with
+        /// `Retry-After`.
+        #[param(
+            rename = "Idempotency-Key",
+            min_length = 1,
+            max_length = 255,
+            pattern = "^[!-~]+$",
+            example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f"
+        )]
+        idempotency_key: String,
+    }
+
+    /// 400 of a POST whose body is read as JSON.
+    pub const BAD_KEY_OR_JSON: &str = "No `Idempotency-Key` header, more than one, or a \
+         malformed one; or a body that is not JSON.";
+    /// 400 of a POST whose body is not parsed by the extractor.
+    pub const BAD_KEY: &str = "No `Idempotency-Key` header, more than one, or a malformed one.";
+    /// 413 of every POST (the idempotency layer buffers the body).
+    pub const TOO_LARGE: &str =
+        "The body is larger than 1 MiB, the most a request with an `Idempotency-Key` carries.";
+    /// 502 of the operations that call the processor.
+    pub const PROCESSOR: &str = "The card processor failed or did not answer within the \
+         deadline; nothing was changed, try again.";
+    /// 503 of every operation (they all verify a bearer token).
+    pub const KEYS_UNAVAILABLE: &str = "The keys that verify access tokens cannot be had from \
+         the user service right now; try again later.";
 }
 
 #[cfg(test)]

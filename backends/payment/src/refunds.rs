@@ -9,27 +9,40 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use kit::db::{new_id, now_ms};
+use kit::openapi::ProblemBody;
 use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::Error;
 use crate::intents::{self, optional_body, Intent, SUCCEEDED};
-use crate::{events, ledger, AppState};
+use crate::{doc, events, ledger, AppState};
 
 /// `POST /payment-intents/{id}/refunds` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": 500, "reason": "one mug arrived broken"}))]
 pub struct NewRefund {
-    /// Minor units; defaults to everything still refundable.
+    /// Minor units, at least 1 and at most what is still refundable (captured − refunded);
+    /// defaults to everything still refundable.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub amount: Option<i64>,
     /// Free text for the record (at most 500 characters).
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
 /// A refund.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f3-1b2c-7d3e-8f40-516273849506",
+    "payment_intent_id": "0193a5f2-9e10-7c5d-b2c3-d4e5f6071829",
+    "amount": 500, "currency": "EUR", "status": "succeeded",
+    "reason": "one mug arrived broken", "amount_refunded": 500,
+    "created_at": 1733403600000_i64
+}))]
 pub struct Refund {
     /// Its id.
     pub id: String,
@@ -50,6 +63,29 @@ pub struct Refund {
 }
 
 /// `POST /payment-intents/{id}/refunds` (`payments:refund`).
+///
+/// Refunds all or part of a captured intent; what is refunded never exceeds what was
+/// captured. The body is optional (empty = everything still refundable). Needs an
+/// `Idempotency-Key` header, as every POST of this service.
+#[utoipa::path(post, path = "/payment-intents/{id}/refunds", operation_id = "createRefund", tag = "refunds",
+    summary = "Refund a captured payment intent, fully or partly (payments:refund or admin)",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment intent's id"),
+        doc::IdempotencyKey,
+    ),
+    request_body(content = Option<NewRefund>, description = "Optional; an empty body refunds everything still refundable"),
+    responses(
+        (status = 201, description = "Refunded (a retry with the same key gets this answer again)", body = Refund),
+        (status = 400, description = doc::BAD_KEY, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The caller lacks `payments:refund`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment intent", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The intent is not captured; or the refund exceeds what is left to refund (`type` https://gatehouse.dev/problems/refund-exceeds-captured, with `refundable`: what is left, minor units); or a request with this `Idempotency-Key` is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = doc::TOO_LARGE, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The body is not a valid refund (not JSON, an unknown field, an `amount` below 1, a `reason` over 500 characters), or the `Idempotency-Key` was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = doc::PROCESSOR, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = doc::KEYS_UNAVAILABLE, body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     id: Identity,

@@ -6,11 +6,11 @@
 
 use axum::extract::{Path, State};
 use kit::db::now_ms;
-use kit::{Identity, Json};
 use kit::openapi::ProblemBody;
+use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use sqlx::{Any, Row, Transaction};
+use utoipa::ToSchema;
 
 use crate::error::{Error, Fields};
 use crate::{events, require, AppState, WRITE_PRODUCTS};

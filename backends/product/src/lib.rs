@@ -167,6 +167,10 @@ impl kit::Service for Service {
         router(self.state.clone())
     }
 
+    fn openapi() -> utoipa::openapi::OpenApi {
+        openapi()
+    }
+
     /// Stops the background tasks (after serving has stopped).
     async fn shutdown(self) {
         self.sweeper.shutdown().await;
@@ -283,7 +287,9 @@ pub fn router(state: AppState) -> Router {
     }
     let telemetry = Telemetry::new("product", checks);
     let (api, doc) = api().split_for_parts();
-    let api = api.with_state(state).merge(kit::openapi::serve(&finish(doc)));
+    let api = api
+        .with_state(state)
+        .merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
 }
 

@@ -15,13 +15,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
+use kit::openapi::ProblemBody;
 use kit::page::Page;
 use kit::{DbError, Identity, Json, Problem};
-use kit::openapi::ProblemBody;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use utoipa::{IntoParams, ToSchema};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::cache::product_key;
 use crate::error::{Error, Fields};

@@ -4,9 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use kit::db::{new_id, now_ms};
+use kit::openapi::ProblemBody;
 use kit::{DbError, Identity, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::auth::{active_session, revoke_sessions_except};
 use crate::error::{Error, FieldError};
@@ -14,11 +16,21 @@ use crate::password::Verified;
 use crate::{events, AppState, DEFAULT_ROLE, ROLES};
 
 /// `POST /users`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "email": "alice@example.com", "password": "correct horse battery staple", "name": "Alice Martin"
+}))]
 pub struct Register {
+    /// An email address (`local@domain.tld`, at most 254 characters), stored trimmed and
+    /// lowercased; one account per address.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 12 to 1024 characters (at most 1024 bytes), and not the email address.
+    #[schema(min_length = 12)]
     password: String,
+    /// Display name, up to 200 characters after trimming; blank is none.
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: Option<String>,
 }
 
@@ -32,7 +44,11 @@ impl std::fmt::Debug for Register {
 }
 
 /// An account as its owner (or an admin) sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f2-7c1e-7a4b-9c2d-3e4f5a6b7c8d", "email": "alice@example.com",
+    "name": "Alice Martin", "roles": ["customer"], "created_at": 1733400000000_i64
+}))]
 pub struct Account {
     /// The account's id.
     pub id: String,
@@ -92,6 +108,13 @@ pub fn check_password(
 
 /// `POST /users` → 201 with the account. A taken email is 409, decided by the unique index
 /// (two racing registrations: one 201, one 409).
+#[utoipa::path(post, path = "/users", operation_id = "register", tag = "accounts",
+    summary = "Register an account (role customer)",
+    request_body = Register,
+    responses(
+        (status = 201, description = "Registered", body = Account),
+        (status = 409, description = "An account with this email already exists", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn register(
     State(s): State<AppState>,
     Json(req): Json<Register>,
@@ -184,15 +207,29 @@ async fn load_account(s: &AppState, user_id: &str) -> Result<Account, Error> {
 }
 
 /// `GET /users/me`.
+#[utoipa::path(get, path = "/users/me", operation_id = "getMe", tag = "accounts",
+    summary = "Read the caller's account",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account", body = Account),
+        (status = 401, description = "No valid bearer token, or its session has ended (logout, revocation, password change; service tokens have no session)", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn me(State(s): State<AppState>, id: Identity) -> Result<Json<Account>, Error> {
     active_session(&s, &id).await?;
     Ok(Json(load_account(&s, &id.user_id).await?))
 }
 
 /// `PUT /users/me/password`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "current_password": "correct horse battery staple",
+    "new_password": "a longer passphrase for 2026"
+}))]
 pub struct ChangePassword {
+    /// The password the account has now.
     current_password: String,
+    /// 12 to 1024 characters (at most 1024 bytes), and not the account's email address.
+    #[schema(min_length = 12)]
     new_password: String,
 }
 
@@ -203,6 +240,16 @@ impl std::fmt::Debug for ChangePassword {
 }
 
 /// `PUT /users/me/password` → 204; every other session of the account ends.
+#[utoipa::path(put, path = "/users/me/password", operation_id = "changePassword", tag = "accounts",
+    summary = "Change the caller's password; every other session ends",
+    security(("bearer" = [])),
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed; the caller's other sessions have ended"),
+        (status = 401, description = "No valid bearer token, or its session has ended", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The new password breaks a rule (`errors` names `new_password`), or the body has the wrong shape", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn change_password(
     State(s): State<AppState>,
     id: Identity,
@@ -249,13 +296,46 @@ pub async fn change_password(
 }
 
 /// `PUT /admin/users/{id}/roles`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"roles": ["admin", "customer"]}))]
 pub struct SetRoles {
+    /// At least one of the known roles (`customer`, `admin`); they replace the account's
+    /// roles. Duplicates count once.
+    #[schema(schema_with = role_names)]
     roles: Vec<String>,
+}
+
+/// The schema of `SetRoles::roles`, its enum made from [`ROLES`] so it cannot drift.
+fn role_names() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(ROLES.iter().map(|(role, _)| *role))),
+        )
+        .min_items(Some(1))
+        .description(Some(
+            "At least one known role; they replace the account's roles. Duplicates count once.",
+        ))
+        .build()
 }
 
 /// `PUT /admin/users/{id}/roles` (admins only) → the account with its new roles. Tokens
 /// already issued keep their roles until they expire.
+#[utoipa::path(put, path = "/admin/users/{id}/roles", operation_id = "setRoles", tag = "admin",
+    summary = "Replace an account's roles (admin)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The account's id")),
+    request_body = SetRoles,
+    responses(
+        (status = 200, description = "The account with its new roles (tokens already issued keep the old ones until they expire)", body = Account),
+        (status = 401, description = "No valid bearer token, or its session has ended", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Another change of this account's roles committed first (concurrent changes on PostgreSQL); retry", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "`roles` is empty or names an unknown role, or the body has the wrong shape", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn set_roles(
     State(s): State<AppState>,
     id: Identity,

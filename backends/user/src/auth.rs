@@ -5,11 +5,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
 use kit::identity::AccessClaims;
+use kit::openapi::ProblemBody;
 use kit::{Identity, Json};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
+use utoipa::ToSchema;
 
 use crate::accounts::{normalize_email, roles_of};
 use crate::error::Error;
@@ -17,9 +19,12 @@ use crate::password::Verified;
 use crate::{permissions_of, AppState};
 
 /// `POST /auth/login`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "alice@example.com", "password": "correct horse battery staple"}))]
 pub struct Login {
+    /// The account's email (matched trimmed and lowercased).
     email: String,
+    /// The account's password.
     password: String,
 }
 
@@ -32,13 +37,19 @@ impl std::fmt::Debug for Login {
 }
 
 /// A token pair.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "access_token": "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCIsImtpZCI6Ik5fQ2ZFZ3JQIn0.eyJzdWIiOiIwMTkzYTVmMi03YzFlIn0.c2lnbmF0dXJl",
+    "refresh_token": "q3Vh2mXo0fJb9sYk1Zt8wNcR4eLd7uPa6iGhTnBvC5E",
+    "token_type": "Bearer", "expires_in": 900
+}))]
 pub struct Tokens {
     /// EdDSA JWT.
     pub access_token: String,
     /// Opaque; rotate it at `POST /auth/refresh`.
     pub refresh_token: String,
     /// Always `Bearer`.
+    #[schema(value_type = String)]
     pub token_type: &'static str,
     /// Seconds the access token lives.
     pub expires_in: u64,
@@ -71,6 +82,15 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 
 /// `POST /auth/login` → a token pair. Unknown email and wrong password give the same
 /// answer after the same work; failed logins per email back off exponentially.
+#[utoipa::path(post, path = "/auth/login", operation_id = "login", tag = "auth",
+    summary = "Log in with email and password: a new session and its token pair",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = Tokens),
+        (status = 401, description = "Wrong email or password (the same answer for both)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this email; wait `Retry-After` seconds", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered"))),
+    ))]
 pub async fn login(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -222,8 +242,10 @@ async fn issue(
 }
 
 /// `POST /auth/refresh`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"refresh_token": "q3Vh2mXo0fJb9sYk1Zt8wNcR4eLd7uPa6iGhTnBvC5E"}))]
 pub struct Refresh {
+    /// The refresh token of the latest pair; it is spent by this call.
     refresh_token: String,
 }
 
@@ -235,6 +257,13 @@ impl std::fmt::Debug for Refresh {
 
 /// `POST /auth/refresh` → a new pair; the presented token is spent. A token presented
 /// again after it was spent ends its session.
+#[utoipa::path(post, path = "/auth/refresh", operation_id = "refresh", tag = "auth",
+    summary = "Trade a refresh token for a new pair (the presented one is spent)",
+    request_body = Refresh,
+    responses(
+        (status = 200, description = "The new pair, with the account's current roles", body = Tokens),
+        (status = 401, description = "The refresh token is unknown, its session has ended or expired, or it was already used (which ends its session)", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn refresh(
     State(s): State<AppState>,
     Json(req): Json<Refresh>,
@@ -350,6 +379,13 @@ pub async fn active_session(s: &AppState, id: &Identity) -> Result<(), Error> {
 }
 
 /// `POST /auth/logout` → 204; the session and its refresh tokens end.
+#[utoipa::path(post, path = "/auth/logout", operation_id = "logout", tag = "auth",
+    summary = "End the caller's session and its refresh tokens",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session has ended"),
+        (status = 401, description = "No valid bearer token, or its session has ended already", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn logout(State(s): State<AppState>, id: Identity) -> Result<StatusCode, Error> {
     active_session(&s, &id).await?;
     let mut tx = s.db.begin().await?;
@@ -359,7 +395,12 @@ pub async fn logout(State(s): State<AppState>, id: Identity) -> Result<StatusCod
 }
 
 /// A session as its owner sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f3-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "created_at": 1733400000000_i64,
+    "last_used_at": 1733400600000_i64, "expires_at": 1735992000000_i64,
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "current": true
+}))]
 pub struct SessionView {
     /// Session id.
     pub id: String,
@@ -375,11 +416,30 @@ pub struct SessionView {
     pub current: bool,
 }
 
+/// `GET /users/me/sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"sessions": [{
+    "id": "0193a5f3-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "created_at": 1733400000000_i64,
+    "last_used_at": 1733400600000_i64, "expires_at": 1735992000000_i64,
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "current": true
+}]}))]
+pub struct Sessions {
+    /// The open sessions, newest first, at most 100.
+    pub sessions: Vec<SessionView>,
+}
+
 /// `GET /users/me/sessions` → the open sessions, newest first.
+#[utoipa::path(get, path = "/users/me/sessions", operation_id = "listSessions", tag = "sessions",
+    summary = "List the caller's open sessions, newest first",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The open sessions (at most 100)", body = Sessions),
+        (status = 401, description = "No valid bearer token, or its session has ended", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list_sessions(
     State(s): State<AppState>,
     id: Identity,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<Sessions>, Error> {
     active_session(&s, &id).await?;
     let rows = sqlx::query(
         "SELECT id, created_at, last_used_at, expires_at, user_agent FROM sessions \
@@ -404,10 +464,19 @@ pub async fn list_sessions(
             }
         })
         .collect();
-    Ok(Json(serde_json::json!({ "sessions": sessions })))
+    Ok(Json(Sessions { sessions }))
 }
 
 /// `DELETE /users/me/sessions/{id}` → 204, or 404 for a session that is not the caller's.
+#[utoipa::path(delete, path = "/users/me/sessions/{id}", operation_id = "revokeSession", tag = "sessions",
+    summary = "End one of the caller's sessions",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 204, description = "The session has ended"),
+        (status = 401, description = "No valid bearer token, or its session has ended", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No open session with this id is the caller's", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_session(
     State(s): State<AppState>,
     id: Identity,
@@ -432,8 +501,46 @@ pub async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The published key set (RFC 7517).
+// Only the OpenAPI document's picture of `jsonwebtoken`'s `JwkSet`, which the handler
+// serializes (it has no schema of its own).
+#[derive(ToSchema)]
+#[schema(as = JwkSet, example = json!({"keys": [{
+    "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+    "kid": "N_CfEgrPxT0sZ5DkT9Hk3Oa6mh7tY2yGq4fJ8uLwR1c", "alg": "EdDSA", "use": "sig"
+}]}))]
+#[allow(dead_code)]
+struct JwkSetBody {
+    /// The active key first, then retired keys whose tokens may still be alive.
+    keys: Vec<PublicJwk>,
+}
+
+/// One Ed25519 public key (RFC 8037).
+#[derive(ToSchema)]
+#[schema(as = Jwk)]
+#[allow(dead_code)]
+struct PublicJwk {
+    /// Key type: `OKP`.
+    kty: String,
+    /// Curve: `Ed25519`.
+    crv: String,
+    /// The public key, base64url.
+    x: String,
+    /// Key id: the RFC 7638 thumbprint; access tokens name it in their `kid` header.
+    kid: String,
+    /// `EdDSA`.
+    alg: String,
+    /// `sig`.
+    #[schema(rename = "use")]
+    usage: String,
+}
+
 /// `GET /.well-known/jwks.json`: the active key and retired keys whose tokens may still be
 /// alive.
+#[utoipa::path(get, path = "/.well-known/jwks.json", operation_id = "getJwks", tag = "auth",
+    summary = "The public keys that verify access tokens (JWKS)",
+    responses((status = 200, description = "The key set (cacheable for 60 s)", body = JwkSetBody,
+        headers(("Cache-Control" = String, description = "`public, max-age=60`")))))]
 pub async fn jwks(State(s): State<AppState>) -> Response {
     let mut resp = axum::Json(s.keys.jwks()).into_response();
     resp.headers_mut().insert(
@@ -443,24 +550,49 @@ pub async fn jwks(State(s): State<AppState>) -> Response {
     resp
 }
 
+/// `POST /admin/keys/rotate`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"kid": "N_CfEgrPxT0sZ5DkT9Hk3Oa6mh7tY2yGq4fJ8uLwR1c"}))]
+pub struct RotatedKey {
+    /// The new active key's id.
+    pub kid: String,
+}
+
 /// `POST /admin/keys/rotate` (permission `keys:rotate`) → the new key's id. The old key
 /// stays published for the access-token lifetime plus a minute.
+#[utoipa::path(post, path = "/admin/keys/rotate", operation_id = "rotateKeys", tag = "admin",
+    summary = "Make a new signing key (keys:rotate); the old one stays published for the token lifetime plus a minute",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rotated", body = RotatedKey),
+        (status = 401, description = "No valid bearer token, or its session has ended", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The caller lacks the keys:rotate permission", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The signing key is configured inline (SIGNING_KEY): rotate it where it is kept", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn rotate_keys(
     State(s): State<AppState>,
     id: Identity,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<RotatedKey>, Error> {
     active_session(&s, &id).await?;
     id.require_permission("keys:rotate")?;
     let keep = s.settings.access_ttl.as_millis() as i64 + 60_000;
     let kid = s.keys.rotate(&s.db, keep).await?;
-    Ok(Json(serde_json::json!({ "kid": kid })))
+    Ok(Json(RotatedKey { kid }))
 }
 
 /// `POST /auth/token` (client credentials grant, JSON body).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "grant_type": "client_credentials", "client_id": "order",
+    "client_secret": "s3cr3t-for-the-order-service"
+}))]
 pub struct TokenRequest {
+    /// `client_credentials`, the only grant.
+    #[schema(value_type = GrantType)]
     grant_type: String,
+    /// The service's client id (one of the configured `SERVICE_CLIENTS`).
     client_id: String,
+    /// The client's secret (the service keeps only its SHA-256).
     client_secret: String,
 }
 
@@ -473,12 +605,53 @@ impl std::fmt::Debug for TokenRequest {
     }
 }
 
+/// The grants `POST /auth/token` knows.
+// Only for the OpenAPI document: the handler reads a string and names the field when it
+// is another grant.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum GrantType {
+    /// A service authenticates with its own id and secret.
+    #[schema(rename = "client_credentials")]
+    ClientCredentials,
+}
+
+/// A service token: no refresh token, ask again before it expires.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "access_token": "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCIsImtpZCI6Ik5fQ2ZFZ3JQIn0.eyJzdWIiOiJzZXJ2aWNlOm9yZGVyIn0.c2lnbmF0dXJl",
+    "token_type": "Bearer", "expires_in": 900
+}))]
+pub struct ServiceToken {
+    /// EdDSA JWT: `sub` = `service:<client id>`, role `service`, the client's permissions.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String)]
+    pub token_type: &'static str,
+    /// Seconds the token lives.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceToken { .. }")
+    }
+}
+
 /// `POST /auth/token` → a service token (`sub` = `service:<id>`, role `service`, the
 /// client's permissions; no refresh token: ask again before it expires).
+#[utoipa::path(post, path = "/auth/token", operation_id = "serviceToken", tag = "auth",
+    summary = "Get a service token (client credentials grant)",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The service token", body = ServiceToken),
+        (status = 401, description = "Unknown client id or wrong secret", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "`grant_type` is not `client_credentials`, or the body has the wrong shape", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn service_token(
     State(s): State<AppState>,
     Json(req): Json<TokenRequest>,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<ServiceToken>, Error> {
     if req.grant_type != "client_credentials" {
         return Err(Error::field(
             "grant_type",
@@ -506,11 +679,11 @@ pub async fn service_token(
         roles: vec!["service".into()],
         perms: client.permissions.clone(),
     };
-    Ok(Json(serde_json::json!({
-        "access_token": s.keys.active().sign(&claims),
-        "token_type": "Bearer",
-        "expires_in": ttl,
-    })))
+    Ok(Json(ServiceToken {
+        access_token: s.keys.active().sign(&claims),
+        token_type: "Bearer",
+        expires_in: ttl,
+    }))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

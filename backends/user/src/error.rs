@@ -72,6 +72,8 @@ impl Error {
             Error::NotFound(what) => Problem::not_found(what),
             Error::Problem(p) => p,
             Error::Db(e @ (DbError::Conflict | DbError::NotFound)) => e.into(),
+            // The operator's choice, not a failure: say so instead of a 500.
+            Error::Keys(e @ KeyError::Inline) => Problem::conflict(e.to_string()),
             e @ (Error::Db(_) | Error::Password(_) | Error::Keys(_)) => Problem::internal(&e),
         }
     }

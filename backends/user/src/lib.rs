@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
@@ -32,6 +31,8 @@ use kit::relay::RelayOptions;
 use kit::telemetry::ReadyCheck;
 use kit::{Db, Env, EventBus, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::Error;
 use keys::{KeyRing, KeySource};
@@ -215,6 +216,10 @@ impl kit::Service for Service {
         router(self.state.clone())
     }
 
+    fn openapi() -> utoipa::openapi::OpenApi {
+        openapi()
+    }
+
     /// Stops the relay (after serving has stopped), releasing its lease at once.
     async fn shutdown(self) {
         self.relay.shutdown().await;
@@ -302,19 +307,35 @@ pub fn router(state: AppState) -> Router {
         checks.push(Arc::new(BusReady(bus.clone())));
     }
     let telemetry = Telemetry::new("user", checks);
-    let api = Router::new()
-        .route("/users", post(accounts::register))
-        .route("/users/me", get(accounts::me))
-        .route("/users/me/password", put(accounts::change_password))
-        .route("/users/me/sessions", get(auth::list_sessions))
-        .route("/users/me/sessions/{id}", delete(auth::revoke_session))
-        .route("/admin/users/{id}/roles", put(accounts::set_roles))
-        .route("/admin/keys/rotate", post(auth::rotate_keys))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/token", post(auth::service_token))
-        .route("/.well-known/jwks.json", get(auth::jwks))
-        .with_state(state);
+    let (api, doc) = api().split_for_parts();
+    let api = api
+        .with_state(state)
+        .merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
+}
+
+/// The routes, each with its part of the OpenAPI document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::me))
+        .routes(routes!(accounts::change_password))
+        .routes(routes!(auth::list_sessions))
+        .routes(routes!(auth::revoke_session))
+        .routes(routes!(accounts::set_roles))
+        .routes(routes!(auth::rotate_keys))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::service_token))
+        .routes(routes!(auth::jwks))
+}
+
+fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    kit::openapi::finish(doc, "user", <Service as kit::Service>::ABOUT)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    finish(api().into_openapi())
 }

@@ -93,9 +93,64 @@ impl Drop for RunningBinary {
     }
 }
 
+/// `GET {base}/openapi.json` is an OpenAPI 3.1 document of the service `name` in which every
+/// operation has an id and answers, valid by `openapi-spec-validator` (a separate
+/// implementation of the specification's schema; `.ci/run` installs it, elsewhere that part
+/// is skipped with a message).
+pub async fn check_openapi(base: &str, name: &str) {
+    let resp = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .expect("/openapi.json answers");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let text = resp.text().await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("a JSON document");
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], format!("Gatehouse {name} service"));
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(!paths.is_empty(), "no operation documented");
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["operationId"].is_string(),
+                "{method} {path}: no operationId"
+            );
+            let responses = op["responses"].as_object().expect("responses");
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{method} {path}: no success answer"
+            );
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    match Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(file.path())
+        .output()
+    {
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+            eprintln!("skipping the OpenAPI validator: pip install openapi-spec-validator")
+        }
+        Ok(out) => assert!(
+            out.status.success(),
+            "openapi-spec-validator refused the {name} document: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("skipping the OpenAPI validator: no python3 ({e})"),
+    }
+}
+
 /// What every service binary must do, checked as a user would: `--help` names the binary
 /// and its variables, `--version` prints the version, a wrong flag exits 2 saying why, and
-/// with `env` it starts, answers `/health` with JSON log lines only, and on SIGTERM stops
+/// with `env` it starts, answers `/health` and `/openapi.json` (see [`check_openapi`]) with
+/// JSON log lines only, and on SIGTERM stops
 /// with success after logging that it stopped serving.
 pub async fn check_service_binary(binary: &str, name: &str, env: &[(&str, &str)]) {
     let run = |arg: &str| {
@@ -140,6 +195,7 @@ pub async fn check_service_binary(binary: &str, name: &str, env: &[(&str, &str)]
         .await
         .expect("/health answers");
     assert_eq!(health.status(), 200);
+    check_openapi(&format!("http://{}", running.addr), name).await;
     let logs = running.logs.clone();
     let status = tokio::task::spawn_blocking(move || running.terminate())
         .await

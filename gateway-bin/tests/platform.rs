@@ -39,15 +39,16 @@ impl Drop for Running {
 /// Starts `gateway run` on the shipped platform config with every port replaced (and the
 /// bootstrap admin set, when given).
 fn start(dir: &Path) -> (Running, String) {
-    start_with(dir, None, &[])
+    start_with(dir, None, &[], &[])
 }
 
 /// `databases` gives a service's `database_url` (`("order", "postgres://…")`); the others
-/// keep the default SQLite file under `data/`.
+/// keep the default SQLite file under `data/`. `env` is set on the process.
 fn start_with(
     dir: &Path,
     bootstrap_admin: Option<&str>,
     databases: &[(&str, String)],
+    env: &[(&str, &str)],
 ) -> (Running, String) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/platform.toml");
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
@@ -80,6 +81,7 @@ fn start_with(
         .arg(&config)
         .current_dir(dir)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -228,7 +230,7 @@ const PASSWORD: &str = "correct horse battery staple";
 async fn platform_with_admin(dir: &Path, databases: &[(&str, String)]) -> (Running, Client, Value) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     {
-        let (_gateway, base) = start_with(dir, None, databases);
+        let (_gateway, base) = start_with(dir, None, databases, &[]);
         let c = Client {
             c: http.clone(),
             base,
@@ -242,7 +244,7 @@ async fn platform_with_admin(dir: &Path, databases: &[(&str, String)]) -> (Runni
             .await;
         assert_eq!(r.status(), 201);
     }
-    let (gateway, base) = start_with(dir, Some("admin@example.com"), databases);
+    let (gateway, base) = start_with(dir, Some("admin@example.com"), databases, &[]);
     let c = Client { c: http, base };
     wait_ready(&c.c, &c.base).await;
     let admin = c.login_as("admin@example.com", PASSWORD).await;
@@ -562,4 +564,89 @@ async fn the_docs_page_renders_every_services_operations_in_a_browser() {
         missing.len(),
         operations.len()
     );
+}
+
+/// The ```sh blocks of the README's "Try the shop" section, in order.
+fn readme_shop_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let start = readme
+        .find("\n## Try the shop")
+        .expect("a 'Try the shop' section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").expect("a closed block")].to_owned())
+        .collect()
+}
+
+/// Runs a README block with bash against the platform at `base`; its stdout.
+fn run_block(block: &str, base: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-e", "-o", "pipefail", "-c", block])
+        .env("BASE", base)
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the README block failed ({}):\n{block}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The README's shop flow, run as written (curl and jq, the restart with the bootstrap
+/// variable it names) against a fresh platform: the order confirms, the stock and the ledger
+/// are what the README says they print.
+#[tokio::test]
+async fn the_readme_shop_flow_runs_as_written() {
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if !have("curl") || !have("jq") {
+        eprintln!("skipping the README flow: it needs curl and jq (apt-get install -y curl jq)");
+        return;
+    }
+    let blocks = readme_shop_blocks();
+    assert_eq!(blocks.len(), 3, "register, restart, flow: {blocks:?}");
+    let printed = [
+        r#"{"status":"confirmed","total":2500,"currency":"EUR","payment":"captured","inventory":"committed"}"#,
+        r#""on_hand":8,"reserved":0"#,
+        r#"{"sum":0,"unbalanced_transactions":0}"#,
+    ];
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    for p in printed {
+        assert!(
+            readme.contains(p),
+            "the README no longer says it prints {p}"
+        );
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_gateway, base) = start_with(dir.path(), None, &[], &[]);
+        wait_ready(&http, &base).await;
+        let out = run_block(&blocks[0], &base);
+        assert!(out.contains("admin@example.com"), "{out}");
+    }
+    let (variable, rest) = blocks[1]
+        .trim()
+        .split_once('=')
+        .expect("VAR=value cargo run …");
+    let (email, command) = rest.split_once(' ').unwrap();
+    assert_eq!(
+        command, "cargo run --release -p gateway-bin -- run --config config/platform.toml",
+        "the restart is the README's command 1 with the variable"
+    );
+    let (_gateway, base) = start_with(dir.path(), None, &[], &[(variable, email)]);
+    wait_ready(&http, &base).await;
+    let out = run_block(&blocks[2], &base);
+    for p in printed {
+        assert!(out.contains(p), "expected {p} in:\n{out}");
+    }
 }

@@ -650,3 +650,61 @@ async fn the_readme_shop_flow_runs_as_written() {
         assert!(out.contains(p), "expected {p} in:\n{out}");
     }
 }
+
+/// Platform mode killed with SIGKILL comes back on its event log: the lock on `data/bus.db`
+/// died with the process, the log is recovered at the restart, and the events published
+/// before the kill are still in it beside the new ones (that a delivery in flight at the
+/// kill is then handled once is `kit/tests/embedded_bus.rs`).
+#[tokio::test]
+async fn a_platform_killed_with_sigkill_comes_back_on_its_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, c, admin) = platform_with_admin(dir.path(), &[]).await;
+    c.stock(&admin, "KILL-1", 1).await;
+    drop(gateway); // SIGKILL
+    let (gateway, base) = start_with(dir.path(), Some("admin@example.com"), &[], &[]);
+    let c = Client { c: c.c, base };
+    wait_ready(&c.c, &c.base).await;
+    let admin = c.login_as("admin@example.com", PASSWORD).await;
+    c.stock(&admin, "KILL-2", 1).await;
+    // The product service's outbox (its own SQLite file) says when both are on the bus.
+    let products = kit::Db::connect(&format!(
+        "sqlite://{}/data/product.db",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM kit_outbox WHERE sent_at IS NULL")
+                .fetch_one(products.pool())
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} events never relayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    products.close().await;
+    drop(gateway); // SIGKILL again, then read the log it left
+    let bus = kit::Db::connect(&format!("sqlite://{}/data/bus.db", dir.path().display()))
+        .await
+        .unwrap();
+    let created: Vec<String> = sqlx::query_scalar(
+        "SELECT event FROM bus_events WHERE topic = 'product.created' ORDER BY seq",
+    )
+    .fetch_all(bus.pool())
+    .await
+    .unwrap();
+    let skus: Vec<String> = created
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["payload"]["sku"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(skus, ["KILL-1", "KILL-2"]);
+}

@@ -69,19 +69,26 @@ pub struct FieldError {
     message: String,
 }
 
-/// The `Idempotency-Key` request header, for `params(kit::openapi::IdempotencyKey)`.
+/// The `Idempotency-Key` request header of an operation behind an
+/// [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer) that requires it, for
+/// `params(kit::openapi::IdempotencyKey)`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct IdempotencyKey {
-    /// 1 to 255 visible ASCII characters, unique per intent (a UUID is a good choice). A
-    /// retry with the same key and request gets the first answer again (marked
-    /// `Idempotent-Replayed: true`) instead of doing the work twice.
+    /// Required (400 without it): 1 to 255 visible ASCII characters, unique per intended
+    /// operation (a UUID is a good choice), scoped to the caller. A retry with the same key
+    /// and request gets the first answer again (marked `Idempotency-Replayed: true`) instead
+    /// of doing the work twice; the same key with another request is 422; while the first
+    /// request still runs, 409 with `Retry-After`.
     #[param(
         rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$",
         example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f"
     )]
-    idempotency_key: Option<String>,
+    idempotency_key: String,
 }
 
 /// The shared responses, by status: (component name, description).

@@ -22,6 +22,7 @@ pub const MAX_LIMIT: i64 = 100;
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// How many items (default 20, 1 to 100).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Where the previous page ended: its `next_cursor`.
     pub cursor: Option<String>,

@@ -148,11 +148,7 @@ async fn price(state: &AppState, body: &PlaceOrder) -> Result<(Vec<Line>, String
 #[utoipa::path(post, path = "/orders", operation_id = "placeOrder", tag = "orders",
     summary = "Place an order (orders:write); the saga then reserves, charges and confirms it",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
-        example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f",
-        description = "Required: 1 to 255 visible ASCII characters, unique per intent (a UUID \
-            is a good choice). A retry with the same key and request gets the first answer \
-            again (marked `Idempotency-Replayed: true`) instead of placing a second order.")),
+    params(kit::openapi::IdempotencyKey),
     request_body = PlaceOrder,
     responses(
         (status = 202, description = "Placed (`status: pending`); poll the `Location` until \

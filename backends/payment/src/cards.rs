@@ -305,7 +305,7 @@ impl PaymentMethod {
 #[utoipa::path(post, path = "/payment-methods", operation_id = "createPaymentMethod", tag = "cards",
     summary = "Save a card for the caller",
     security(("bearer" = [])),
-    params(doc::IdempotencyKey),
+    params(kit::openapi::IdempotencyKey),
     request_body = NewCard,
     responses(
         (status = 201, description = "Saved (a retry with the same key gets this answer again)", body = PaymentMethod),

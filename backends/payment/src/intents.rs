@@ -276,7 +276,7 @@ impl NewIntent {
 #[utoipa::path(post, path = "/payment-intents", operation_id = "createPaymentIntent", tag = "intents",
     summary = "Create a payment intent (requires_confirmation)",
     security(("bearer" = [])),
-    params(doc::IdempotencyKey),
+    params(kit::openapi::IdempotencyKey),
     request_body = NewIntent,
     responses(
         (status = 201, description = "Created (a retry with the same key gets this answer again)", body = Intent),
@@ -356,7 +356,7 @@ fn confirmed_already(intent: Intent) -> Result<Json<Intent>, Error> {
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The payment intent's id"),
-        doc::IdempotencyKey,
+        kit::openapi::IdempotencyKey,
     ),
     responses(
         (status = 200, description = "The outcome, approved or not: read `status` and `failure_reason`", body = Intent),
@@ -619,7 +619,7 @@ pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> 
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The payment intent's id"),
-        doc::IdempotencyKey,
+        kit::openapi::IdempotencyKey,
     ),
     request_body(content = Option<Capture>, description = "Optional; an empty body captures the whole hold"),
     responses(
@@ -717,7 +717,7 @@ async fn bounded(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The payment intent's id"),
-        doc::IdempotencyKey,
+        kit::openapi::IdempotencyKey,
     ),
     responses(
         (status = 200, description = "Canceled (now or before): status `canceled`", body = Intent),

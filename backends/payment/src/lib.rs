@@ -456,28 +456,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// What the handlers' OpenAPI annotations share.
 pub(crate) mod doc {
-    /// The `Idempotency-Key` request header, required on every POST of this service (the
-    /// kit's [`kit::openapi::IdempotencyKey`] is the optional one).
-    #[derive(utoipa::IntoParams)]
-    #[into_params(parameter_in = Header)]
-    #[allow(dead_code)]
-    pub struct IdempotencyKey {
-        /// Required on every POST of this service (400 without it): 1 to 255 visible ASCII
-        /// characters, unique per intended operation (a UUID is a good choice), scoped to
-        /// the caller. A retry with the same key and request gets the first answer again
-        /// (marked `Idempotency-Replayed: true`) instead of doing the work twice; the same
-        /// key with another request is 422; while the first request still runs, 409 with
-        /// `Retry-After`.
-        #[param(
-            rename = "Idempotency-Key",
-            min_length = 1,
-            max_length = 255,
-            pattern = "^[!-~]+$",
-            example = "8e0f6c1a-2b7d-4c55-9f1e-3a4b5c6d7e8f"
-        )]
-        idempotency_key: String,
-    }
-
     /// 400 of a POST whose body is read as JSON.
     pub const BAD_KEY_OR_JSON: &str = "No `Idempotency-Key` header, more than one, or a \
          malformed one; or a body that is not JSON.";

@@ -72,7 +72,7 @@ pub struct Refund {
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The payment intent's id"),
-        doc::IdempotencyKey,
+        kit::openapi::IdempotencyKey,
     ),
     request_body(content = Option<NewRefund>, description = "Optional; an empty body refunds everything still refundable"),
     responses(

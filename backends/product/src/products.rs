@@ -437,17 +437,17 @@ pub struct ListQuery {
     max_price: Option<String>,
     /// Text in the name or description (case-insensitive).
     q: Option<String>,
-    /// Page size, 1 to 100 (default 20; larger is clamped to 100).
-    #[param(value_type = Option<i64>)]
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-/// The default and the largest page size (a larger `limit` is clamped to it).
-pub const DEFAULT_LIMIT: i64 = 20;
-/// The largest page size.
-pub const MAX_LIMIT: i64 = 100;
+/// The default page size.
+pub const DEFAULT_LIMIT: i64 = kit::page::DEFAULT_LIMIT;
+/// The largest page size (a larger `limit` is a 422, as on every list of the platform).
+pub const MAX_LIMIT: i64 = kit::page::MAX_LIMIT;
 
 fn position(p: &Product) -> String {
     format!("{}:{}", p.created_at, p.id)
@@ -494,8 +494,8 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
     let min = int(f, "min_price", q.min_price.as_ref());
     let max = int(f, "max_price", q.max_price.as_ref());
     let limit = int(f, "limit", q.limit.as_ref()).unwrap_or(DEFAULT_LIMIT);
-    if limit < 1 {
-        f.push("limit", "must be at least 1");
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        f.push("limit", "must be 1 to 100");
     }
     if let Some(sku) = q.sku.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         binds.push(Bind::Text(sku.to_owned()));
@@ -536,7 +536,7 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
             None => f.push("cursor", "is not a cursor this service issued"),
         }
     }
-    let limit = limit.clamp(1, MAX_LIMIT);
+    let limit = limit.clamp(1, MAX_LIMIT); // refused above when outside; SQL stays sane
     binds.push(Bind::Int(limit + 1));
     let sql = format!(
         "SELECT {COLUMNS} FROM products WHERE {} ORDER BY created_at, id LIMIT ${}",
@@ -548,7 +548,7 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
 
 /// `GET /products?sku=&category=&min_price=&max_price=&q=&limit=&cursor=` (public; `sku` is
 /// an exact match, how the order service prices a line). Prices
-/// filter on `amount` whatever the currency. `limit` defaults to 20 and is clamped to 100.
+/// filter on `amount` whatever the currency. `limit` is 1 to 100 (default 20).
 #[utoipa::path(get, path = "/products", operation_id = "listProducts", tag = "catalog",
     summary = "List products, newest last, a page at a time",
     params(ListQuery),

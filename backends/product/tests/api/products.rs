@@ -279,7 +279,12 @@ async fn pagination_walks_every_product_once_and_filters_narrow_it() {
             20,
             "{label}: default limit"
         );
-        for bad in ["?cursor=not-ours", "?limit=0", "?min_price=cheap"] {
+        for bad in [
+            "?cursor=not-ours",
+            "?limit=0",
+            "?limit=101",
+            "?min_price=cheap",
+        ] {
             let r = t.get(&format!("/products{bad}")).await;
             assert_eq!(
                 r.status(),

@@ -645,6 +645,19 @@ async fn the_readme_shop_flow_runs_as_written() {
     );
     let (_gateway, base) = start_with(dir.path(), None, &[], &[(variable, email)]);
     wait_ready(&http, &base).await;
+    let doc: Value = http
+        .get(format!("{base}/api/docs/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bodies = check_bodies_against(&doc, &blocks.join("\n"));
+    assert!(
+        bodies >= 6,
+        "only {bodies} request bodies found in the README"
+    );
     let out = run_block(&blocks[2], &base);
     for p in printed {
         assert!(out.contains(p), "expected {p} in:\n{out}");
@@ -707,4 +720,101 @@ async fn a_platform_killed_with_sigkill_comes_back_on_its_event_log() {
         })
         .collect();
     assert_eq!(skus, ["KILL-1", "KILL-2"]);
+}
+
+/// Checks every `curl -X POST $BASE/api/<path> … -d '<json>'` of `script` against the request
+/// schema the document gives that operation: every field the README sends is one the schema
+/// names (a `quantity` where the API says `qty` fails), every required field is there, and
+/// the types match. Returns how many bodies it checked.
+fn check_bodies_against(doc: &Value, script: &str) -> usize {
+    // `"'$CARD'"` splices a shell variable into a JSON string: read it as a placeholder.
+    let mut script = script.to_owned();
+    for var in ["$CARD", "$ORDER"] {
+        script = script.replace(&format!("'{var}'"), "placeholder");
+    }
+    let mut checked = 0;
+    for command in script.split("curl ").skip(1) {
+        let Some(path) = command.split("$BASE/api").nth(1) else {
+            continue;
+        };
+        let path = path.split_whitespace().next().unwrap();
+        let Some(body) = command.split("-d '").nth(1) else {
+            continue;
+        };
+        let body: Value = serde_json::from_str(&body[..body.find('\'').unwrap()])
+            .unwrap_or_else(|e| panic!("the README's body for {path} is not JSON: {e}"));
+        let op = &doc["paths"][path]["post"];
+        let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "no POST {path} with a JSON body in the document"
+        );
+        let errors = conforms(doc, schema, &body, path);
+        assert!(errors.is_empty(), "README body for POST {path}: {errors:?}");
+        checked += 1;
+    }
+    checked
+}
+
+/// Where `value` departs from `schema` (objects, arrays, `$ref`, `oneOf`, JSON types).
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return conforms(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(choices) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        return if choices
+            .iter()
+            .any(|c| conforms(doc, c, value, at).is_empty())
+        {
+            Vec::new()
+        } else {
+            vec![format!("{at}: matches none of {choices:?}")]
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let type_ok = types.is_empty()
+        || types.contains(&kind)
+        || (kind == "integer" && types.contains(&"number"));
+    if !type_ok {
+        return vec![format!("{at}: a {kind}, the schema says {types:?}")];
+    }
+    let mut errors = Vec::new();
+    match value {
+        Value::Object(fields) => {
+            let properties = schema["properties"].as_object();
+            for (name, v) in fields {
+                match properties.and_then(|p| p.get(name)) {
+                    Some(s) => errors.extend(conforms(doc, s, v, &format!("{at}.{name}"))),
+                    None => errors.push(format!("{at}.{name}: not a field of the schema")),
+                }
+            }
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let name = required.as_str().unwrap();
+                if !fields.contains_key(name) {
+                    errors.push(format!("{at}.{name}: required, missing"));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                errors.extend(conforms(doc, &schema["items"], v, &format!("{at}[{i}]")));
+            }
+        }
+        _ => {}
+    }
+    errors
 }

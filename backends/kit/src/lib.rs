@@ -35,6 +35,7 @@ pub mod outbox;
 pub mod page;
 pub mod problem;
 pub mod relay;
+pub mod secret;
 pub mod serve;
 pub mod service;
 pub mod telemetry;

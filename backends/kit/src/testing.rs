@@ -326,3 +326,45 @@ pub async fn bus_with(options: crate::bus::InProcessOptions) -> Arc<dyn crate::E
             .expect("an in-memory SQLite bus"),
     )
 }
+
+/// A signing key and a verifier that trusts it (issuer `gatehouse-user`, audience
+/// `gatehouse`, as the services' defaults), to mint access tokens in tests.
+#[derive(Clone)]
+pub struct TestKeys {
+    /// The key tokens are signed with.
+    pub key: crate::identity::SigningKey,
+    /// Trusts exactly that key.
+    pub verifier: Arc<crate::Verifier>,
+}
+
+impl Default for TestKeys {
+    fn default() -> TestKeys {
+        let key = crate::identity::SigningKey::generate();
+        let keys = crate::identity::LocalKeys::new(jsonwebtoken::jwk::JwkSet {
+            keys: vec![key.public_jwk()],
+        });
+        let verifier = crate::Verifier::local(keys, "gatehouse-user", "gatehouse");
+        TestKeys {
+            key,
+            verifier: Arc::new(verifier),
+        }
+    }
+}
+
+impl TestKeys {
+    /// An access token for `sub` with `roles` and `perms`, valid for ten minutes.
+    pub fn token(&self, sub: &str, roles: &[&str], perms: &[&str]) -> String {
+        let now = crate::db::now_ms() / 1000;
+        self.key.sign(&crate::identity::AccessClaims {
+            sub: sub.into(),
+            iss: "gatehouse-user".into(),
+            aud: "gatehouse".into(),
+            exp: now + 600,
+            iat: now,
+            jti: crate::db::new_id(),
+            sid: "s".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            perms: perms.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+}

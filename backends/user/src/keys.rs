@@ -171,27 +171,8 @@ fn load_or_create(path: &Path) -> Result<SigningKey, KeyError> {
 /// Writes the key to a temporary file with owner-only permissions and renames it over
 /// `path`, so a crash never leaves half a key.
 fn write_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
-    let err = |reason: String| KeyError::File {
+    kit::secret::write_private(path, key.to_pem().as_bytes()).map_err(|e| KeyError::File {
         path: path.to_owned(),
-        reason,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let tmp = path.with_extension("pem.tmp");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp).map_err(|e| err(e.to_string()))?;
-        f.write_all(key.to_pem().as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        reason: e.to_string(),
+    })
 }

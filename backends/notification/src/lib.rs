@@ -1,0 +1,337 @@
+//! The notification service: what happens in the shop, told to the people concerned.
+//!
+//! It consumes the other services' domain events (one durable consumer through the kit's
+//! bus and inbox, so a redelivered event is seen once) and, per event:
+//!
+//! - [`catalog`]: decides who hears of it, in which category, with which words (minijinja
+//!   templates, HTML auto-escaped);
+//! - [`intake`]: stores an in-app notification per user (the inbox, `GET /notifications`)
+//!   and enqueues one email per recipient, in the consumer's transaction;
+//! - [`queue`] + [`worker`]: a durable queue, one row per (event, channel, recipient),
+//!   claimed under a lease, retried with exponential backoff and jitter, dead-lettered
+//!   after `MAX_ATTEMPTS` (admins list and re-queue dead letters);
+//! - [`email`]: lettre over SMTP, or `.eml` files under the data folder when no server is
+//!   configured; RFC 8058 one-click unsubscribe links signed by [`unsubscribe`];
+//! - [`preferences`]: per user, category and channel, honoured at intake (in-app) and again
+//!   just before sending (email); security notices cannot be turned off.
+//!
+//! Not yet: the WebSocket stream and web push (see the issue), FCM/APNs (out of scope: an
+//! embedder adds a channel by implementing [`email::ChannelSender`]).
+
+pub mod api;
+pub mod catalog;
+pub mod email;
+pub mod error;
+pub mod intake;
+pub mod preferences;
+pub mod queue;
+pub mod unsubscribe;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::Router;
+use kit::bus::BusReady;
+use kit::config::{ConfigError, Setting};
+use kit::inbox::ConsumerOptions;
+use kit::telemetry::ReadyCheck;
+use kit::{Consumer, Db, Env, EventBus, ServiceConfig, Telemetry, Verifier};
+use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::Error;
+
+use catalog::Templates;
+use email::{ChannelSender, EmailSender, MailTarget};
+use queue::RetryPolicy;
+use unsubscribe::Signer;
+use worker::Worker;
+
+/// The service's migrations (versions from 1000; the kit's run with them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the kit's and the service's migrations.
+pub async fn migrate(db: &Db) -> Result<(), kit::DbError> {
+    db.migrate(&MIGRATIONS).await
+}
+
+/// The durable consumer's name (one cursor shared by every replica).
+pub const CONSUMER: &str = "notification";
+
+/// How the service behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where email goes.
+    pub mail: MailTarget,
+    /// The sender, `Name <address>`; its domain makes the `Message-ID`s.
+    pub mail_from: String,
+    /// Where links in messages point (the gateway's public address).
+    pub public_url: String,
+    /// Operators who get stock notices by email.
+    pub admin_emails: Vec<String>,
+    /// Retries, backoff and lease of the queue.
+    pub retry: RetryPolicy,
+    /// How often the worker looks for due deliveries when nothing wakes it.
+    pub poll_interval: Duration,
+    /// The key that signs unsubscribe links (made and kept in the data folder by default).
+    pub link_key: Vec<u8>,
+}
+
+impl Settings {
+    /// Settings for tests and embedders: mail to files in `dir`, a fixed link key.
+    pub fn to_files(dir: PathBuf) -> Settings {
+        Settings {
+            mail: MailTarget::Files(dir),
+            mail_from: "Gatehouse shop <no-reply@shop.example>".into(),
+            public_url: "http://localhost:8080".into(),
+            admin_emails: Vec::new(),
+            retry: RetryPolicy::default(),
+            poll_interval: Duration::from_millis(500),
+            link_key: vec![0x5a; 32],
+        }
+    }
+
+    /// The settings `env` gives, with `data_dir` for the defaults.
+    pub fn read(env: &Env, data_dir: &std::path::Path) -> Result<Settings, ConfigError> {
+        let d = Settings::to_files(data_dir.join("mail"));
+        let mail = match env.string("SMTP_URL") {
+            Some(url) => MailTarget::Smtp {
+                url,
+                credentials: env.string("SMTP_USERNAME").zip(env.string("SMTP_PASSWORD")),
+            },
+            None => d.mail,
+        };
+        let retry = RetryPolicy {
+            max_attempts: env.count("MAX_ATTEMPTS")?.unwrap_or(d.retry.max_attempts),
+            base: env.duration("RETRY_BASE")?.unwrap_or(d.retry.base),
+            max: env.duration("RETRY_MAX")?.unwrap_or(d.retry.max),
+            lease: env.duration("SEND_LEASE")?.unwrap_or(d.retry.lease),
+        };
+        let key_file = data_dir.join("notification-link-key");
+        let link_key = kit::secret::read_or_make(&key_file, || {
+            use rand::RngCore;
+            let mut key = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            key
+        })
+        .map_err(|e| ConfigError {
+            variable: "DATA_DIR".into(),
+            reason: format!("cannot keep the link key in {}: {e}", key_file.display()),
+        })?;
+        Ok(Settings {
+            mail,
+            mail_from: env.string("MAIL_FROM").unwrap_or(d.mail_from),
+            public_url: env.string("PUBLIC_URL").unwrap_or(d.public_url),
+            admin_emails: env
+                .string("ADMIN_EMAILS")
+                .map(|s| {
+                    s.split(',')
+                        .map(|a| a.trim().to_owned())
+                        .filter(|a| !a.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            retry,
+            poll_interval: env.duration("POLL_INTERVAL")?.unwrap_or(d.poll_interval),
+            link_key,
+        })
+    }
+}
+
+/// The settings the notification service reads beyond the kit's.
+pub const SETTINGS: &[Setting] = &[
+    Setting::flag(
+        "SMTP_URL",
+        "SMTP server: smtp://host:25, smtp://host:587?tls=required, smtps://host:465 \
+         (default: .eml files under <DATA_DIR>/mail)",
+    ),
+    Setting::env("SMTP_USERNAME", "SMTP user, when not in SMTP_URL"),
+    Setting::env("SMTP_PASSWORD", "SMTP password, when not in SMTP_URL"),
+    Setting::env(
+        "MAIL_FROM",
+        "the sender (Gatehouse shop <no-reply@shop.example>)",
+    ),
+    Setting::env(
+        "PUBLIC_URL",
+        "where links in messages point (http://localhost:8080)",
+    ),
+    Setting::env(
+        "ADMIN_EMAILS",
+        "comma-separated operators who get low-stock notices",
+    ),
+    Setting::env(
+        "MAX_ATTEMPTS",
+        "attempts before a message is dead-lettered (8)",
+    ),
+    Setting::env(
+        "RETRY_BASE",
+        "wait after the first failure, doubled each time (2s)",
+    ),
+    Setting::env("RETRY_MAX", "longest wait between attempts (15m)"),
+    Setting::env(
+        "SEND_LEASE",
+        "how long a claimed message is held by one worker (60s)",
+    ),
+    Setting::env(
+        "POLL_INTERVAL",
+        "how often the queue is read when nothing wakes it (500ms)",
+    ),
+];
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Verifies callers' access tokens.
+    pub verifier: Arc<Verifier>,
+    /// Signs and checks unsubscribe links.
+    pub signer: Signer,
+    /// Wakes the worker (a re-queue).
+    pub wake: Arc<Notify>,
+    /// The bus, when the service runs (checked by `/ready`).
+    pub bus: Option<Arc<dyn EventBus>>,
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Arc<Verifier> {
+        s.verifier.clone()
+    }
+}
+
+/// The notification service running: the consumer and the worker.
+pub struct Service {
+    /// What the router serves.
+    pub state: AppState,
+    consumer: Consumer,
+    worker: Worker,
+}
+
+impl Service {
+    /// Migrates `db`, subscribes the consumer and starts the worker with the email channel
+    /// and `extra` channels.
+    pub async fn start(
+        db: Db,
+        settings: Settings,
+        verifier: Arc<Verifier>,
+        bus: Arc<dyn EventBus>,
+        extra: Vec<Arc<dyn ChannelSender>>,
+    ) -> anyhow::Result<Service> {
+        migrate(&db).await?;
+        let templates = Arc::new(Templates::default());
+        let signer = Signer::new(settings.link_key.clone());
+        let wake = Arc::new(Notify::new());
+        let email = EmailSender::new(
+            &settings.mail,
+            &settings.mail_from,
+            &settings.public_url,
+            templates.clone(),
+            signer.clone(),
+        )?;
+        let mut senders: Vec<Arc<dyn ChannelSender>> = vec![Arc::new(email)];
+        senders.extend(extra);
+        let consumer = Consumer::spawn(
+            db.clone(),
+            bus.clone(),
+            CONSUMER,
+            intake::PATTERN,
+            intake::Intake {
+                admins: settings.admin_emails.clone(),
+                templates,
+                wake: wake.clone(),
+            },
+            ConsumerOptions::default(),
+        )
+        .await?;
+        let worker = Worker::spawn(
+            db.clone(),
+            senders,
+            settings.retry.clone(),
+            settings.poll_interval,
+            wake.clone(),
+        );
+        Ok(Service {
+            state: AppState {
+                db,
+                verifier,
+                signer,
+                wake,
+                bus: Some(bus),
+            },
+            consumer,
+            worker,
+        })
+    }
+}
+
+impl kit::Service for Service {
+    const NAME: &'static str = "notification";
+    const PORT: u16 = 3005;
+    const ABOUT: &'static str =
+        "Gatehouse notification service: in-app inbox and email from the shop's events";
+    const SETTINGS: &'static [Setting] = SETTINGS;
+    type Settings = Settings;
+
+    fn settings(env: &Env, config: &ServiceConfig) -> Result<Settings, ConfigError> {
+        Settings::read(env, &config.data_dir)
+    }
+
+    async fn start(ctx: kit::service::Start, settings: Settings) -> anyhow::Result<Service> {
+        let verifier = ctx.verifier();
+        Service::start(ctx.db, settings, verifier, ctx.bus, Vec::new()).await
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    fn openapi() -> utoipa::openapi::OpenApi {
+        openapi()
+    }
+
+    /// Stops taking events, then sending (after the message in hand).
+    async fn shutdown(self) {
+        self.consumer.shutdown().await;
+        self.worker.shutdown().await;
+    }
+}
+
+/// The HTTP surface, with `/health`, `/ready` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
+    if let Some(bus) = &state.bus {
+        checks.push(Arc::new(BusReady(bus.clone())));
+    }
+    let telemetry = Telemetry::new("notification", checks);
+    let (api, doc) = api().split_for_parts();
+    let api = api
+        .with_state(state)
+        .merge(kit::openapi::serve(&finish(doc)));
+    telemetry.wrap(api)
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(api::list))
+        .routes(routes!(api::unread_count))
+        .routes(routes!(api::mark_read))
+        .routes(routes!(api::mark_all_read))
+        .routes(routes!(api::get_preferences, api::set_preferences))
+        .routes(routes!(api::unsubscribe_page, api::unsubscribe))
+        .routes(routes!(api::dead_letters))
+        .routes(routes!(api::requeue))
+}
+
+fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    kit::openapi::finish(doc, "notification", <Service as kit::Service>::ABOUT)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    finish(api().into_openapi())
+}

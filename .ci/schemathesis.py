@@ -32,6 +32,7 @@ RUNS = [
     ("product", []),
     ("payment", []),
     ("order", []),
+    ("notification", []),
     ("user", ENDS_SESSION),
 ]
 
@@ -93,7 +94,7 @@ def stop(proc):
 
 
 def main():
-    fixed = ["8080", "9090", "3001", "3002", "3003", "3004", "3009"]
+    fixed = ["8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009"]
     ports = {f: free_port() for f in fixed}
     failed = []
     with tempfile.TemporaryDirectory() as workdir:

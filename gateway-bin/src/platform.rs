@@ -56,6 +56,9 @@ pub struct PlatformConfig {
     /// The order service (orders and their placement saga); needs the other three.
     #[serde(default)]
     pub order: Option<ServiceConfig>,
+    /// The notification service (inbox, email from the others' events).
+    #[serde(default)]
+    pub notification: Option<ServiceConfig>,
     /// The docs page (`/api/docs`) of the services above.
     #[serde(default)]
     pub docs: Option<DocsConfig>,
@@ -71,11 +74,12 @@ pub struct DocsConfig {
 
 /// The services platform mode can run, in the order they start (a service starts after
 /// those it needs) and stop in reverse.
-pub const SERVICES: [Launcher; 4] = [
+pub const SERVICES: [Launcher; 5] = [
     Launcher::of::<user_service::Service>(),
     Launcher::of::<product_service::Service>(),
     Launcher::of::<payment_service::Service>(),
     Launcher::of::<order_service::Service>(),
+    Launcher::of::<notification_service::Service>(),
 ];
 
 impl PlatformConfig {
@@ -86,6 +90,7 @@ impl PlatformConfig {
             "product" => self.product.as_ref(),
             "payment" => self.payment.as_ref(),
             "order" => self.order.as_ref(),
+            "notification" => self.notification.as_ref(),
             _ => None,
         }
     }

@@ -23,6 +23,21 @@ struct Running {
     log: std::path::PathBuf,
 }
 
+impl Running {
+    /// Stops it as an operator would (SIGTERM): services finish and release their outbox
+    /// leases, so the next start relays at once (after a SIGKILL it waits for them to
+    /// expire).
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -53,7 +68,9 @@ fn start_with(
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/platform.toml");
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
     let edge = free_port();
-    for fixed in ["8080", "9090", "3001", "3002", "3003", "3004", "3009"] {
+    for fixed in [
+        "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009",
+    ] {
         let port = if fixed == "8080" { edge } else { free_port() };
         text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{port}"));
     }
@@ -230,7 +247,7 @@ const PASSWORD: &str = "correct horse battery staple";
 async fn platform_with_admin(dir: &Path, databases: &[(&str, String)]) -> (Running, Client, Value) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     {
-        let (_gateway, base) = start_with(dir, None, databases, &[]);
+        let (gateway, base) = start_with(dir, None, databases, &[]);
         let c = Client {
             c: http.clone(),
             base,
@@ -243,6 +260,7 @@ async fn platform_with_admin(dir: &Path, databases: &[(&str, String)]) -> (Runni
             )
             .await;
         assert_eq!(r.status(), 201);
+        gateway.terminate();
     }
     let (gateway, base) = start_with(dir, Some("admin@example.com"), databases, &[]);
     let c = Client { c: http, base };
@@ -363,6 +381,59 @@ async fn an_order_placed_through_the_gateway_is_confirmed_paid_and_booked() {
         .send(c.with(Method::GET, "/api/ledger/balance", &admin))
         .await;
     assert_eq!(ledger["sum"], 0, "{ledger}");
+
+    // The notification service heard of it: ann's inbox through the gateway, and a mail to
+    // her address among the .eml files of the embedded default; nobody else's inbox.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inbox = loop {
+        let page = c
+            .send(c.with(Method::GET, "/api/notifications", &ann))
+            .await;
+        let kinds: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["kind"].as_str().unwrap().to_owned())
+            .collect();
+        if kinds.contains(&"order_confirmed".to_owned()) || Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(inbox.contains(&"order_confirmed".to_owned()), "{inbox:?}");
+    let admins = c
+        .send(c.with(Method::GET, "/api/notifications", &admin))
+        .await;
+    assert!(
+        !admins.to_string().contains("order_confirmed"),
+        "not in another user's inbox: {admins}"
+    );
+    let r =
+        c.c.get(format!("{}/api/notifications", c.base))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401, "the inbox needs a token at the edge");
+    let mail_dir = dir.path().join("data/mail");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails: Vec<String> = std::fs::read_dir(&mail_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        if mails
+            .iter()
+            .any(|m| m.contains("To: ann@example.com") && m.contains("Your order is confirmed"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation mail in {mail_dir:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The real services under the saga: stock 3, six customers order one each at once →

@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod email;
 pub mod error;
 pub mod intake;
+pub mod metrics;
 pub mod preferences;
 pub mod queue;
 pub mod unsubscribe;
@@ -196,6 +197,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// The bus, when the service runs (checked by `/ready`).
     pub bus: Option<Arc<dyn EventBus>>,
+    /// Queue depth and send attempts, on `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -248,12 +251,14 @@ impl Service {
             ConsumerOptions::default(),
         )
         .await?;
+        let metrics = metrics::Metrics::default();
         let worker = Worker::spawn(
             db.clone(),
             senders,
             settings.retry.clone(),
             settings.poll_interval,
             wake.clone(),
+            metrics.clone(),
         );
         Ok(Service {
             state: AppState {
@@ -262,6 +267,7 @@ impl Service {
                 signer,
                 wake,
                 bus: Some(bus),
+                metrics,
             },
             consumer,
             worker,
@@ -308,6 +314,7 @@ pub fn router(state: AppState) -> Router {
         checks.push(Arc::new(BusReady(bus.clone())));
     }
     let telemetry = Telemetry::new("notification", checks);
+    state.metrics.register(telemetry.registry());
     let (api, doc) = api().split_for_parts();
     let api = api
         .with_state(state)

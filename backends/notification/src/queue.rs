@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use kit::db::DbKind;
 use kit::db::{new_id, now_ms};
 use kit::{Db, DbError};
 use rand::Rng;
@@ -116,12 +117,19 @@ const DUE: &str = "((state IN ('queued', 'failed') AND next_attempt_at <= $2) \
                    OR (state = 'sending' AND lease_until <= $2))";
 
 /// Takes the most overdue delivery, leasing it for `lease`; `None` when nothing is due.
+/// On PostgreSQL the pick skips rows another worker is claiming (`SKIP LOCKED`), so
+/// replicas take different rows instead of queueing on one; SQLite has one writer anyway.
 pub async fn claim(db: &Db, lease: Duration) -> Result<Option<Delivery>, DbError> {
     let now = now_ms();
+    let skip = match db.kind() {
+        DbKind::Postgres => "FOR UPDATE SKIP LOCKED",
+        DbKind::Sqlite => "",
+    };
     let sql = format!(
         "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1, \
          updated_at = $2 \
-         WHERE id = (SELECT id FROM deliveries WHERE {DUE} ORDER BY next_attempt_at, id LIMIT 1) \
+         WHERE id = (SELECT id FROM deliveries WHERE {DUE} ORDER BY next_attempt_at, id \
+         LIMIT 1 {skip}) \
          AND {DUE} \
          RETURNING id, channel, recipient, user_id, category, kind, data, attempts"
     );

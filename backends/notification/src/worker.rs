@@ -11,6 +11,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::email::ChannelSender;
+use crate::metrics::Metrics;
 use crate::preferences;
 use crate::queue::{self, Delivery, Outcome, RetryPolicy};
 
@@ -30,18 +31,31 @@ impl Worker {
         policy: RetryPolicy,
         poll: Duration,
         wake: Arc<Notify>,
+        metrics: Metrics,
     ) -> Worker {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            let mut counted = tokio::time::Instant::now() - Duration::from_secs(1);
             loop {
                 if *stopped.borrow() {
                     return;
+                }
+                if counted.elapsed() >= Duration::from_secs(1) {
+                    counted = tokio::time::Instant::now();
+                    refresh_depth(&db, &metrics).await;
                 }
                 let idle = match queue::claim(&db, policy.lease).await {
                     Ok(Some(d)) => {
                         let outcome = deliver(&db, &senders, &d).await;
                         match queue::settle(&db, &d, &outcome, &policy).await {
-                            Ok(state) => log(&d, &outcome, state),
+                            Ok(state) => {
+                                let result = if state == "failed" { "retry" } else { state };
+                                metrics
+                                    .attempts
+                                    .with_label_values(&[d.channel.as_str(), result])
+                                    .inc();
+                                log(&d, &outcome, state)
+                            }
                             Err(e) => tracing::warn!(delivery = %d.id, error = %e,
                                 "notification: outcome not recorded; the lease will expire"),
                         }
@@ -88,6 +102,18 @@ async fn deliver(db: &Db, senders: &[Arc<dyn ChannelSender>], d: &Delivery) -> O
     match senders.iter().find(|s| s.channel() == d.channel) {
         Some(sender) => sender.send(d).await,
         None => Outcome::Dropped(format!("no sender for {}", d.channel.as_str())),
+    }
+}
+
+async fn refresh_depth(db: &Db, metrics: &Metrics) {
+    match queue::depth(db).await {
+        Ok(states) => {
+            metrics.deliveries.reset();
+            for (state, n) in states {
+                metrics.deliveries.with_label_values(&[&state]).set(n);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "notification: queue depth not read"),
     }
 }
 

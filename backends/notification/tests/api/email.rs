@@ -190,6 +190,29 @@ async fn with_the_server_down_attempts_back_off_then_dead_letter_and_a_requeue_s
     assert!(gaps[2] >= Duration::from_millis(390), "{gaps:?}");
     assert!(gaps[2] > gaps[0], "{gaps:?}");
 
+    // /metrics says so: three retries and a dead letter, and the queue's depth.
+    let metrics = eventually("the depth is refreshed", || async {
+        let m = t
+            .app
+            .client
+            .get(t.app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.contains("notification_deliveries{state=\"dead\"} 1")
+            .then_some(m)
+    })
+    .await;
+    for line in [
+        "notification_send_attempts_total{channel=\"email\",outcome=\"retry\"} 3",
+        "notification_send_attempts_total{channel=\"email\",outcome=\"dead\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+
     // An admin sees it, the server comes up, the re-queued message is sent once.
     let admin = t.admin();
     let dead: Value = t

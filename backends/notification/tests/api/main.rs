@@ -5,4 +5,5 @@ mod binary;
 mod email;
 mod helpers;
 mod inbox;
+mod queue;
 mod smtp;

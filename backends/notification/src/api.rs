@@ -59,6 +59,28 @@ fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
     })
 }
 
+/// Inbox rows after `after` in id order (of `user`, or of everyone), with their user.
+pub async fn rows_after(
+    db: &kit::Db,
+    user: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Notification)>, kit::DbError> {
+    let rows = sqlx::query(
+        "SELECT id, user_id, category, kind, title, body, created_at, read_at FROM notifications \
+         WHERE id > $1 AND ($2 = '' OR user_id = $2) ORDER BY id LIMIT $3",
+    )
+    .bind(after)
+    .bind(user.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("user_id")?, from_row(r)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(kit::DbError::from)
+}
+
 /// `GET /notifications` query.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

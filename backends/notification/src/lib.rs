@@ -15,14 +15,18 @@
 //! - [`preferences`]: per user, category and channel, honoured at intake (in-app) and again
 //!   just before sending (email); security notices cannot be turned off.
 //!
-//! Not yet: the WebSocket stream and web push (see the issue), FCM/APNs (out of scope: an
-//! embedder adds a channel by implementing [`email::ChannelSender`]).
+//! - [`live`]: the caller's notifications over a WebSocket, replaying what a reconnecting
+//!   client missed, only to the recipient, with a bounded queue per connection.
+//!
+//! Not yet: web push (see the issue); FCM/APNs are out of scope (an embedder adds a channel
+//! by implementing [`email::ChannelSender`]).
 
 pub mod api;
 pub mod catalog;
 pub mod email;
 pub mod error;
 pub mod intake;
+pub mod live;
 pub mod metrics;
 pub mod preferences;
 pub mod queue;
@@ -199,6 +203,8 @@ pub struct AppState {
     pub bus: Option<Arc<dyn EventBus>>,
     /// Queue depth and send attempts, on `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Live WebSocket connections.
+    pub hub: Arc<live::Hub>,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -213,6 +219,7 @@ pub struct Service {
     pub state: AppState,
     consumer: Consumer,
     worker: Worker,
+    fanout: tokio::task::JoinHandle<()>,
 }
 
 impl Service {
@@ -260,6 +267,13 @@ impl Service {
             wake.clone(),
             metrics.clone(),
         );
+        let hub = Arc::new(live::Hub::new(metrics.websocket_clients.clone()));
+        let fanout = live::spawn_fanout(
+            db.clone(),
+            hub.clone(),
+            wake.clone(),
+            Duration::from_millis(250),
+        );
         Ok(Service {
             state: AppState {
                 db,
@@ -268,9 +282,11 @@ impl Service {
                 wake,
                 bus: Some(bus),
                 metrics,
+                hub,
             },
             consumer,
             worker,
+            fanout,
         })
     }
 }
@@ -304,6 +320,7 @@ impl kit::Service for Service {
     async fn shutdown(self) {
         self.consumer.shutdown().await;
         self.worker.shutdown().await;
+        self.fanout.abort();
     }
 }
 
@@ -325,6 +342,7 @@ pub fn router(state: AppState) -> Router {
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(api::list))
+        .routes(routes!(live::stream))
         .routes(routes!(api::unread_count))
         .routes(routes!(api::mark_read))
         .routes(routes!(api::mark_all_read))

@@ -1,6 +1,6 @@
 //! The service's own metrics, on its `/metrics` beside the kit's HTTP ones.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Queue depth and send attempts.
 #[derive(Clone)]
@@ -10,6 +10,8 @@ pub struct Metrics {
     pub deliveries: IntGaugeVec,
     /// Attempts per channel and outcome (`sent`, `retry`, `dead`, `dropped`).
     pub attempts: IntCounterVec,
+    /// WebSocket connections open now.
+    pub websocket_clients: IntGauge,
 }
 
 impl Default for Metrics {
@@ -31,6 +33,11 @@ impl Default for Metrics {
                 &["channel", "outcome"],
             )
             .expect("a valid counter"),
+            websocket_clients: IntGauge::new(
+                "notification_websocket_clients",
+                "WebSocket connections open now",
+            )
+            .expect("a valid gauge"),
         }
     }
 }
@@ -41,6 +48,7 @@ impl Metrics {
         for c in [
             Box::new(self.deliveries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(self.attempts.clone()),
+            Box::new(self.websocket_clients.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::warn!(error = %e, "notification metrics not registered");

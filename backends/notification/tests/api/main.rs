@@ -5,5 +5,6 @@ mod binary;
 mod email;
 mod helpers;
 mod inbox;
+mod live;
 mod queue;
 mod smtp;

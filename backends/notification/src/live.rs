@@ -223,31 +223,39 @@ async fn send(socket: &mut WebSocket, n: &Notification) -> bool {
     socket.send(Message::Text(frame.into())).await.is_ok()
 }
 
+/// Sends the inbox of `user` after `last`, in order, moving `last`; `false` when the
+/// connection is gone.
+async fn replay_after(socket: &mut WebSocket, db: &Db, user: &str, last: &mut String) -> bool {
+    loop {
+        let rows = match api::rows_after(db, Some(user), last, 200).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "notification: replay failed");
+                return true;
+            }
+        };
+        let done = rows.len() < 200;
+        for (_, n) in rows {
+            if !send(socket, &n).await {
+                return false;
+            }
+            *last = n.id;
+        }
+        if done {
+            return true;
+        }
+    }
+}
+
 async fn session(mut socket: WebSocket, s: AppState, user: String, after: Option<String>) {
     // Subscribe first, then replay: what arrives meanwhile waits in the queue, and the
     // id comparison drops what the replay already sent. No `after`: live only.
     let (conn, mut live) = s.hub.subscribe(&user);
     let replay = after.is_some();
     let mut last = after.unwrap_or_default();
-    while replay {
-        let rows = match api::rows_after(&s.db, Some(&user), &last, 200).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "notification: replay failed");
-                break;
-            }
-        };
-        let done = rows.len() < 200;
-        for (_, n) in rows {
-            if !send(&mut socket, &n).await {
-                s.hub.unsubscribe(&user, conn);
-                return;
-            }
-            last = n.id;
-        }
-        if done {
-            break;
-        }
+    if replay && !replay_after(&mut socket, &s.db, &user, &mut last).await {
+        s.hub.unsubscribe(&user, conn);
+        return;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(30));
     ping.tick().await;
@@ -312,7 +320,7 @@ mod tests {
             assert!(fast.recv().await.is_some(), "the reading one keeps up");
         }
         let mut kept = 0;
-        while let Some(_) = slow.recv().await {
+        while slow.recv().await.is_some() {
             kept += 1;
         }
         assert_eq!(kept, BUFFER, "held at most its buffer, then ended");

@@ -889,3 +889,109 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String>
     }
     errors
 }
+
+/// A WebSocket to the notification stream through the gateway, as `pair`'s user: in the
+/// Authorization header, or as a browser does, in the `bearer.` subprotocol.
+async fn notification_socket(
+    base: &str,
+    pair: &Value,
+    browser: bool,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let url = format!("{}/api/notifications/ws", base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    let token = pair["access_token"].as_str().unwrap();
+    let (name, value) = if browser {
+        (
+            "sec-websocket-protocol",
+            format!("notifications.v1, bearer.{token}"),
+        )
+    } else {
+        ("authorization", format!("Bearer {token}"))
+    };
+    req.headers_mut()
+        .insert(name, HeaderValue::from_str(&value).unwrap());
+    let (socket, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the handshake through the gateway");
+    assert_eq!(resp.status(), 101);
+    socket
+}
+
+/// The kinds of the notifications that arrive on `socket` within `wait` of each other.
+async fn kinds_arriving(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    until: Option<&str>,
+    wait: Duration,
+) -> Vec<String> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, socket.next()).await {
+        if let Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let kind = v["notification"]["kind"].as_str().unwrap().to_owned();
+            let done = until == Some(kind.as_str());
+            kinds.push(kind);
+            if done {
+                break;
+            }
+        }
+    }
+    kinds
+}
+
+/// Through the gateway on the platform: a customer with an open WebSocket (a browser's,
+/// token in the subprotocol) places an order; its confirmation arrives on the socket and
+/// in the inbox; another user's socket (token in the header) receives nothing; a socket
+/// with no token is refused at the edge.
+#[tokio::test]
+async fn an_order_confirmation_arrives_live_through_the_gateway_to_its_customer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, c, admin) = platform_with_admin(dir.path(), &[]).await;
+    c.stock(&admin, "MUG-WS", 3).await;
+    let (ann, card) = c.customer("ann@example.com", "4242 4242 4242 4242").await;
+    let (bob, _) = c.customer("bob@example.com", "4242 4242 4242 4242").await;
+    // Their welcomes are in before the sockets open (the stream is live only).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pair in [&ann, &bob] {
+        loop {
+            let page = c
+                .send(c.with(reqwest::Method::GET, "/api/notifications", pair))
+                .await;
+            if !page["items"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no welcome");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut ann_socket = notification_socket(&c.base, &ann, true).await;
+    let mut bob_socket = notification_socket(&c.base, &bob, false).await;
+    let order = c.order(&ann, &card, "MUG-WS", 1).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let live = kinds_arriving(
+        &mut ann_socket,
+        Some("order_confirmed"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(live.contains(&"order_confirmed".to_owned()), "{live:?}");
+    let bobs = kinds_arriving(&mut bob_socket, None, Duration::from_millis(700)).await;
+    assert!(bobs.is_empty(), "bob got {bobs:?}");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/api/notifications/ws",
+        c.base.replace("http://", "ws://")
+    );
+    match tokio_tungstenite::connect_async(url.into_client_request().unwrap()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401)
+        }
+        other => panic!("a handshake without a token: {other:?}"),
+    }
+}

@@ -71,6 +71,11 @@ pub(crate) struct JwtConfig {
     /// Longest token accepted.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Also take the token of a WebSocket handshake that has no `Authorization` header
+    /// from a `bearer.<token>` entry of `Sec-WebSocket-Protocol` (a browser cannot set
+    /// headers on a handshake).
+    #[serde(default)]
+    pub websocket_protocol: bool,
     /// `realm` of the `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]
     pub realm: String,

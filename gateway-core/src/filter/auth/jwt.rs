@@ -44,6 +44,7 @@ pub struct JwtFilter {
     forward: Vec<(HeaderName, String)>,
     cache: Option<TokenCache<Verified>>,
     max_token_bytes: usize,
+    websocket_protocol: bool,
     realm: String,
 }
 
@@ -78,6 +79,7 @@ impl JwtFilter {
             forward: cfg.forward_headers()?,
             cache: (cfg.cache_entries > 0).then(|| TokenCache::new(cfg.cache_entries)),
             max_token_bytes: cfg.max_token_bytes,
+            websocket_protocol: cfg.websocket_protocol,
             require_roles: cfg.require_roles,
             require_permissions: cfg.require_permissions,
             roles_claim: cfg.roles_claim,
@@ -220,7 +222,7 @@ impl Filter for JwtFilter {
     /// only a token that needs its signature checked (and maybe keys fetched) waits.
     fn decide_now(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Option<Decision> {
         self.strip_forwarded(req);
-        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
+        let verified = match self.token(&req.header.headers) {
             Ok(token) => Ok(self.cached(self.cache_key(token).as_ref(), now_secs())?),
             Err(why) => Err(why),
         };
@@ -229,12 +231,53 @@ impl Filter for JwtFilter {
 
     async fn on_request(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Decision {
         self.strip_forwarded(req);
-        let verified = match bearer_token(&req.header.headers, self.max_token_bytes) {
+        let verified = match self.token(&req.header.headers) {
             Ok(token) => self.verify(token).await,
             Err(why) => Err(why),
         };
         self.admit(verified, req, state)
     }
+}
+
+impl JwtFilter {
+    /// The request's token: its `Authorization: Bearer`, else, when the filter is set to,
+    /// the `bearer.` subprotocol of a WebSocket handshake.
+    fn token<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, Rejection> {
+        match bearer_token(headers, self.max_token_bytes) {
+            Err(Rejection::MissingToken)
+                if self.websocket_protocol && headers.get(AUTHORIZATION).is_none() =>
+            {
+                protocol_token(headers, self.max_token_bytes)
+            }
+            found => found,
+        }
+    }
+}
+
+/// The token a browser offers as the subprotocol `bearer.<token>` on a WebSocket handshake
+/// (`Sec-WebSocket-Protocol: notifications.v1, bearer.eyJ…`).
+fn protocol_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, Rejection> {
+    let is_websocket = headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    if !is_websocket {
+        return Err(Rejection::MissingToken);
+    }
+    let mut found = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("bearer."));
+    let token = found.next().ok_or(Rejection::MissingToken)?;
+    if found.next().is_some() || token.is_empty() {
+        return Err(Rejection::Malformed);
+    }
+    if token.len() > max_bytes {
+        return Err(Rejection::TokenTooLarge);
+    }
+    Ok(token)
 }
 
 /// The bearer token of a request. The size is checked on the raw header, before any parsing.

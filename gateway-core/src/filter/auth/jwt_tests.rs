@@ -494,3 +494,62 @@ async fn only_a_token_that_needs_its_signature_checked_waits() {
         assert!(!out.header.headers.contains_key("x-user-id"));
     }
 }
+
+#[tokio::test]
+async fn a_websocket_handshake_may_carry_its_token_as_a_subprotocol_when_enabled() {
+    let token = rs256(&claims(json!({})));
+    let handshake = |protocols: String| {
+        vec![
+            ("upgrade".to_owned(), "websocket".to_owned()),
+            ("connection".to_owned(), "Upgrade".to_owned()),
+            ("sec-websocket-protocol".to_owned(), protocols),
+        ]
+    };
+    let offered = handshake(format!("notifications.v1, bearer.{token}"));
+    let offered: Vec<(&str, &str)> = offered
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let off = rs256_filter("");
+    let reply = run(&off, None, &offered)
+        .await
+        .reply
+        .expect("not read when off");
+    assert_eq!(reply.reason, "missing_token");
+
+    let on = rs256_filter("websocket_protocol = true");
+    let admitted = run(&on, None, &offered).await;
+    assert!(admitted.reply.is_none(), "admitted");
+    assert_eq!(
+        admitted.header.headers.get("x-user-id").unwrap(),
+        "user-1",
+        "claims forwarded as for a header token"
+    );
+    // Not a handshake, a forged token, two tokens: refused as such.
+    let plain = [("sec-websocket-protocol", offered[2].1)];
+    assert_eq!(
+        run(&on, None, &plain).await.reply.unwrap().reason,
+        "missing_token"
+    );
+    let forged = handshake(format!("bearer.{token}x"));
+    let forged: Vec<(&str, &str)> = forged
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        run(&on, None, &forged).await.reply.unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+    let two = handshake(format!("bearer.{token}, bearer.{token}"));
+    let two: Vec<(&str, &str)> = two.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        run(&on, None, &two).await.reply.unwrap().reason,
+        "malformed_token"
+    );
+    // An Authorization header wins, even a bad one: one token per request.
+    let reply = run(&on, Some("Bearer nope"), &offered)
+        .await
+        .reply
+        .expect("refused");
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}

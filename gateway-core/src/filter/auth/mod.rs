@@ -23,8 +23,15 @@
 //! forward_claims = { "x-user-id" = "sub", "x-user-roles" = "roles" }  # header = claim
 //! cache_entries = 10000        # verified-token cache (0 turns it off)
 //! max_token_bytes = 8192       # a larger token is refused before it is parsed
+//! websocket_protocol = false   # also read a WebSocket handshake's `bearer.<token>` subprotocol
 //! realm = "gatehouse"          # the `realm` of `WWW-Authenticate`
 //! ```
+//!
+//! With `websocket_protocol = true`, a WebSocket handshake with no `Authorization` header may
+//! carry its token as one entry `bearer.<token>` of `Sec-WebSocket-Protocol` (how a browser,
+//! which cannot set headers on a handshake, authenticates: `new WebSocket(url,
+//! ["notifications.v1", "bearer." + token])`); the upstream picks its own protocol in the
+//! answer. The header is never logged.
 //!
 //! The algorithm always comes from the configuration (or the JWK's own `alg`), never from the
 //! token. Client-sent copies of the `forward_claims` headers are removed on every request, valid

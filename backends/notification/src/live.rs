@@ -251,9 +251,19 @@ async fn session(mut socket: WebSocket, s: AppState, user: String, after: Option
     // Subscribe first, then replay: what arrives meanwhile waits in the queue, and the
     // id comparison drops what the replay already sent. No `after`: live only.
     let (conn, mut live) = s.hub.subscribe(&user);
-    let replay = after.is_some();
-    let mut last = after.unwrap_or_default();
-    if replay && !replay_after(&mut socket, &s.db, &user, &mut last).await {
+    let mut last = match after {
+        Some(after) => after,
+        // Live only: rows already in the inbox (which the fan-out may hand out a moment
+        // after this subscription) are not news.
+        None => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), '') FROM notifications WHERE user_id = $1")
+                .bind(&user)
+                .fetch_one(s.db.pool())
+                .await
+                .unwrap_or_default()
+        }
+    };
+    if !replay_after(&mut socket, &s.db, &user, &mut last).await {
         s.hub.unsubscribe(&user, conn);
         return;
     }

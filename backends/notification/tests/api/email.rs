@@ -161,34 +161,62 @@ async fn with_the_server_down_attempts_back_off_then_dead_letter_and_a_requeue_s
     })
     .await;
     t.registered("ann", "ann@example.com").await;
-    // Watch the attempts: when each one starts.
+    // Watch the row: after each failed attempt, the wait the worker chose (from the
+    // service's own clock: the failure's time and the next attempt's due time), and when
+    // each attempt actually started.
     let started = Instant::now();
-    let mut seen: Vec<(i64, Duration)> = Vec::new();
+    let mut waits: Vec<(i64, i64)> = Vec::new();
+    let mut begun: Vec<(i64, i64)> = Vec::new();
     loop {
-        let d = t.deliveries().await;
-        if let Some(row) = d.first() {
-            if seen.last().is_none_or(|(n, _)| *n != row.3) && row.3 > 0 {
-                seen.push((row.3, started.elapsed()));
+        let row =
+            sqlx::query("SELECT state, attempts, next_attempt_at, updated_at FROM deliveries")
+                .fetch_optional(t.db.db.pool())
+                .await
+                .unwrap();
+        if let Some(row) = row {
+            let (state, n): (String, i64) = (row.get("state"), row.get("attempts"));
+            let (due, at): (i64, i64) = (row.get("next_attempt_at"), row.get("updated_at"));
+            if state == "failed" && waits.last().is_none_or(|w| w.0 != n) {
+                waits.push((n, due - at));
             }
-            if row.2 == "dead" {
+            if state == "sending" && begun.last().is_none_or(|b| b.0 != n) {
+                begun.push((n, at));
+            }
+            if state == "dead" {
+                assert_eq!(n, 4, "dead after max_attempts");
                 break;
             }
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "not dead: {d:?}"
+            "not dead: {waits:?}"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let attempts: Vec<i64> = seen.iter().map(|s| s.0).collect();
-    assert_eq!(attempts, [1, 2, 3, 4], "{seen:?}");
-    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
-    // Waits are in [d/2, d] for d = 200, 400, 800 ms: each at least the previous one's
-    // floor doubled, give or take the polling.
-    assert!(gaps[0] >= Duration::from_millis(90), "{gaps:?}");
-    assert!(gaps[1] >= Duration::from_millis(190), "{gaps:?}");
-    assert!(gaps[2] >= Duration::from_millis(390), "{gaps:?}");
-    assert!(gaps[2] > gaps[0], "{gaps:?}");
+    // Waits are in [d/2, d] for d = 200, 400, 800 ms, so each is at least the one before.
+    let chosen: Vec<i64> = waits.iter().map(|w| w.1).collect();
+    assert_eq!(
+        waits.iter().map(|w| w.0).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{waits:?}"
+    );
+    for (i, d) in [200, 400, 800].into_iter().enumerate() {
+        assert!((d / 2..=d).contains(&chosen[i]), "wait {i}: {chosen:?}");
+    }
+    assert!(
+        chosen.windows(2).all(|w| w[1] >= w[0]),
+        "growing: {chosen:?}"
+    );
+    // And no attempt started before its wait was over.
+    for pair in begun.windows(2) {
+        let (prev, next) = (pair[0], pair[1]);
+        let wait = waits.iter().find(|w| w.0 == prev.0).map_or(0, |w| w.1);
+        assert!(
+            next.1 - prev.1 >= wait,
+            "attempt {} came early: {begun:?} {waits:?}",
+            next.0
+        );
+    }
 
     // /metrics says so: three retries and a dead letter, and the queue's depth.
     let metrics = eventually("the depth is refreshed", || async {

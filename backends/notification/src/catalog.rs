@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// What a notification is about, for preferences: a user can turn a category off per
-/// channel, except [`Category::Security`].
+/// channel, except [`Category::Security`] (password changes, sessions ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
@@ -22,7 +22,7 @@ pub enum Category {
     Orders,
     /// Payments captured or refunded.
     Payments,
-    /// Password changes: always sent, cannot be turned off.
+    /// Password changes and sessions ended early: always sent, cannot be turned off.
     Security,
     /// Low stock, to the operators in `ADMIN_EMAILS`.
     Stock,
@@ -126,6 +126,17 @@ pub const KINDS: &[Kind] = &[
         html: "<p>Your account's password was changed.</p><p>If this was not you, reset your \
                password now: every session of yours was signed out except the one that \
                changed it.</p>",
+    },
+    Kind {
+        name: "session_revoked",
+        category: Category::Security,
+        title: "A session of yours was ended",
+        body: "{{ why }}",
+        subject: "A session of your account was ended",
+        text: "{{ why }}\n\nIf this was not you, change your password now: that signs out \
+               every other session.\n",
+        html: "<p>{{ why }}</p><p>If this was not you, change your password now: that signs \
+               out every other session.</p>",
     },
     Kind {
         name: "order_confirmed",
@@ -252,6 +263,15 @@ pub fn drafts(event: &kit::Event, admins: &[String]) -> Result<Vec<Draft>, Unrea
             json!({"email": text(event, "email")?, "name": p.get("name")}),
         ),
         "user.password_changed" => for_user("password_changed", text(event, "user_id")?, json!({})),
+        "user.session_revoked" => for_user(
+            "session_revoked",
+            text(event, "user_id")?,
+            json!({"why": match text(event, "reason")?.as_str() {
+                "refresh_token_reused" => "A sign-in token of yours was used twice, which \
+                    happens when someone else holds a copy: its session was ended.",
+                _ => "You ended one of your sessions from your account.",
+            }}),
+        ),
         "order.confirmed" => for_user(
             "order_confirmed",
             text(event, "customer_id")?,
@@ -427,6 +447,11 @@ mod tests {
             ),
             event("user.password_changed", json!({"user_id": "u1", "at": 1})),
             event(
+                "user.session_revoked",
+                json!({"user_id": "u1", "session_id": "s1", "reason": "refresh_token_reused",
+                       "at": 1}),
+            ),
+            event(
                 "order.confirmed",
                 json!({"order_id": "o1", "customer_id": "u1", "total": 2500, "currency": "EUR",
                        "payment_intent_id": "p1"}),
@@ -463,6 +488,7 @@ mod tests {
             seen.push(d.kind.name);
             match d.kind.name {
                 "order_confirmed" => assert_eq!(body, "Your order of 25.00 EUR is confirmed."),
+                "session_revoked" => assert!(body.contains("used twice"), "{body}"),
                 "order_cancelled" => {
                     assert_eq!(body, "Your order was cancelled: the card was declined.")
                 }

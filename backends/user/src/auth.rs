@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::accounts::{normalize_email, roles_of};
 use crate::error::Error;
 use crate::password::Verified;
-use crate::{permissions_of, AppState};
+use crate::{events, permissions_of, AppState};
 
 /// `POST /auth/login`.
 #[derive(Deserialize, ToSchema)]
@@ -294,7 +294,17 @@ pub async fn refresh(
     let user_id: String = row.get("user_id");
     if spent == 0 {
         let ended = revoke_session_tx(&mut tx, &session_id, "refresh token reused").await?;
+        if ended {
+            let fact = events::SessionRevoked {
+                user_id: &user_id,
+                session_id: &session_id,
+                reason: "refresh_token_reused",
+                at: now,
+            };
+            events::record(&mut tx, "user.session_revoked", &fact).await?;
+        }
         tx.commit().await?;
+        s.outbox.wake();
         if ended {
             tracing::warn!(user_id = %user_id, session_id = %session_id, "a rotated refresh token was presented again: session revoked");
         }
@@ -494,10 +504,18 @@ pub async fn revoke_session(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    tx.commit().await?;
     if n == 0 {
         return Err(Error::NotFound("no such open session"));
     }
+    let fact = events::SessionRevoked {
+        user_id: &id.user_id,
+        session_id: &session_id,
+        reason: "revoked_by_owner",
+        at: now_ms(),
+    };
+    events::record(&mut tx, "user.session_revoked", &fact).await?;
+    tx.commit().await?;
+    s.outbox.wake();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -50,9 +50,65 @@ async fn account_events_are_published_to_the_bus_after_commit() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        // A second session, ended by its owner; then the first one's refresh token
+        // presented twice (as by a thief), which ends that session.
+        let login = |password: &'static str| {
+            let app = &app;
+            async move {
+                tokens(
+                    app.client
+                        .post(app.url("/auth/login"))
+                        .json(&json!({ "email": "ann@example.com", "password": password }))
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await
+            }
+        };
+        let first = login("another long passphrase").await;
+        let _second = login("another long passphrase").await;
+        let sessions: serde_json::Value = app
+            .client
+            .get(app.url("/users/me/sessions"))
+            .bearer_auth(&first.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let other = sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["current"] == false)
+            .unwrap_or_else(|| panic!("{label}: {sessions}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = app
+            .client
+            .delete(app.url(&format!("/users/me/sessions/{other}")))
+            .bearer_auth(&first.access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{label}");
+        for expected in [StatusCode::OK, StatusCode::UNAUTHORIZED] {
+            let r = app
+                .client
+                .post(app.url("/auth/refresh"))
+                .json(&json!({ "refresh_token": first.refresh }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), expected, "{label}");
+        }
 
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        let mut reasons = Vec::new();
+        for _ in 0..4 {
             let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
                 .await
                 .unwrap_or_else(|_| panic!("{label}: no event within 10 s"))
@@ -60,11 +116,24 @@ async fn account_events_are_published_to_the_bus_after_commit() {
                 .unwrap();
             assert_eq!(d.event.payload["user_id"], user_id, "{label}");
             seen.push(d.event.topic.clone());
+            if let Some(r) = d.event.payload["reason"].as_str() {
+                reasons.push(r.to_owned());
+            }
             d.ack().await.unwrap();
         }
         assert_eq!(
             seen,
-            ["user.registered", "user.password_changed"],
+            [
+                "user.registered",
+                "user.password_changed",
+                "user.session_revoked",
+                "user.session_revoked"
+            ],
+            "{label}"
+        );
+        assert_eq!(
+            reasons,
+            ["revoked_by_owner", "refresh_token_reused"],
             "{label}"
         );
         assert!(!serde_json::to_string(&seen).unwrap().contains(PASSWORD));

@@ -47,13 +47,9 @@ fn describe(out: &Output) -> String {
     )
 }
 
-/// A port that was free a moment ago (bound to port 0, then released).
+/// A loopback port nothing listens on (see `kit::testing::unused_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    kit::testing::unused_port()
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {

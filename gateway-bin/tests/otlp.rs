@@ -237,12 +237,9 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A loopback port nothing listens on (see `kit::testing::unused_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    kit::testing::unused_port()
 }
 
 fn wait_until_accepting(addr: SocketAddr, child: &mut ChildGuard, log: &Path) {

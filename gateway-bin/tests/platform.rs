@@ -2,7 +2,6 @@
 //! moved to free ones, data in a temporary folder) with the user service in-process, and a
 //! client walks the account lifecycle through the gateway's `/api`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,11 +10,9 @@ use serde_json::{json, Value};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
+/// A loopback port nothing listens on (see `kit::testing::unused_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    kit::testing::unused_port()
 }
 
 struct Running {

@@ -368,3 +368,29 @@ impl TestKeys {
         })
     }
 }
+
+/// A loopback port nothing listens on, for a server a test starts later by number (a
+/// config file, another process). Picked below Linux's ephemeral range (32768–60999 by
+/// default), from which every outgoing connection takes its local port: a port taken by
+/// binding port 0 and releasing it can be grabbed by one of the many client sockets a test
+/// run opens before the server binds it; one down here cannot. Ports are handed out in
+/// turn within a process, from a start that differs between processes.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no unused loopback port between {LOW} and {}", LOW + SPAN)
+}

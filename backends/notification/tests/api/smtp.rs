@@ -1,7 +1,6 @@
 //! A real SMTP server for the tests: aiosmtpd (PyPI) storing what it accepts in a Maildir.
 //! `.ci/run` installs it; elsewhere the tests that need it skip, saying so.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,9 @@ pub struct SmtpSink {
     pub dir: tempfile::TempDir,
 }
 
+/// A loopback port nothing listens on (see `kit::testing::unused_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
+    kit::testing::unused_port()
 }
 
 impl SmtpSink {

@@ -103,7 +103,9 @@ def stop(proc):
 
 def main():
     fixed = ["8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009"]
-    ports = {f: free_port() for f in fixed}
+    ports = {}
+    while len(set(ports.values())) < len(fixed):  # two picks may draw one number
+        ports = {f: free_port() for f in fixed}
     failed = []
     with tempfile.TemporaryDirectory() as workdir:
         text = config(False, ports)

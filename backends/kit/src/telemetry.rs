@@ -50,6 +50,20 @@ struct Inner {
 }
 
 impl Telemetry {
+    /// [`Telemetry::new`] with the checks every service's `/ready` makes: its database,
+    /// and the event bus when it has one.
+    pub fn for_service(
+        service: &'static str,
+        db: &crate::Db,
+        bus: Option<&Arc<dyn crate::EventBus>>,
+    ) -> Telemetry {
+        let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(db.clone())];
+        if let Some(bus) = bus {
+            checks.push(Arc::new(crate::bus::BusReady(bus.clone())));
+        }
+        Telemetry::new(service, checks)
+    }
+
     /// Metrics for `service` (a constant `service` label on every series); `/ready` runs
     /// `checks`.
     pub fn new(service: &'static str, checks: Vec<Arc<dyn ReadyCheck>>) -> Telemetry {

@@ -394,3 +394,22 @@ pub fn unused_port() -> u16 {
     }
     panic!("no unused loopback port between {LOW} and {}", LOW + SPAN)
 }
+
+/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -133,22 +133,12 @@ async fn crash_child() {
     panic!("the crash test should have killed this process by now");
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, failing after [`DEADLINE`].
+async fn wait_for<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kit::testing::eventually(what, DEADLINE, check).await
 }
 
 #[tokio::test]

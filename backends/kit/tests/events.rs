@@ -94,22 +94,11 @@ async fn receive_ids(sub: &mut Subscription, n: usize, what: &str) -> Vec<String
 }
 
 /// Polls `check` until it returns `Some`, failing after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kit::testing::eventually(what, DEADLINE, check).await
 }
 
 async fn outbox_rows(db: &Db) -> Vec<(String, i64, Option<String>, Option<i64>)> {

@@ -39,10 +39,8 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use axum::Router;
-use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
 use kit::inbox::ConsumerOptions;
-use kit::telemetry::ReadyCheck;
 use kit::{Consumer, Db, Env, EventBus, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
@@ -326,11 +324,7 @@ impl kit::Service for Service {
 
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
-    if let Some(bus) = &state.bus {
-        checks.push(Arc::new(BusReady(bus.clone())));
-    }
-    let telemetry = Telemetry::new("notification", checks);
+    let telemetry = Telemetry::for_service("notification", &state.db, state.bus.as_ref());
     state.metrics.register(telemetry.registry());
     let (api, doc) = api().split_for_parts();
     let api = api

@@ -28,12 +28,10 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use axum::Router;
-use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
 use kit::idempotency::CallerScope;
 use kit::identity::{SigningKey, TokenSource};
 use kit::relay::RelayOptions;
-use kit::telemetry::ReadyCheck;
 use kit::{Db, Env, EventBus, IdempotencyLayer, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
@@ -315,11 +313,7 @@ impl Service {
 
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
-    if let Some(bus) = &state.bus {
-        checks.push(Arc::new(BusReady(bus.clone())));
-    }
-    let telemetry = Telemetry::new("order", checks);
+    let telemetry = Telemetry::for_service("order", &state.db, state.bus.as_ref());
     let keys = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))
         .required(true);

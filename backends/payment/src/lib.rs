@@ -69,11 +69,9 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use axum::Router;
-use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
 use kit::idempotency::CallerScope;
 use kit::relay::RelayOptions;
-use kit::telemetry::ReadyCheck;
 use kit::{
     Db, Env, EventBus, IdempotencyLayer, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier,
 };
@@ -414,11 +412,7 @@ async fn recover_interrupted_forever(state: AppState) {
 
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
-    if let Some(bus) = &state.bus {
-        checks.push(Arc::new(BusReady(bus.clone())));
-    }
-    let telemetry = Telemetry::new("payment", checks);
+    let telemetry = Telemetry::for_service("payment", &state.db, state.bus.as_ref());
     // Bodies carry card numbers: their stored fingerprints are keyed, never a bare hash.
     let idempotency = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))

@@ -25,10 +25,8 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use axum::Router;
-use kit::bus::BusReady;
 use kit::config::{ConfigError, Setting};
 use kit::relay::RelayOptions;
-use kit::telemetry::ReadyCheck;
 use kit::{Db, Env, EventBus, OutboxWaker, Relay, ServiceConfig, Telemetry, Verifier};
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -302,11 +300,7 @@ impl Service {
 
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(state.db.clone())];
-    if let Some(bus) = &state.bus {
-        checks.push(Arc::new(BusReady(bus.clone())));
-    }
-    let telemetry = Telemetry::new("user", checks);
+    let telemetry = Telemetry::for_service("user", &state.db, state.bus.as_ref());
     let (api, doc) = api().split_for_parts();
     let api = api
         .with_state(state)

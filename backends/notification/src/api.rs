@@ -1,5 +1,5 @@
-//! The HTTP surface: the caller's inbox, their preferences, the one-click unsubscribe link
-//! and the dead letters (admins).
+//! The HTTP surface: the caller's inbox, their preferences, the one-click unsubscribe link,
+//! their web push subscriptions and the dead letters (admins).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::catalog::Category;
 use crate::error::Error;
 use crate::preferences::{self, Preference};
+use crate::push::{self, NewSubscription, Subscription};
 use crate::queue::{self, DeliveryView};
 use crate::AppState;
 
@@ -387,5 +388,88 @@ pub async fn requeue(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound("no dead delivery with this id"))
+    }
+}
+
+/// The application server key.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"public_key": "BEl62iUYgUivxIkv69yViEuiBIa-Ib9-SkvMeAtA3LFgDzkrxZJjSgSnfckjBJuBkr3qBUYIHBQFLXYp5Nksh8U"}))]
+pub struct PushKey {
+    /// The VAPID public key, base64url: pass it as `applicationServerKey` to
+    /// `pushManager.subscribe`.
+    pub public_key: String,
+}
+
+/// `GET /notifications/push-key`: the key a browser subscribes with.
+#[utoipa::path(get, path = "/notifications/push-key", operation_id = "getPushKey",
+    tag = "push", summary = "The VAPID public key to subscribe a browser with",
+    responses((status = 200, description = "The key", body = PushKey)))]
+pub async fn push_key(State(s): State<AppState>) -> Json<PushKey> {
+    Json(PushKey {
+        public_key: s.push_key.clone(),
+    })
+}
+
+/// `POST /notifications/push-subscriptions`: a browser's `PushSubscription`, stored for
+/// the caller. Posting one that exists (the same endpoint) updates it.
+#[utoipa::path(post, path = "/notifications/push-subscriptions",
+    operation_id = "subscribePush", tag = "push",
+    summary = "Receive notifications as web push on this browser",
+    security(("bearer" = [])),
+    request_body(content = NewSubscription,
+        description = "What the browser's `PushSubscription.toJSON()` gives"),
+    responses(
+        (status = 201, description = "Subscribed", body = Subscription),
+        (status = 200, description = "This browser was subscribed already (its keys are updated)",
+            body = Subscription),
+    ))]
+pub async fn subscribe_push(
+    State(s): State<AppState>,
+    id: Identity,
+    Json(sub): Json<NewSubscription>,
+) -> Result<(StatusCode, Json<Subscription>), Error> {
+    push::check(&sub, s.push_allow_http).map_err(|r| Error::field(r.field, r.reason))?;
+    let (stored, new) = push::subscribe(&s.db, &id.user_id, &sub).await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(stored)))
+}
+
+/// `GET /notifications/push-subscriptions`: the caller's subscribed browsers.
+#[utoipa::path(get, path = "/notifications/push-subscriptions",
+    operation_id = "listPushSubscriptions", tag = "push",
+    summary = "Your browsers that receive web push",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Oldest first (at most 32)", body = Vec<Subscription>)))]
+pub async fn list_push(
+    State(s): State<AppState>,
+    id: Identity,
+) -> Result<Json<Vec<Subscription>>, Error> {
+    Ok(Json(push::list(&s.db, &id.user_id).await?))
+}
+
+/// `DELETE /notifications/push-subscriptions/{id}`.
+#[utoipa::path(delete, path = "/notifications/push-subscriptions/{id}",
+    operation_id = "unsubscribePush", tag = "push",
+    summary = "Stop web push to one of your browsers",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The subscription's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "You have no subscription with this id", body = ProblemBody,
+            content_type = "application/problem+json"),
+    ))]
+pub async fn unsubscribe_push(
+    State(s): State<AppState>,
+    id: Identity,
+    Path(subscription): Path<String>,
+) -> Result<StatusCode, Error> {
+    if push::unsubscribe(&s.db, &id.user_id, &subscription).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::NotFound("no such push subscription"))
     }
 }

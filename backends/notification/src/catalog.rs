@@ -68,17 +68,20 @@ pub enum Channel {
     InApp,
     /// Email, through the outgoing queue.
     Email,
+    /// Web push to each of the user's subscribed browsers, through the outgoing queue.
+    Push,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Channel; 2] = [Channel::InApp, Channel::Email];
+    pub const ALL: [Channel; 3] = [Channel::InApp, Channel::Email, Channel::Push];
 
     /// Its name in rows and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::InApp => "in_app",
             Channel::Email => "email",
+            Channel::Push => "push",
         }
     }
 

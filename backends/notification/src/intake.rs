@@ -1,6 +1,7 @@
-//! From the bus to the inbox and the queue: the consumer's handler. Everything happens in
-//! the consumer's transaction with the kit's inbox record, so a redelivered event adds
-//! nothing, and the unique indexes make even a second inbox miss harmless.
+//! From the bus to the inbox and the queue (email, and push to each subscribed browser):
+//! the consumer's handler. Everything happens in the consumer's transaction with the kit's
+//! inbox record, so a redelivered event adds nothing, and the unique indexes make even a
+//! second inbox miss harmless.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::catalog::{drafts, Category, Channel, Draft, Templates};
 use crate::preferences;
+use crate::push;
 use crate::queue;
 
 /// The consumer's handler.
@@ -116,7 +118,23 @@ impl Intake {
             )
             .await?;
         } else if category != Category::Stock {
-            tracing::debug!(event = %event.id, kind = d.kind.name, "no address known: in-app only");
+            tracing::debug!(event = %event.id, kind = d.kind.name, "no address known: no email");
+        }
+        if let Some(user) = &d.user_id {
+            // One delivery per browser the user subscribed, so one failing push service
+            // never holds back another.
+            for subscription in push::recipients(tx, user).await? {
+                queue::enqueue(
+                    tx,
+                    &event.id,
+                    Channel::Push,
+                    &subscription,
+                    Some(user),
+                    d.kind,
+                    &d.data,
+                )
+                .await?;
+            }
         }
         Ok(())
     }

@@ -15,11 +15,14 @@
 //! - [`preferences`]: per user, category and channel, honoured at intake (in-app) and again
 //!   just before sending (email); security notices cannot be turned off.
 //!
+//! - [`push`]: web push to every browser a user subscribed (RFC 8030/8291/8292: VAPID,
+//!   aes128gcm), one delivery per subscription; a subscription the push service says is
+//!   gone is deleted;
 //! - [`live`]: the caller's notifications over a WebSocket, replaying what a reconnecting
 //!   client missed, only to the recipient, with a bounded queue per connection.
 //!
-//! Not yet: web push (see the issue); FCM/APNs are out of scope (an embedder adds a channel
-//! by implementing [`email::ChannelSender`]).
+//! FCM and APNs native pushes are out of scope: an embedder adds a channel by implementing
+//! [`email::ChannelSender`] and passing it to [`Service::start`].
 
 pub mod api;
 pub mod catalog;
@@ -29,6 +32,7 @@ pub mod intake;
 pub mod live;
 pub mod metrics;
 pub mod preferences;
+pub mod push;
 pub mod queue;
 pub mod unsubscribe;
 pub mod worker;
@@ -51,6 +55,7 @@ pub use error::Error;
 
 use catalog::Templates;
 use email::{ChannelSender, EmailSender, MailTarget};
+use push::{PushSender, PushSettings, VapidKey};
 use queue::RetryPolicy;
 use unsubscribe::Signer;
 use worker::Worker;
@@ -83,6 +88,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// The key that signs unsubscribe links (made and kept in the data folder by default).
     pub link_key: Vec<u8>,
+    /// Web push: the VAPID key and contact.
+    pub push: PushSettings,
 }
 
 impl Settings {
@@ -96,6 +103,12 @@ impl Settings {
             retry: RetryPolicy::default(),
             poll_interval: Duration::from_millis(500),
             link_key: vec![0x5a; 32],
+            push: PushSettings {
+                key: VapidKey::generate(),
+                subject: "mailto:no-reply@shop.example".into(),
+                allow_http: false,
+                ttl: Duration::from_secs(24 * 3600),
+            },
         }
     }
 
@@ -126,9 +139,30 @@ impl Settings {
             variable: "DATA_DIR".into(),
             reason: format!("cannot keep the link key in {}: {e}", key_file.display()),
         })?;
+        let mail_from = env.string("MAIL_FROM").unwrap_or(d.mail_from);
+        let push = PushSettings {
+            key: vapid_key(env, data_dir)?,
+            subject: match env.string("VAPID_SUBJECT") {
+                Some(s) => s,
+                None => format!(
+                    "mailto:{}",
+                    mail_from
+                        .parse::<lettre::message::Mailbox>()
+                        .map_err(|_| ConfigError {
+                            variable: "MAIL_FROM".into(),
+                            reason: format!("{mail_from:?} is not an email address"),
+                        })?
+                        .email
+                ),
+            },
+            allow_http: env
+                .parse("PUSH_ALLOW_HTTP", "true or false", |v| v.parse().ok())?
+                .unwrap_or(false),
+            ttl: env.duration("PUSH_TTL")?.unwrap_or(d.push.ttl),
+        };
         Ok(Settings {
             mail,
-            mail_from: env.string("MAIL_FROM").unwrap_or(d.mail_from),
+            mail_from,
             public_url: env.string("PUBLIC_URL").unwrap_or(d.public_url),
             admin_emails: env
                 .string("ADMIN_EMAILS")
@@ -142,8 +176,35 @@ impl Settings {
             retry,
             poll_interval: env.duration("POLL_INTERVAL")?.unwrap_or(d.poll_interval),
             link_key,
+            push,
         })
     }
+}
+
+/// The VAPID key: `VAPID_PRIVATE_KEY` (PEM), else the file `VAPID_PRIVATE_KEY_FILE`, else
+/// `<DATA_DIR>/notification-vapid-key.pem`, made on first start.
+fn vapid_key(env: &Env, data_dir: &std::path::Path) -> Result<VapidKey, ConfigError> {
+    if let Some((variable, pem)) = env.lookup("VAPID_PRIVATE_KEY") {
+        return VapidKey::from_pem(&pem).map_err(|reason| ConfigError { variable, reason });
+    }
+    let (variable, file) = match env.lookup("VAPID_PRIVATE_KEY_FILE") {
+        Some((variable, path)) => (variable, PathBuf::from(path)),
+        None => (
+            "DATA_DIR".into(),
+            data_dir.join("notification-vapid-key.pem"),
+        ),
+    };
+    let pem =
+        kit::secret::read_or_make(&file, || VapidKey::generate().to_pem().as_bytes().to_vec())
+            .map_err(|e| ConfigError {
+                variable: variable.clone(),
+                reason: format!("cannot keep the VAPID key in {}: {e}", file.display()),
+            })?;
+    let pem = String::from_utf8_lossy(&pem);
+    VapidKey::from_pem(&pem).map_err(|reason| ConfigError {
+        variable,
+        reason: format!("{}: {reason}", file.display()),
+    })
 }
 
 /// The settings the notification service reads beyond the kit's.
@@ -184,6 +245,26 @@ pub const SETTINGS: &[Setting] = &[
         "POLL_INTERVAL",
         "how often the queue is read when nothing wakes it (500ms)",
     ),
+    Setting::env(
+        "VAPID_PRIVATE_KEY",
+        "web push: the VAPID key, P-256 PKCS#8 PEM (default: made and kept in the data folder)",
+    ),
+    Setting::env(
+        "VAPID_PRIVATE_KEY_FILE",
+        "web push: a file with the VAPID key (<DATA_DIR>/notification-vapid-key.pem)",
+    ),
+    Setting::env(
+        "VAPID_SUBJECT",
+        "web push: the contact push services see (mailto: the MAIL_FROM address)",
+    ),
+    Setting::env(
+        "PUSH_ALLOW_HTTP",
+        "web push: accept http:// push endpoints, for a local push server (false)",
+    ),
+    Setting::env(
+        "PUSH_TTL",
+        "web push: how long a push service holds a message for an offline browser (24h)",
+    ),
 ];
 
 /// Everything a handler needs. Cheap to clone.
@@ -203,6 +284,10 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Live WebSocket connections.
     pub hub: Arc<live::Hub>,
+    /// The VAPID public key (base64url), for `GET /notifications/push-key`.
+    pub push_key: String,
+    /// Whether http:// push endpoints are accepted.
+    pub push_allow_http: bool,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -221,8 +306,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Migrates `db`, subscribes the consumer and starts the worker with the email channel
-    /// and `extra` channels.
+    /// Migrates `db`, subscribes the consumer and starts the worker with the email and push
+    /// channels and `extra` channels.
     pub async fn start(
         db: Db,
         settings: Settings,
@@ -241,7 +326,8 @@ impl Service {
             templates.clone(),
             signer.clone(),
         )?;
-        let mut senders: Vec<Arc<dyn ChannelSender>> = vec![Arc::new(email)];
+        let push = PushSender::new(db.clone(), settings.push.clone(), templates.clone());
+        let mut senders: Vec<Arc<dyn ChannelSender>> = vec![Arc::new(email), Arc::new(push)];
         senders.extend(extra);
         let consumer = Consumer::spawn(
             db.clone(),
@@ -281,6 +367,8 @@ impl Service {
                 bus: Some(bus),
                 metrics,
                 hub,
+                push_key: settings.push.key.public_key().to_owned(),
+                push_allow_http: settings.push.allow_http,
             },
             consumer,
             worker,
@@ -293,7 +381,7 @@ impl kit::Service for Service {
     const NAME: &'static str = "notification";
     const PORT: u16 = 3005;
     const ABOUT: &'static str =
-        "Gatehouse notification service: in-app inbox and email from the shop's events";
+        "Gatehouse notification service: in-app inbox, email and web push from the shop's events";
     const SETTINGS: &'static [Setting] = SETTINGS;
     type Settings = Settings;
 
@@ -342,6 +430,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api::mark_all_read))
         .routes(routes!(api::get_preferences, api::set_preferences))
         .routes(routes!(api::unsubscribe_page, api::unsubscribe))
+        .routes(routes!(api::push_key))
+        .routes(routes!(api::subscribe_push, api::list_push))
+        .routes(routes!(api::unsubscribe_push))
         .routes(routes!(api::dead_letters))
         .routes(routes!(api::requeue))
 }

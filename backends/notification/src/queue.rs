@@ -64,9 +64,12 @@ impl RetryPolicy {
 pub struct Delivery {
     /// Its id (the email's `Message-ID` is made from it).
     pub id: String,
+    /// The event it tells of.
+    pub event_id: String,
     /// How it goes out.
     pub channel: Channel,
-    /// The address (an email address for [`Channel::Email`]).
+    /// The address: an email address for [`Channel::Email`], a subscription id for
+    /// [`Channel::Push`].
     pub recipient: String,
     /// The user it is for, if any (for their preferences and unsubscribe link).
     pub user_id: Option<String>,
@@ -131,7 +134,7 @@ pub async fn claim(db: &Db, lease: Duration) -> Result<Option<Delivery>, DbError
          WHERE id = (SELECT id FROM deliveries WHERE {DUE} ORDER BY next_attempt_at, id \
          LIMIT 1 {skip}) \
          AND {DUE} \
-         RETURNING id, channel, recipient, user_id, category, kind, data, attempts"
+         RETURNING id, event_id, channel, recipient, user_id, category, kind, data, attempts"
     );
     let Some(row) = sqlx::query(&sql)
         .bind(now + lease.as_millis() as i64)
@@ -147,6 +150,7 @@ pub async fn claim(db: &Db, lease: Duration) -> Result<Option<Delivery>, DbError
     let broken = |what: &str| DbError::Other(sqlx::Error::Protocol(format!("delivery {what}")));
     Ok(Some(Delivery {
         id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
         channel: Channel::parse(&channel).ok_or_else(|| broken("channel"))?,
         recipient: row.try_get("recipient")?,
         user_id: row.try_get("user_id")?,
@@ -233,9 +237,9 @@ pub struct DeliveryView {
     pub id: String,
     /// The event that caused it.
     pub event_id: String,
-    /// `email`.
+    /// `email` or `push`.
     pub channel: String,
-    /// The address.
+    /// The address (a subscription id for push).
     pub recipient: String,
     /// The notification kind.
     pub kind: String,

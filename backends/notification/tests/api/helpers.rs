@@ -26,12 +26,20 @@ pub struct TestNotify {
 
 /// The service on `db` with mail to files, adjusted by `tweak`.
 pub async fn start(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestNotify {
+    start_on(db, kit::testing::bus().await, tweak).await
+}
+
+/// [`start`] on `bus`.
+pub async fn start_on(
+    db: TestDb,
+    bus: Arc<dyn EventBus>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestNotify {
     let mail = tempfile::tempdir().unwrap();
     let mut settings = Settings::to_files(mail.path().to_owned());
     settings.poll_interval = Duration::from_millis(100);
     tweak(&mut settings);
     let keys = TestKeys::default();
-    let bus = kit::testing::bus().await;
     let service = Service::start(
         db.db.clone(),
         settings.clone(),
@@ -115,6 +123,16 @@ impl TestNotify {
             req = req.json(&b);
         }
         req.send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.app
+            .client
+            .delete(self.app.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {

@@ -140,8 +140,8 @@ async fn an_opt_out_is_honoured_and_security_notices_cannot_be_turned_off() {
         let all: Value = r.json().await.unwrap();
         assert_eq!(
             all.as_array().unwrap().len(),
-            10,
-            "5 categories × 2 channels"
+            15,
+            "5 categories × 3 channels"
         );
         assert!(all
             .as_array()

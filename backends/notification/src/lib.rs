@@ -86,6 +86,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// How often the worker looks for due deliveries when nothing wakes it.
     pub poll_interval: Duration,
+    /// Deliveries in flight at once (per replica).
+    pub concurrency: usize,
     /// The key that signs unsubscribe links (made and kept in the data folder by default).
     pub link_key: Vec<u8>,
     /// Web push: the VAPID key and contact.
@@ -102,6 +104,7 @@ impl Settings {
             admin_emails: Vec::new(),
             retry: RetryPolicy::default(),
             poll_interval: Duration::from_millis(500),
+            concurrency: 8,
             link_key: vec![0x5a; 32],
             push: PushSettings {
                 key: VapidKey::generate(),
@@ -175,6 +178,11 @@ impl Settings {
                 .unwrap_or_default(),
             retry,
             poll_interval: env.duration("POLL_INTERVAL")?.unwrap_or(d.poll_interval),
+            concurrency: env
+                .parse("SEND_CONCURRENCY", "a whole number from 1", |v| {
+                    v.parse().ok().filter(|n: &usize| *n >= 1)
+                })?
+                .unwrap_or(d.concurrency),
             link_key,
             push,
         })
@@ -244,6 +252,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting::env(
         "POLL_INTERVAL",
         "how often the queue is read when nothing wakes it (500ms)",
+    ),
+    Setting::env(
+        "SEND_CONCURRENCY",
+        "deliveries in flight at once, per replica (8)",
     ),
     Setting::env(
         "VAPID_PRIVATE_KEY",
@@ -348,6 +360,7 @@ impl Service {
             senders,
             settings.retry.clone(),
             settings.poll_interval,
+            settings.concurrency,
             wake.clone(),
             metrics.clone(),
         );

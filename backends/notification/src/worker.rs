@@ -15,79 +15,114 @@ use crate::metrics::Metrics;
 use crate::preferences;
 use crate::queue::{self, Delivery, Outcome, RetryPolicy};
 
-/// A running worker. [`Worker::shutdown`] stops it after the delivery in hand.
+/// A running worker. [`Worker::shutdown`] stops it after the deliveries in hand.
 #[must_use = "dropping the Worker leaves it running until the runtime ends"]
 pub struct Worker {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts delivering from `db` with `senders`, looking for due rows when woken and at
-    /// least every `poll`.
+    /// Starts `concurrency` delivery loops on `db` with `senders`, each looking for due rows
+    /// when woken and at least every `poll`. Several loops keep one slow server (an SMTP
+    /// relay far away, a push service taking its time) from holding back the whole queue;
+    /// the lease keeps each row in one loop.
     pub fn spawn(
         db: Db,
         senders: Vec<Arc<dyn ChannelSender>>,
         policy: RetryPolicy,
         poll: Duration,
+        concurrency: usize,
         wake: Arc<Notify>,
         metrics: Metrics,
     ) -> Worker {
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut counted = tokio::time::Instant::now() - Duration::from_secs(1);
-            loop {
-                if *stopped.borrow() {
-                    return;
-                }
-                if counted.elapsed() >= Duration::from_secs(1) {
-                    counted = tokio::time::Instant::now();
-                    refresh_depth(&db, &metrics).await;
-                }
-                let idle = match queue::claim(&db, policy.lease).await {
-                    Ok(Some(d)) => {
-                        let outcome = deliver(&db, &senders, &d).await;
-                        match queue::settle(&db, &d, &outcome, &policy).await {
-                            Ok(state) => {
-                                let result = if state == "failed" { "retry" } else { state };
-                                metrics
-                                    .attempts
-                                    .with_label_values(&[d.channel.as_str(), result])
-                                    .inc();
-                                log(&d, &outcome, state)
-                            }
-                            Err(e) => tracing::warn!(delivery = %d.id, error = %e,
-                                "notification: outcome not recorded; the lease will expire"),
-                        }
-                        false
-                    }
-                    Ok(None) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "notification: cannot claim deliveries");
-                        true
-                    }
+        let (stop, stopped) = watch::channel(false);
+        let senders: Arc<[Arc<dyn ChannelSender>]> = senders.into();
+        let tasks = (0..concurrency.max(1))
+            .map(|n| {
+                let run = Loop {
+                    db: db.clone(),
+                    senders: senders.clone(),
+                    policy: policy.clone(),
+                    poll,
+                    wake: wake.clone(),
+                    metrics: metrics.clone(),
+                    // One loop keeps the queue-depth gauge.
+                    counts: n == 0,
                 };
-                if idle {
-                    // Until the next retry falls due, a wake-up (new rows), or `poll`.
-                    let wait = match queue::next_due(&db).await {
-                        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(10) as u64),
-                        _ => poll,
-                    };
-                    tokio::select! {
-                        _ = stopped.changed() => {}
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(wait.min(poll)) => {}
-                    }
-                }
-            }
-        });
-        Worker { stop, task }
+                tokio::spawn(run.run(stopped.clone()))
+            })
+            .collect();
+        Worker { stop, tasks }
     }
 
-    /// Stops after the delivery in hand and waits for the task.
+    /// Stops after the deliveries in hand and waits for the loops.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Loop {
+    db: Db,
+    senders: Arc<[Arc<dyn ChannelSender>]>,
+    policy: RetryPolicy,
+    poll: Duration,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+    counts: bool,
+}
+
+impl Loop {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let (db, metrics) = (&self.db, &self.metrics);
+        let mut counted = tokio::time::Instant::now() - Duration::from_secs(1);
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            if self.counts && counted.elapsed() >= Duration::from_secs(1) {
+                counted = tokio::time::Instant::now();
+                refresh_depth(db, metrics).await;
+            }
+            let idle = match queue::claim(db, self.policy.lease).await {
+                Ok(Some(d)) => {
+                    let outcome = deliver(db, &self.senders, &d).await;
+                    match queue::settle(db, &d, &outcome, &self.policy).await {
+                        Ok(state) => {
+                            let result = if state == "failed" { "retry" } else { state };
+                            metrics
+                                .attempts
+                                .with_label_values(&[d.channel.as_str(), result])
+                                .inc();
+                            log(&d, &outcome, state)
+                        }
+                        Err(e) => tracing::warn!(delivery = %d.id, error = %e,
+                            "notification: outcome not recorded; the lease will expire"),
+                    }
+                    false
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification: cannot claim deliveries");
+                    true
+                }
+            };
+            if idle {
+                // Until the next retry falls due, a wake-up (new rows), or `poll`.
+                let wait = match queue::next_due(db).await {
+                    Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(10) as u64),
+                    _ => self.poll,
+                };
+                tokio::select! {
+                    _ = stopped.changed() => {}
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait.min(self.poll)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -152,3 +152,33 @@ async fn a_handshake_without_a_valid_token_is_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_sends_a_large_message_is_closed_and_pings_are_answered() {
+    let t = start(kit::testing::sqlite().await, |_| {}).await;
+    let mut a = connect(&t, &t.user("ann"), false, None).await;
+    a.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(SOON, a.next()).await.unwrap();
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(p))) if p.as_ref() == b"still there?"),
+        "{pong:?}"
+    );
+    // The stream has nothing to hear from a client: past 16 KiB it hangs up (1009).
+    a.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(SOON, async {
+        loop {
+            match a.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed");
+    assert!(matches!(closed, Some(1009) | None), "{closed:?}");
+}

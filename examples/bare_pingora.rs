@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Arguments: `h2c` accepts HTTP/2 prior knowledge next to HTTP/1.1 (as Gatehouse's default
-//! listener does); `timeouts` sets the peer timeouts Gatehouse sets by default.
+//! listener does); `timeouts` sets the peer timeouts Gatehouse sets by default. The
+//! variables `BARE_LISTEN` and `BARE_UPSTREAM` move it (`benches/notifications.sh` puts it in
+//! front of the notification service to compare memory per WebSocket).
 
 use std::time::Duration;
 
@@ -58,11 +60,14 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let proxy = Bare {
-        upstream: UPSTREAM.parse().expect("upstream address"),
+        upstream: std::env::var("BARE_UPSTREAM")
+            .unwrap_or_else(|_| UPSTREAM.into())
+            .parse()
+            .expect("upstream address"),
         timeouts: args.iter().any(|a| a == "timeouts"),
     };
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(LISTEN);
+    service.add_tcp(&std::env::var("BARE_LISTEN").unwrap_or_else(|_| LISTEN.into()));
     if h2c {
         if let Some(app) = service.app_logic_mut() {
             let mut options = HttpServerOptions::default();

@@ -65,6 +65,11 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut Transaction<'static, Any>,
         event: &Event,
     ) -> Result<(), BoxError>;
+
+    /// Called after the transaction that applied `event` committed (not for an event the
+    /// inbox had seen): the place to wake whatever reads what `handle` wrote, which must
+    /// not look before the commit.
+    async fn committed(&self, _event: &Event) {}
 }
 
 /// Why one delivery was not applied.
@@ -95,6 +100,7 @@ pub async fn process(
         .await
         .map_err(ConsumeError::Handler)?;
     tx.commit().await.map_err(DbError::from)?;
+    handler.committed(event).await;
     Ok(true)
 }
 

@@ -393,6 +393,57 @@ async fn apply_once_is_true_once_per_consumer_and_event_and_only_when_committed(
     }
 }
 
+/// [`AddToTotal`] that, told an event committed, reads the total from outside the
+/// transaction.
+struct ReadsAfterCommit {
+    add: AddToTotal,
+    db: Db,
+    seen: Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for ReadsAfterCommit {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Event,
+    ) -> Result<(), kit::bus::BoxError> {
+        self.add.handle(tx, event).await
+    }
+
+    async fn committed(&self, _event: &Event) {
+        let now = total(&self.db).await;
+        self.seen.lock().unwrap().push(now);
+    }
+}
+
+#[tokio::test]
+async fn committed_is_told_after_the_commit_and_not_for_an_event_seen_before() {
+    for t in databases().await {
+        migrated(&t.db).await;
+        reset_total(&t.db).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler = ReadsAfterCommit {
+            add: AddToTotal {
+                calls: Arc::default(),
+            },
+            db: t.db.clone(),
+            seen: seen.clone(),
+        };
+        let five = event(5);
+        assert!(inbox::process(&t.db, "totals", &handler, &five)
+            .await
+            .unwrap());
+        assert!(!inbox::process(&t.db, "totals", &handler, &five)
+            .await
+            .unwrap());
+        assert!(inbox::process(&t.db, "totals", &handler, &event(2))
+            .await
+            .unwrap());
+        assert_eq!(*seen.lock().unwrap(), [5, 7], "{}", t.label());
+    }
+}
+
 #[tokio::test]
 async fn a_redelivered_event_is_applied_once_through_the_inbox() {
     for t in databases().await {

@@ -37,6 +37,11 @@ struct Args {
     /// The release `gateway` binary.
     #[arg(long, default_value = "target/release/gateway")]
     gateway: PathBuf,
+    /// A bare Pingora proxy (`cargo build --release --example bare_pingora`), put in front
+    /// of the service as the baseline for the gateway's memory per socket; skipped when
+    /// missing.
+    #[arg(long, default_value = "target/release/examples/bare_pingora")]
+    bare: PathBuf,
     /// The platform config to run (its ports are moved to free ones).
     #[arg(long, default_value = "config/platform.toml")]
     config: PathBuf,
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     if wants("memory") {
         // A fresh platform per route: memory freed by one run would be reused by the next.
         let mut per = Vec::new();
+        let mut bare = None;
         for route in [Route::Direct, Route::Gateway] {
             // Logging in hashes each password with 19 MiB (argon2id); glibc keeps freed
             // blocks that size in its per-thread arenas once its mmap threshold has risen,
@@ -99,12 +105,35 @@ async fn main() -> anyhow::Result<()> {
             let http = reqwest::Client::new();
             platform.ready(&http).await?;
             let users = register(&http, &platform.edge, args.idle_users).await?;
-            per.push(memory(&platform, &users, args.idle, route).await?);
+            per.push(memory(&platform, platform.child.id(), &users, args.idle, route).await?);
+            if route == Route::Direct && args.bare.exists() {
+                let port = kit::testing::unused_port();
+                let mut proxy = Command::new(&args.bare)
+                    .env("BARE_LISTEN", format!("127.0.0.1:{port}"))
+                    .env(
+                        "BARE_UPSTREAM",
+                        platform.notification.trim_start_matches("http://"),
+                    )
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    anyhow::ensure!(Instant::now() < deadline, "bare_pingora did not start");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let route = Route::Bare(port);
+                bare = Some(memory(&platform, proxy.id(), &users, args.idle, route).await?);
+                let _ = proxy.kill();
+                let _ = proxy.wait();
+            }
         }
         println!(
-            "memory: the gateway's share {:.1} KiB per connection, the service's {:.1} KiB",
+            "memory: the gateway's share {:.1} KiB per connection, the service's {:.1} KiB{}",
             per[1] - per[0],
-            per[0]
+            per[0],
+            bare.map(|b| format!("; a bare Pingora proxy's {b:.1} KiB"))
+                .unwrap_or_default()
         );
     }
     if wants("email") {
@@ -181,15 +210,16 @@ impl Platform {
         }
         anyhow::bail!("the platform did not come up")
     }
+}
 
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
-    }
+/// The resident memory of process `pid`.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
 }
 
 struct User {
@@ -244,6 +274,8 @@ fn claims(token: &str) -> anyhow::Result<Value> {
 enum Route {
     Gateway,
     Direct,
+    /// Through `bare_pingora` on this port.
+    Bare(u16),
 }
 
 impl Route {
@@ -251,6 +283,7 @@ impl Route {
         match self {
             Route::Gateway => "through the gateway",
             Route::Direct => "direct to the service",
+            Route::Bare(_) => "through a bare Pingora proxy (its process)",
         }
     }
 }
@@ -262,6 +295,7 @@ async fn connect(p: &Platform, path: Route, token: &str) -> anyhow::Result<Socke
     let url = match path {
         Route::Gateway => format!("{}/api/notifications/ws", p.edge),
         Route::Direct => format!("{}/notifications/ws", p.notification),
+        Route::Bare(port) => format!("http://127.0.0.1:{port}/notifications/ws"),
     };
     let mut req = url.replace("http://", "ws://").into_client_request()?;
     req.headers_mut().insert(
@@ -368,17 +402,23 @@ async fn latency(
     Ok((q(0.5), q(0.99)))
 }
 
-async fn memory(p: &Platform, users: &[User], n: usize, route: Route) -> anyhow::Result<f64> {
+/// RSS of process `pid` per idle socket, over `n` sockets on `route`.
+async fn memory(
+    p: &Platform,
+    pid: u32,
+    users: &[User],
+    n: usize,
+    route: Route,
+) -> anyhow::Result<f64> {
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = p.rss_kib()?;
+    let before = rss_kib(pid)?;
     let sockets = open(p, route, users, n).await?;
     // Let every connection settle (the sockets stay idle: nobody reads them).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = p.rss_kib()?;
+    let after = rss_kib(pid)?;
     let per = after.saturating_sub(before) as f64 / n as f64;
     println!(
-        "memory: {n} idle WebSockets {}: RSS {before} → {after} KiB, {per:.1} KiB per connection \
-         (gateway and services are one process)",
+        "memory: {n} idle WebSockets {}: RSS {before} → {after} KiB, {per:.1} KiB per connection",
         route.name()
     );
     drop(sockets);

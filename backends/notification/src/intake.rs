@@ -21,8 +21,10 @@ pub struct Intake {
     pub admins: Vec<String>,
     /// The words.
     pub templates: Arc<Templates>,
-    /// Wakes the delivery worker (and, later, live streams) after new rows.
+    /// Wakes the delivery worker after new rows are committed.
     pub wake: Arc<Notify>,
+    /// Wakes the live fan-out after new rows are committed.
+    pub live: Arc<Notify>,
 }
 
 /// The topics the service listens to (the consumer takes everything and ignores the rest:
@@ -39,14 +41,16 @@ impl Handler for Intake {
         if event.topic == "user.registered" {
             remember_recipient(tx, event).await?;
         }
-        let drafts = drafts(event, &self.admins)?;
-        for d in &drafts {
+        for d in &drafts(event, &self.admins)? {
             self.record(tx, event, d).await?;
         }
-        if !drafts.is_empty() {
-            self.wake.notify_waiters();
-        }
         Ok(())
+    }
+
+    async fn committed(&self, _event: &Event) {
+        self.wake.notify_waiters();
+        // A permit is kept if the fan-out is busy reading, so it looks again at once.
+        self.live.notify_one();
     }
 }
 

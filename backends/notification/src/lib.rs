@@ -341,6 +341,7 @@ impl Service {
         let push = PushSender::new(db.clone(), settings.push.clone(), templates.clone());
         let mut senders: Vec<Arc<dyn ChannelSender>> = vec![Arc::new(email), Arc::new(push)];
         senders.extend(extra);
+        let fanout_wake = Arc::new(Notify::new());
         let consumer = Consumer::spawn(
             db.clone(),
             bus.clone(),
@@ -350,6 +351,7 @@ impl Service {
                 admins: settings.admin_emails.clone(),
                 templates,
                 wake: wake.clone(),
+                live: fanout_wake.clone(),
             },
             ConsumerOptions::default(),
         )
@@ -368,7 +370,7 @@ impl Service {
         let fanout = live::spawn_fanout(
             db.clone(),
             hub.clone(),
-            wake.clone(),
+            fanout_wake,
             Duration::from_millis(250),
         );
         Ok(Service {

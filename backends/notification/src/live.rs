@@ -15,8 +15,8 @@
 //!   with, instead of holding memory for it.
 //!
 //! New rows are found by one [`spawn_fanout`] task per process that reads the inbox past
-//! the last row it dispatched, when the intake wakes it and at least every `poll` (the
-//! wake comes before the intake's commit). With several replicas each one reads every
+//! the last row it dispatched, when the intake wakes it (after its commit) and at least
+//! every `poll`. With several replicas each one reads every
 //! replica's rows, so a client reaches its notifications whichever replica it is on;
 //! a row committed late with an older id than one already dispatched would reach live
 //! clients only at their next reconnect (one consumer per process writes rows in id order).
@@ -146,8 +146,8 @@ pub fn spawn_fanout(db: Db, hub: Arc<Hub>, wake: Arc<Notify>, poll: Duration) ->
                 .unwrap_or_default();
         loop {
             tokio::select! {
-                // The intake wakes before its commit: give the commit a moment.
-                _ = wake.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                // The intake wakes it after its commit.
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
             match api::rows_after(&db, None, &last, 500).await {

@@ -83,43 +83,45 @@ async fn an_order_confirmed_reaches_its_customer_once_and_nobody_else() {
 
 #[tokio::test]
 async fn pages_go_back_in_time_without_repeats() {
-    let t = start(kit::testing::sqlite().await, |_| {}).await;
-    t.registered("ann", "ann@example.com").await;
-    for i in 0..4 {
-        t.confirmed("ann", &format!("o-{i}")).await;
-    }
-    let ann = t.user("ann");
-    inbox_len(&t, &ann, 5).await;
-    let mut seen = Vec::new();
-    let mut path = "/notifications?limit=2".to_owned();
-    loop {
-        let page: Value = t.get(&path, &ann).await.json().await.unwrap();
-        for n in page["items"].as_array().unwrap() {
-            seen.push(n["id"].as_str().unwrap().to_owned());
+    for db in kit::testing::databases().await {
+        let t = start(db, |_| {}).await;
+        t.registered("ann", "ann@example.com").await;
+        for i in 0..4 {
+            t.confirmed("ann", &format!("o-{i}")).await;
         }
-        match page["next_cursor"].as_str() {
-            Some(c) => path = format!("/notifications?limit=2&cursor={c}"),
-            None => break,
+        let ann = t.user("ann");
+        inbox_len(&t, &ann, 5).await;
+        let mut seen = Vec::new();
+        let mut path = "/notifications?limit=2".to_owned();
+        loop {
+            let page: Value = t.get(&path, &ann).await.json().await.unwrap();
+            for n in page["items"].as_array().unwrap() {
+                seen.push(n["id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => path = format!("/notifications?limit=2&cursor={c}"),
+                None => break,
+            }
         }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.reverse();
+        assert_eq!(seen, sorted, "newest first");
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5, "every one once");
+        let r = t.get("/notifications?limit=101", &ann).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = t.get("/notifications?cursor=%%%", &ann).await;
+        assert!(r.status().is_client_error());
+        let r = t
+            .app
+            .client
+            .get(t.app.url("/notifications"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let mut sorted = seen.clone();
-    sorted.sort();
-    sorted.reverse();
-    assert_eq!(seen, sorted, "newest first");
-    sorted.dedup();
-    assert_eq!(sorted.len(), 5, "every one once");
-    let r = t.get("/notifications?limit=101", &ann).await;
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let r = t.get("/notifications?cursor=%%%", &ann).await;
-    assert!(r.status().is_client_error());
-    let r = t
-        .app
-        .client
-        .get(t.app.url("/notifications"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -68,68 +68,70 @@ const QUIET: Duration = Duration::from_millis(700);
 
 #[tokio::test]
 async fn only_the_recipient_gets_it_live_and_a_reconnect_replays_what_it_missed_once() {
-    let t = start(kit::testing::sqlite().await, |_| {}).await;
-    t.registered("ann", "ann@example.com").await;
-    t.registered("bob", "bob@example.com").await;
-    let (ann, bob) = (t.user("ann"), t.user("bob"));
-    crate::helpers::eventually("the welcomes are in", || async {
-        (t.inbox(&ann).await.len() == 1 && t.inbox(&bob).await.len() == 1).then_some(())
-    })
-    .await;
-    let mut a = connect(&t, &ann, false, None).await;
-    let mut b = connect(&t, &bob, true, None).await;
-    t.confirmed("ann", "o-1").await;
-    let first = next(&mut a, SOON).await.expect("ann hears of it");
-    assert_eq!(first["kind"], "order_confirmed");
-    assert_eq!(first["body"], "Your order of 25.00 EUR is confirmed.");
-    assert!(
-        next(&mut b, QUIET).await.is_none(),
-        "bob hears nothing of ann's"
-    );
-    assert!(next(&mut a, QUIET).await.is_none(), "once");
+    for db in kit::testing::databases().await {
+        let t = start(db, |_| {}).await;
+        t.registered("ann", "ann@example.com").await;
+        t.registered("bob", "bob@example.com").await;
+        let (ann, bob) = (t.user("ann"), t.user("bob"));
+        crate::helpers::eventually("the welcomes are in", || async {
+            (t.inbox(&ann).await.len() == 1 && t.inbox(&bob).await.len() == 1).then_some(())
+        })
+        .await;
+        let mut a = connect(&t, &ann, false, None).await;
+        let mut b = connect(&t, &bob, true, None).await;
+        t.confirmed("ann", "o-1").await;
+        let first = next(&mut a, SOON).await.expect("ann hears of it");
+        assert_eq!(first["kind"], "order_confirmed");
+        assert_eq!(first["body"], "Your order of 25.00 EUR is confirmed.");
+        assert!(
+            next(&mut b, QUIET).await.is_none(),
+            "bob hears nothing of ann's"
+        );
+        assert!(next(&mut a, QUIET).await.is_none(), "once");
 
-    // Away: two more happen; back with the last id seen, both arrive, in order, once.
-    a.close(None).await.unwrap();
-    drop(a);
-    t.confirmed("ann", "o-2").await;
-    t.publish(
-        "payment.captured",
-        serde_json::json!({"payment_intent_id": "p", "customer_id": "ann", "order_id": "o-2",
+        // Away: two more happen; back with the last id seen, both arrive, in order, once.
+        a.close(None).await.unwrap();
+        drop(a);
+        t.confirmed("ann", "o-2").await;
+        t.publish(
+            "payment.captured",
+            serde_json::json!({"payment_intent_id": "p", "customer_id": "ann", "order_id": "o-2",
                            "status": "succeeded", "amount": 2500, "currency": "EUR",
                            "reason": null, "refund_id": null, "at": 1}),
-    )
-    .await;
-    crate::helpers::eventually("both are in the inbox", || async {
-        (t.inbox(&ann).await.len() == 4).then_some(())
-    })
-    .await;
-    let mut a = connect(&t, &ann, true, Some(first["id"].as_str().unwrap())).await;
-    let one = next(&mut a, SOON).await.unwrap();
-    let two = next(&mut a, SOON).await.unwrap();
-    assert_eq!(
-        (one["kind"].as_str(), two["kind"].as_str()),
-        (Some("order_confirmed"), Some("payment_captured"))
-    );
-    assert!(one["id"].as_str() < two["id"].as_str());
-    assert!(next(&mut a, QUIET).await.is_none(), "nothing twice");
-    // And live again on the same connection.
-    t.confirmed("ann", "o-3").await;
-    assert_eq!(next(&mut a, SOON).await.unwrap()["kind"], "order_confirmed");
-    let metrics = t
-        .app
-        .client
-        .get(t.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("notification_websocket_clients 2"),
-        "{metrics}"
-    );
-    a.send(Message::Close(None)).await.unwrap();
+        )
+        .await;
+        crate::helpers::eventually("both are in the inbox", || async {
+            (t.inbox(&ann).await.len() == 4).then_some(())
+        })
+        .await;
+        let mut a = connect(&t, &ann, true, Some(first["id"].as_str().unwrap())).await;
+        let one = next(&mut a, SOON).await.unwrap();
+        let two = next(&mut a, SOON).await.unwrap();
+        assert_eq!(
+            (one["kind"].as_str(), two["kind"].as_str()),
+            (Some("order_confirmed"), Some("payment_captured"))
+        );
+        assert!(one["id"].as_str() < two["id"].as_str());
+        assert!(next(&mut a, QUIET).await.is_none(), "nothing twice");
+        // And live again on the same connection.
+        t.confirmed("ann", "o-3").await;
+        assert_eq!(next(&mut a, SOON).await.unwrap()["kind"], "order_confirmed");
+        let metrics = t
+            .app
+            .client
+            .get(t.app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("notification_websocket_clients 2"),
+            "{metrics}"
+        );
+        a.send(Message::Close(None)).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -259,97 +259,99 @@ fn pushed(server: &PushServer, kind: &str) -> usize {
 
 #[tokio::test]
 async fn an_event_the_bus_delivers_twice_and_a_worker_that_dies_mid_send_still_send_once() {
-    let Some(sink) = SmtpSink::start_on(free_port()) else {
-        return;
-    };
-    let handed_out = Arc::new(Mutex::new(HashMap::new()));
-    let bus = Arc::new(LosesFirstAcks {
-        inner: kit::testing::bus_with(InProcessOptions {
-            ack_wait: Duration::from_millis(300),
-            ..InProcessOptions::default()
-        })
-        .await,
-        handed_out: handed_out.clone(),
-    });
-    let url = sink.url();
-    let mut t = start_on(kit::testing::sqlite().await, bus, |s| {
-        s.push.allow_http = true;
-        s.retry.lease = Duration::from_secs(1);
-        s.mail = notification_service::email::MailTarget::Smtp {
-            url,
-            credentials: None,
+    for db in kit::testing::databases().await {
+        let Some(sink) = SmtpSink::start_on(free_port()) else {
+            return;
         };
-    })
-    .await;
-    let server = push_server(&t).await;
-    let ann = t.user("ann");
-    t.registered("ann", "ann@example.com").await;
-    let (status, laptop) = subscribe(&t, &ann, &server.browser("ann-laptop")).await;
-    assert_eq!(status, StatusCode::CREATED);
+        let handed_out = Arc::new(Mutex::new(HashMap::new()));
+        let bus = Arc::new(LosesFirstAcks {
+            inner: kit::testing::bus_with(InProcessOptions {
+                ack_wait: Duration::from_millis(300),
+                ..InProcessOptions::default()
+            })
+            .await,
+            handed_out: handed_out.clone(),
+        });
+        let url = sink.url();
+        let mut t = start_on(db, bus, |s| {
+            s.push.allow_http = true;
+            s.retry.lease = Duration::from_secs(1);
+            s.mail = notification_service::email::MailTarget::Smtp {
+                url,
+                credentials: None,
+            };
+        })
+        .await;
+        let server = push_server(&t).await;
+        let ann = t.user("ann");
+        t.registered("ann", "ann@example.com").await;
+        let (status, laptop) = subscribe(&t, &ann, &server.browser("ann-laptop")).await;
+        assert_eq!(status, StatusCode::CREATED);
 
-    // The bus hands the confirmation out twice; the mail and the push go once.
-    let event = t.confirmed("ann", "o-1").await;
-    eventually("the bus delivered the event a second time", || async {
-        (handed_out.lock().unwrap().get(&event.id) >= Some(&2)).then_some(())
-    })
-    .await;
-    eventually("mail and push went out", || async {
+        // The bus hands the confirmation out twice; the mail and the push go once.
+        let event = t.confirmed("ann", "o-1").await;
+        eventually("the bus delivered the event a second time", || async {
+            (handed_out.lock().unwrap().get(&event.id) >= Some(&2)).then_some(())
+        })
+        .await;
+        eventually("mail and push went out", || async {
+            let mails = sink.messages();
+            let confirmations = mails
+                .iter()
+                .filter(|m| m.contains("Your order is confirmed"));
+            (confirmations.count() == 1 && pushed(&server, "order_confirmed") == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let mails = sink.messages();
-        let confirmations = mails
-            .iter()
-            .filter(|m| m.contains("Your order is confirmed"));
-        (confirmations.count() == 1 && pushed(&server, "order_confirmed") == 1).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let mails = sink.messages();
-    assert_eq!(
-        mails
-            .iter()
-            .filter(|m| m.contains("Your order is confirmed"))
-            .count(),
-        1,
-        "one confirmation mail"
-    );
-    assert_eq!(pushed(&server, "order_confirmed"), 1, "one push");
-    assert_eq!(
-        t.inbox(&ann).await.len(),
-        2,
-        "welcome and confirmation, once each"
-    );
+        assert_eq!(
+            mails
+                .iter()
+                .filter(|m| m.contains("Your order is confirmed"))
+                .count(),
+            1,
+            "one confirmation mail"
+        );
+        assert_eq!(pushed(&server, "order_confirmed"), 1, "one push");
+        assert_eq!(
+            t.inbox(&ann).await.len(),
+            2,
+            "welcome and confirmation, once each"
+        );
 
-    // A push claimed by a worker that died before sending: sent once, after the lease.
-    t.stop().await;
-    let kind = notification_service::catalog::kind("order_cancelled").unwrap();
-    let mut tx = t.db.db.begin().await.unwrap();
-    notification_service::queue::enqueue(
-        &mut tx,
-        "event-2",
-        notification_service::catalog::Channel::Push,
-        laptop["id"].as_str().unwrap(),
-        Some("ann"),
-        kind,
-        &json!({"order_id": "o-2", "reason": "an item ran out"}),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let claimed = notification_service::queue::claim(&t.db.db, Duration::from_secs(1))
+        // A push claimed by a worker that died before sending: sent once, after the lease.
+        t.stop().await;
+        let kind = notification_service::catalog::kind("order_cancelled").unwrap();
+        let mut tx = t.db.db.begin().await.unwrap();
+        notification_service::queue::enqueue(
+            &mut tx,
+            "event-2",
+            notification_service::catalog::Channel::Push,
+            laptop["id"].as_str().unwrap(),
+            Some("ann"),
+            kind,
+            &json!({"order_id": "o-2", "reason": "an item ran out"}),
+        )
         .await
-        .unwrap()
-        .expect("claimed");
-    assert_eq!(claimed.attempt, 1);
-    t.restart().await;
-    eventually("pushed after the lease", || async {
-        (pushed(&server, "order_cancelled") == 1).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(pushed(&server, "order_cancelled"), 1, "once");
-    let attempts: i64 =
-        sqlx::query_scalar("SELECT attempts FROM deliveries WHERE event_id = 'event-2'")
-            .fetch_one(t.db.db.pool())
+        .unwrap();
+        tx.commit().await.unwrap();
+        let claimed = notification_service::queue::claim(&t.db.db, Duration::from_secs(1))
             .await
-            .unwrap();
-    assert_eq!(attempts, 2, "the second attempt sent it");
+            .unwrap()
+            .expect("claimed");
+        assert_eq!(claimed.attempt, 1);
+        t.restart().await;
+        eventually("pushed after the lease", || async {
+            (pushed(&server, "order_cancelled") == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(pushed(&server, "order_cancelled"), 1, "once");
+        let attempts: i64 =
+            sqlx::query_scalar("SELECT attempts FROM deliveries WHERE event_id = 'event-2'")
+                .fetch_one(t.db.db.pool())
+                .await
+                .unwrap();
+        assert_eq!(attempts, 2, "the second attempt sent it");
+    }
 }

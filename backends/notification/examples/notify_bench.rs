@@ -471,7 +471,7 @@ async fn email(n: usize, concurrency: usize) -> anyhow::Result<()> {
             let d = queue::Delivery {
                 id: format!("baseline-{i}"),
                 event_id: format!("event-{i}"),
-                channel: Channel::Email,
+                channel: Channel::EMAIL,
                 recipient: format!("user{i}@example.com"),
                 user_id: None,
                 category: k.category,
@@ -503,7 +503,7 @@ async fn email(n: usize, concurrency: usize) -> anyhow::Result<()> {
         queue::enqueue(
             &mut tx,
             &format!("event-{i}"),
-            Channel::Email,
+            &Channel::EMAIL,
             &format!("user{i}@example.com"),
             None,
             k,

@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::catalog::Category;
+use crate::catalog::{Category, Channel};
 use crate::error::Error;
 use crate::preferences::{self, Preference};
 use crate::push::{self, NewSubscription, Subscription};
@@ -211,7 +211,9 @@ pub async fn get_preferences(
     State(s): State<AppState>,
     id: Identity,
 ) -> Result<Json<Vec<Preference>>, Error> {
-    Ok(Json(preferences::all(s.db.pool(), &id.user_id).await?))
+    Ok(Json(
+        preferences::all(s.db.pool(), &id.user_id, &s.channels).await?,
+    ))
 }
 
 /// `PUT /notifications/preferences`: the ones given change, the others stay.
@@ -228,6 +230,16 @@ pub async fn set_preferences(
 ) -> Result<Json<Vec<Preference>>, Error> {
     if let Some(i) = changes
         .iter()
+        .position(|p| !s.channels.contains(&p.channel))
+    {
+        let names: Vec<&str> = s.channels.iter().map(Channel::as_str).collect();
+        return Err(Error::field(
+            format!("[{i}].channel"),
+            format!("no such channel; there are {}", names.join(", ")),
+        ));
+    }
+    if let Some(i) = changes
+        .iter()
         .position(|p| !p.enabled && !p.category.optional())
     {
         return Err(Error::field(
@@ -240,7 +252,9 @@ pub async fn set_preferences(
         preferences::set(&mut *tx, &id.user_id, p).await?;
     }
     tx.commit().await.map_err(kit::DbError::from)?;
-    Ok(Json(preferences::all(s.db.pool(), &id.user_id).await?))
+    Ok(Json(
+        preferences::all(s.db.pool(), &id.user_id, &s.channels).await?,
+    ))
 }
 
 /// `?token=` of an unsubscribe link.
@@ -258,7 +272,7 @@ pub struct Unsubscribed {
     /// The category turned off.
     pub category: Category,
     /// On this channel.
-    pub channel: crate::catalog::Channel,
+    pub channel: Channel,
     /// Always `false`.
     pub enabled: bool,
 }
@@ -294,7 +308,7 @@ pub async fn unsubscribe(
         &u.user_id,
         &Preference {
             category: u.category,
-            channel: u.channel,
+            channel: u.channel.clone(),
             enabled: false,
         },
     )

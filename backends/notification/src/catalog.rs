@@ -6,8 +6,11 @@
 //! auto-escaped (the template name ends in `.html`), so a product name or a user's display
 //! name can never inject markup.
 
+use std::borrow::Cow;
+
 use minijinja::value::Serde;
 use minijinja::Environment;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -60,34 +63,40 @@ impl Category {
     }
 }
 
-/// How a notification reaches someone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// The stored inbox (`GET /notifications`).
-    InApp,
-    /// Email, through the outgoing queue.
-    Email,
-    /// Web push to each of the user's subscribed browsers, through the outgoing queue.
-    Push,
-}
+/// How a notification reaches someone: the inbox (`in_app`), `email`, web `push`, or a
+/// channel an embedder adds with a [`ChannelSender`](crate::ChannelSender) of its own
+/// (`Channel::custom("sms")`). In rows and JSON it is its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, example = "email")]
+pub struct Channel(Cow<'static, str>);
 
 impl Channel {
-    /// Every channel.
-    pub const ALL: [Channel; 3] = [Channel::InApp, Channel::Email, Channel::Push];
+    /// The stored inbox (`GET /notifications`).
+    pub const IN_APP: Channel = Channel(Cow::Borrowed("in_app"));
+    /// Email, through the outgoing queue.
+    pub const EMAIL: Channel = Channel(Cow::Borrowed("email"));
+    /// Web push to each of the user's subscribed browsers, through the outgoing queue.
+    pub const PUSH: Channel = Channel(Cow::Borrowed("push"));
+    /// The channels every service has.
+    pub const BUILT_IN: [Channel; 3] = [Channel::IN_APP, Channel::EMAIL, Channel::PUSH];
 
-    /// Its name in rows and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::InApp => "in_app",
-            Channel::Email => "email",
-            Channel::Push => "push",
+    /// A channel of the embedder's own, named `name` (lower case, digits and `_`).
+    pub const fn custom(name: &'static str) -> Channel {
+        Channel(Cow::Borrowed(name))
+    }
+
+    /// The channel named `name` as rows and tokens store it.
+    pub fn named(name: &str) -> Channel {
+        match Channel::BUILT_IN.iter().find(|c| c.as_str() == name) {
+            Some(c) => c.clone(),
+            None => Channel(Cow::Owned(name.to_owned())),
         }
     }
 
-    /// The channel named `s`.
-    pub fn parse(s: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    /// Its name in rows and JSON.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -16,18 +16,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::catalog::{kind, Channel, Templates};
+use crate::channel::ChannelSender;
 use crate::queue::{Delivery, Outcome};
 use crate::unsubscribe::{Signer, Unsubscribe};
-
-/// A way to send what the queue holds for one channel. Email is built in; an embedder adds
-/// others (FCM, APNs, SMS…) by implementing this and registering it with the worker.
-#[async_trait::async_trait]
-pub trait ChannelSender: Send + Sync + 'static {
-    /// The channel it serves.
-    fn channel(&self) -> Channel;
-    /// Sends `d`; the outcome says whether to retry.
-    async fn send(&self, d: &Delivery) -> Outcome;
-}
 
 /// Where email goes.
 #[derive(Debug, Clone)]
@@ -126,7 +117,7 @@ impl EmailSender {
                 self.signer.token(&Unsubscribe {
                     user_id: user_id.clone(),
                     category: kind.category,
-                    channel: Channel::Email,
+                    channel: Channel::EMAIL,
                 })
             )),
             _ => None,
@@ -164,7 +155,7 @@ impl EmailSender {
 #[async_trait::async_trait]
 impl ChannelSender for EmailSender {
     fn channel(&self) -> Channel {
-        Channel::Email
+        Channel::EMAIL
     }
 
     async fn send(&self, d: &Delivery) -> Outcome {

@@ -11,6 +11,7 @@ use sqlx::{Any, Row, Transaction};
 use tokio::sync::Notify;
 
 use crate::catalog::{drafts, Category, Channel, Draft, Templates};
+use crate::channel::ChannelSender;
 use crate::preferences;
 use crate::push;
 use crate::queue;
@@ -25,6 +26,8 @@ pub struct Intake {
     pub wake: Arc<Notify>,
     /// Wakes the live fan-out after new rows are committed.
     pub live: Arc<Notify>,
+    /// The embedder's senders for channels of its own, asked for each user's recipients.
+    pub added: Vec<Arc<dyn ChannelSender>>,
 }
 
 /// The topics the service listens to (the consumer takes everything and ignores the rest:
@@ -85,7 +88,7 @@ impl Intake {
     ) -> Result<(), kit::bus::BoxError> {
         let category = d.kind.category;
         if let Some(user) = &d.user_id {
-            if preferences::enabled(&mut **tx, user, category, Channel::InApp).await? {
+            if preferences::enabled(&mut **tx, user, category, &Channel::IN_APP).await? {
                 let (title, body) = self.templates.in_app(d.kind, &d.data)?;
                 sqlx::query(
                     "INSERT INTO notifications (id, event_id, user_id, category, kind, title, \
@@ -114,7 +117,7 @@ impl Intake {
             queue::enqueue(
                 tx,
                 &event.id,
-                Channel::Email,
+                &Channel::EMAIL,
                 &address,
                 d.user_id.as_deref(),
                 d.kind,
@@ -131,13 +134,28 @@ impl Intake {
                 queue::enqueue(
                     tx,
                     &event.id,
-                    Channel::Push,
+                    &Channel::PUSH,
                     &subscription,
                     Some(user),
                     d.kind,
                     &d.data,
                 )
                 .await?;
+            }
+            for sender in &self.added {
+                for recipient in sender.recipients(tx, user).await? {
+                    let channel = sender.channel();
+                    queue::enqueue(
+                        tx,
+                        &event.id,
+                        &channel,
+                        &recipient,
+                        Some(user),
+                        d.kind,
+                        &d.data,
+                    )
+                    .await?;
+                }
             }
         }
         Ok(())

@@ -21,11 +21,12 @@
 //! - [`live`]: the caller's notifications over a WebSocket, replaying what a reconnecting
 //!   client missed, only to the recipient, with a bounded queue per connection.
 //!
-//! FCM and APNs native pushes are out of scope: an embedder adds a channel by implementing
-//! [`email::ChannelSender`] and passing it to [`Service::start`].
+//! FCM, APNs and SMS are not built in: an embedder adds a channel (or replaces email or
+//! push) by implementing [`ChannelSender`] and passing it to [`Service::start`].
 
 pub mod api;
 pub mod catalog;
+pub mod channel;
 pub mod email;
 pub mod error;
 pub mod intake;
@@ -51,10 +52,11 @@ use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use channel::ChannelSender;
 pub use error::Error;
 
-use catalog::Templates;
-use email::{ChannelSender, EmailSender, MailTarget};
+use catalog::{Channel, Templates};
+use email::{EmailSender, MailTarget};
 use push::{PushSender, PushSettings, VapidKey};
 use queue::RetryPolicy;
 use unsubscribe::Signer;
@@ -300,6 +302,8 @@ pub struct AppState {
     pub push_key: String,
     /// Whether http:// push endpoints are accepted.
     pub push_allow_http: bool,
+    /// Every channel: the built-in ones and those the embedder added.
+    pub channels: Arc<[Channel]>,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -319,7 +323,8 @@ pub struct Service {
 
 impl Service {
     /// Migrates `db`, subscribes the consumer and starts the worker with the email and push
-    /// channels and `extra` channels.
+    /// channels and `extra` senders (each replaces a built-in channel's sender or adds a
+    /// channel: see [`ChannelSender`]).
     pub async fn start(
         db: Db,
         settings: Settings,
@@ -339,8 +344,21 @@ impl Service {
             signer.clone(),
         )?;
         let push = PushSender::new(db.clone(), settings.push.clone(), templates.clone());
-        let mut senders: Vec<Arc<dyn ChannelSender>> = vec![Arc::new(email), Arc::new(push)];
-        senders.extend(extra);
+        // The embedder's first: the worker takes the first sender for a channel.
+        let mut senders = extra;
+        senders.push(Arc::new(email));
+        senders.push(Arc::new(push));
+        let mut channels = Channel::BUILT_IN.to_vec();
+        let added: Vec<Arc<dyn ChannelSender>> = senders
+            .iter()
+            .filter(|s| !Channel::BUILT_IN.contains(&s.channel()))
+            .cloned()
+            .collect();
+        for s in &added {
+            if !channels.contains(&s.channel()) {
+                channels.push(s.channel());
+            }
+        }
         let fanout_wake = Arc::new(Notify::new());
         let consumer = Consumer::spawn(
             db.clone(),
@@ -352,6 +370,7 @@ impl Service {
                 templates,
                 wake: wake.clone(),
                 live: fanout_wake.clone(),
+                added,
             },
             ConsumerOptions::default(),
         )
@@ -384,6 +403,7 @@ impl Service {
                 hub,
                 push_key: settings.push.key.public_key().to_owned(),
                 push_allow_http: settings.push.allow_http,
+                channels: channels.into(),
             },
             consumer,
             worker,

@@ -12,7 +12,7 @@ pub async fn enabled<'c, E>(
     db: E,
     user: &str,
     category: Category,
-    channel: Channel,
+    channel: &Channel,
 ) -> Result<bool, sqlx::Error>
 where
     E: Executor<'c, Database = Any>,
@@ -46,8 +46,12 @@ pub struct Preference {
     pub enabled: bool,
 }
 
-/// Every (category, channel) of `user`, defaults included.
-pub async fn all<'c, E>(db: E, user: &str) -> Result<Vec<Preference>, sqlx::Error>
+/// Every (category, channel) of `user` over `channels`, defaults included.
+pub async fn all<'c, E>(
+    db: E,
+    user: &str,
+    channels: &[Channel],
+) -> Result<Vec<Preference>, sqlx::Error>
 where
     E: Executor<'c, Database = Any>,
 {
@@ -57,7 +61,7 @@ where
         .await?;
     let mut out = Vec::new();
     for category in Category::ALL {
-        for channel in Channel::ALL {
+        for channel in channels {
             let stored = rows.iter().find(|r| {
                 r.try_get::<String, _>("category").ok().as_deref() == Some(category.as_str())
                     && r.try_get::<String, _>("channel").ok().as_deref() == Some(channel.as_str())
@@ -66,7 +70,7 @@ where
                 || stored.is_none_or(|r| r.try_get::<i64, _>("enabled").unwrap_or(1) != 0);
             out.push(Preference {
                 category,
-                channel,
+                channel: channel.clone(),
                 enabled,
             });
         }

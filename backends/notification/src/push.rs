@@ -32,7 +32,7 @@ use sqlx::{Any, Row, Transaction};
 use web_push_native::Auth;
 
 use crate::catalog::{kind, Category, Channel, Templates};
-use crate::email::ChannelSender;
+use crate::channel::ChannelSender;
 use crate::queue::{Delivery, Outcome};
 
 /// The application server's key pair (P-256) that signs VAPID tokens.
@@ -478,7 +478,7 @@ struct Request {
 #[async_trait::async_trait]
 impl ChannelSender for PushSender {
     fn channel(&self) -> Channel {
-        Channel::Push
+        Channel::PUSH
     }
 
     async fn send(&self, d: &Delivery) -> Outcome {

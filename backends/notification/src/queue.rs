@@ -68,8 +68,8 @@ pub struct Delivery {
     pub event_id: String,
     /// How it goes out.
     pub channel: Channel,
-    /// The address: an email address for [`Channel::Email`], a subscription id for
-    /// [`Channel::Push`].
+    /// The address: an email address for [`Channel::EMAIL`], a subscription id for
+    /// [`Channel::PUSH`], what its sender's `recipients` gave for another channel.
     pub recipient: String,
     /// The user it is for, if any (for their preferences and unsubscribe link).
     pub user_id: Option<String>,
@@ -89,7 +89,7 @@ pub struct Delivery {
 pub async fn enqueue(
     tx: &mut Transaction<'static, Any>,
     event_id: &str,
-    channel: Channel,
+    channel: &Channel,
     recipient: &str,
     user_id: Option<&str>,
     kind: &Kind,
@@ -151,7 +151,7 @@ pub async fn claim(db: &Db, lease: Duration) -> Result<Option<Delivery>, DbError
     Ok(Some(Delivery {
         id: row.try_get("id")?,
         event_id: row.try_get("event_id")?,
-        channel: Channel::parse(&channel).ok_or_else(|| broken("channel"))?,
+        channel: Channel::named(&channel),
         recipient: row.try_get("recipient")?,
         user_id: row.try_get("user_id")?,
         category: Category::parse(&category).ok_or_else(|| broken("category"))?,
@@ -237,7 +237,7 @@ pub struct DeliveryView {
     pub id: String,
     /// The event that caused it.
     pub event_id: String,
-    /// `email` or `push`.
+    /// `email`, `push` or an embedder's channel.
     pub channel: String,
     /// The address (a subscription id for push).
     pub recipient: String,

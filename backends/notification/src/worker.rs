@@ -10,7 +10,7 @@ use kit::Db;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::email::ChannelSender;
+use crate::channel::ChannelSender;
 use crate::metrics::Metrics;
 use crate::preferences;
 use crate::queue::{self, Delivery, Outcome, RetryPolicy};
@@ -128,7 +128,7 @@ impl Loop {
 
 async fn deliver(db: &Db, senders: &[Arc<dyn ChannelSender>], d: &Delivery) -> Outcome {
     if let Some(user) = &d.user_id {
-        match preferences::enabled(db.pool(), user, d.category, d.channel).await {
+        match preferences::enabled(db.pool(), user, d.category, &d.channel).await {
             Ok(false) => return Outcome::Dropped("the recipient turned this off".into()),
             Ok(true) => {}
             Err(e) => return Outcome::Retry(format!("reading preferences: {e}")),

@@ -310,7 +310,7 @@ async fn a_message_claimed_by_a_worker_that_died_is_sent_once_after_its_lease() 
         notification_service::queue::enqueue(
             &mut tx,
             "event-1",
-            notification_service::catalog::Channel::Email,
+            &notification_service::catalog::Channel::EMAIL,
             "ann@example.com",
             Some("ann"),
             kind,

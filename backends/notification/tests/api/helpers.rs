@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kit::testing::{spawn_app, TestApp, TestDb, TestKeys};
 use kit::{Event, EventBus, Service as _};
-use notification_service::{Service, Settings};
+use notification_service::{ChannelSender, Service, Settings};
 use reqwest::Response;
 use serde_json::Value;
 use sqlx::Row;
@@ -21,6 +21,7 @@ pub struct TestNotify {
     pub keys: TestKeys,
     pub mail: tempfile::TempDir,
     pub settings: Settings,
+    pub senders: Vec<Arc<dyn ChannelSender>>,
     pub service: Option<Service>,
 }
 
@@ -35,6 +36,16 @@ pub async fn start_on(
     bus: Arc<dyn EventBus>,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestNotify {
+    start_with(db, bus, Vec::new(), tweak).await
+}
+
+/// [`start_on`] with the embedder's `senders`.
+pub async fn start_with(
+    db: TestDb,
+    bus: Arc<dyn EventBus>,
+    senders: Vec<Arc<dyn ChannelSender>>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestNotify {
     let mail = tempfile::tempdir().unwrap();
     let mut settings = Settings::to_files(mail.path().to_owned());
     settings.poll_interval = Duration::from_millis(100);
@@ -45,7 +56,7 @@ pub async fn start_on(
         settings.clone(),
         keys.verifier.clone(),
         bus.clone(),
-        Vec::new(),
+        senders.clone(),
     )
     .await
     .expect("notification service");
@@ -57,6 +68,7 @@ pub async fn start_on(
         keys,
         mail,
         settings,
+        senders,
         service: Some(service),
     }
 }
@@ -205,7 +217,7 @@ impl TestNotify {
             self.settings.clone(),
             self.keys.verifier.clone(),
             self.bus.clone(),
-            Vec::new(),
+            self.senders.clone(),
         )
         .await
         .expect("notification service");

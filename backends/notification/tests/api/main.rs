@@ -3,6 +3,7 @@
 //! web push to a push service on a real socket that checks and decrypts what it gets.
 
 mod binary;
+mod channels;
 mod email;
 mod helpers;
 mod inbox;

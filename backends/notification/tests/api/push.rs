@@ -326,7 +326,7 @@ async fn an_event_the_bus_delivers_twice_and_a_worker_that_dies_mid_send_still_s
         notification_service::queue::enqueue(
             &mut tx,
             "event-2",
-            notification_service::catalog::Channel::Push,
+            &notification_service::catalog::Channel::PUSH,
             laptop["id"].as_str().unwrap(),
             Some("ann"),
             kind,

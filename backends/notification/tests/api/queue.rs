@@ -22,7 +22,7 @@ async fn two_instances_on_one_database_send_each_of_1000_messages_once() {
         queue::enqueue(
             &mut tx,
             &format!("event-{i}"),
-            Channel::Email,
+            &Channel::EMAIL,
             &format!("user{i}@example.com"),
             None,
             k,

@@ -22,8 +22,10 @@ pub trait ChannelSender: Send + Sync + 'static {
     fn channel(&self) -> Channel;
 
     /// Where `user` is reached on this channel (phone numbers, device tokens…), read
-    /// inside the intake's transaction. Not asked for the built-in channels, which know
-    /// their own; by default nobody.
+    /// inside the intake's transaction. Asked of the built-in push sender (the user's
+    /// browsers) and of senders for channels of their own; a sender replacing `email` or
+    /// `push` is not asked (email's address comes with the registration, push's from the
+    /// built-in subscriptions). By default nobody.
     async fn recipients(
         &self,
         _tx: &mut Transaction<'static, Any>,

@@ -13,7 +13,6 @@ use tokio::sync::Notify;
 use crate::catalog::{drafts, Category, Channel, Draft, Templates};
 use crate::channel::ChannelSender;
 use crate::preferences;
-use crate::push;
 use crate::queue;
 
 /// The consumer's handler.
@@ -26,8 +25,10 @@ pub struct Intake {
     pub wake: Arc<Notify>,
     /// Wakes the live fan-out after new rows are committed.
     pub live: Arc<Notify>,
-    /// The embedder's senders for channels of its own, asked for each user's recipients.
-    pub added: Vec<Arc<dyn ChannelSender>>,
+    /// The senders that name a user's recipients: push (each subscribed browser, one
+    /// delivery each, so one failing push service never holds back another) and the
+    /// embedder's channels.
+    pub named: Vec<Arc<dyn ChannelSender>>,
 }
 
 /// The topics the service listens to (the consumer takes everything and ignores the rest:
@@ -128,21 +129,7 @@ impl Intake {
             tracing::debug!(event = %event.id, kind = d.kind.name, "no address known: no email");
         }
         if let Some(user) = &d.user_id {
-            // One delivery per browser the user subscribed, so one failing push service
-            // never holds back another.
-            for subscription in push::recipients(tx, user).await? {
-                queue::enqueue(
-                    tx,
-                    &event.id,
-                    &Channel::PUSH,
-                    &subscription,
-                    Some(user),
-                    d.kind,
-                    &d.data,
-                )
-                .await?;
-            }
-            for sender in &self.added {
+            for sender in &self.named {
                 for recipient in sender.recipients(tx, user).await? {
                     let channel = sender.channel();
                     queue::enqueue(

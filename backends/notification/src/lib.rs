@@ -343,22 +343,30 @@ impl Service {
             templates.clone(),
             signer.clone(),
         )?;
-        let push = PushSender::new(db.clone(), settings.push.clone(), templates.clone());
-        // The embedder's first: the worker takes the first sender for a channel.
-        let mut senders = extra;
-        senders.push(Arc::new(email));
-        senders.push(Arc::new(push));
+        let push: Arc<dyn ChannelSender> = Arc::new(PushSender::new(
+            db.clone(),
+            settings.push.clone(),
+            templates.clone(),
+        ));
+        // The intake asks push and the embedder's own channels who a user's recipients are
+        // (push's, also when an embedder's sender replaces the built-in one for sending).
+        let mut named = vec![push.clone()];
+        named.extend(
+            extra
+                .iter()
+                .filter(|s| !Channel::BUILT_IN.contains(&s.channel()))
+                .cloned(),
+        );
         let mut channels = Channel::BUILT_IN.to_vec();
-        let added: Vec<Arc<dyn ChannelSender>> = senders
-            .iter()
-            .filter(|s| !Channel::BUILT_IN.contains(&s.channel()))
-            .cloned()
-            .collect();
-        for s in &added {
+        for s in &named {
             if !channels.contains(&s.channel()) {
                 channels.push(s.channel());
             }
         }
+        // The embedder's first: the worker takes the first sender for a channel.
+        let mut senders = extra;
+        senders.push(Arc::new(email));
+        senders.push(push);
         let fanout_wake = Arc::new(Notify::new());
         let consumer = Consumer::spawn(
             db.clone(),
@@ -370,7 +378,7 @@ impl Service {
                 templates,
                 wake: wake.clone(),
                 live: fanout_wake.clone(),
-                added,
+                named,
             },
             ConsumerOptions::default(),
         )

@@ -48,7 +48,7 @@ pub const TOKEN_PROTOCOL: &str = "bearer.";
 /// The close code of a client too slow to keep up (4000–4999: the application's own).
 pub const TOO_SLOW: u16 = 4008;
 /// Each connection's read buffer (and write batch).
-const READ_BUFFER: usize = 4 * 1024;
+const SOCKET_BUFFER: usize = 4 * 1024;
 /// The largest message a client may send (it has nothing to say but pings and a close).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
@@ -223,8 +223,8 @@ pub async fn stream(
         // buffer is zero-filled on the first read, so it was 128 KiB of RSS per idle
         // connection (132.5 KiB per connection measured with 5 000, benches/notifications.sh);
         // 4 KiB grows on demand up to the message limit.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(READ_BUFFER)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| session(socket, state, id.user_id, q.after)))
 }

@@ -396,8 +396,9 @@ impl PushSender {
         }
     }
 
-    async fn request(&self, d: &Delivery) -> Result<Option<(reqwest::Url, Request)>, Outcome> {
+    async fn request(&self, d: &Delivery) -> Result<(reqwest::Url, Request), Outcome> {
         let kind = kind(&d.kind).ok_or_else(|| Outcome::Dropped(format!("no kind {}", d.kind)))?;
+        let unreadable = |e: sqlx::Error| Outcome::Retry(format!("reading the subscription: {e}"));
         let row = sqlx::query(
             "SELECT s.endpoint, s.p256dh, s.auth, n.id AS notification FROM push_subscriptions s \
              LEFT JOIN notifications n ON n.event_id = $2 AND n.user_id = s.user_id \
@@ -407,19 +408,11 @@ impl PushSender {
         .bind(&d.event_id)
         .fetch_optional(self.db.pool())
         .await
-        .map_err(|e| Outcome::Retry(format!("reading the subscription: {e}")))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let get = |c: &str| -> Result<Option<String>, Outcome> {
-            row.try_get(c)
-                .map_err(|e| Outcome::Retry(format!("reading the subscription: {e}")))
-        };
-        let endpoint = get("endpoint")?.unwrap_or_default();
-        let (p256dh, auth) = (
-            get("p256dh")?.unwrap_or_default(),
-            get("auth")?.unwrap_or_default(),
-        );
+        .map_err(unreadable)?
+        .ok_or_else(|| Outcome::Dropped("the subscription was removed".into()))?;
+        let endpoint: String = row.try_get("endpoint").map_err(unreadable)?;
+        let p256dh: String = row.try_get("p256dh").map_err(unreadable)?;
+        let auth: String = row.try_get("auth").map_err(unreadable)?;
         let url = reqwest::Url::parse(&endpoint)
             .map_err(|e| Outcome::Permanent(format!("endpoint: {e}")))?;
         let (title, body) = self
@@ -427,7 +420,7 @@ impl PushSender {
             .in_app(kind, &d.data)
             .map_err(|e| Outcome::Dropped(e.to_string()))?;
         let payload = PushPayload {
-            id: get("notification")?,
+            id: row.try_get("notification").map_err(unreadable)?,
             kind: kind.name.to_owned(),
             category: kind.category,
             title,
@@ -448,14 +441,14 @@ impl PushSender {
         } else {
             "high"
         };
-        Ok(Some((
+        Ok((
             url,
             Request {
                 body,
                 authorization,
                 urgency,
             },
-        )))
+        ))
     }
 
     async fn forget(&self, id: &str) {
@@ -481,10 +474,18 @@ impl ChannelSender for PushSender {
         Channel::PUSH
     }
 
+    /// Each browser `user` subscribed.
+    async fn recipients(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user: &str,
+    ) -> Result<Vec<String>, kit::bus::BoxError> {
+        Ok(recipients(tx, user).await?)
+    }
+
     async fn send(&self, d: &Delivery) -> Outcome {
         let (url, req) = match self.request(d).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Outcome::Dropped("the subscription was removed".into()),
+            Ok(r) => r,
             Err(outcome) => return outcome,
         };
         let sent = self

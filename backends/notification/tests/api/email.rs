@@ -305,25 +305,14 @@ async fn a_message_claimed_by_a_worker_that_died_is_sent_once_after_its_lease() 
         .await;
         t.stop().await;
         // A message in the queue, claimed by a worker that then died (it never settles it).
-        let kind = notification_service::catalog::kind("order_confirmed").unwrap();
-        let mut tx = t.db.db.begin().await.unwrap();
-        notification_service::queue::enqueue(
-            &mut tx,
+        t.claimed_by_a_dead_worker(
             "event-1",
             &notification_service::catalog::Channel::EMAIL,
             "ann@example.com",
-            Some("ann"),
-            kind,
-            &serde_json::json!({"order_id": "o-1", "total": 2500, "currency": "EUR"}),
+            "order_confirmed",
+            serde_json::json!({"order_id": "o-1", "total": 2500, "currency": "EUR"}),
         )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        let claimed = notification_service::queue::claim(&t.db.db, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .expect("claimed");
-        assert_eq!(claimed.attempt, 1);
+        .await;
         t.restart().await;
         eventually("sent after the lease", || async {
             (t.deliveries().await[0].2 == "sent").then_some(())

@@ -202,6 +202,37 @@ impl TestNotify {
             .collect()
     }
 
+    /// Queues `kind` for ann on `channel` to `recipient` as event `event_id`, then claims
+    /// it the way a worker that dies before settling would (leased for 1 s).
+    pub async fn claimed_by_a_dead_worker(
+        &self,
+        event_id: &str,
+        channel: &notification_service::catalog::Channel,
+        recipient: &str,
+        kind: &str,
+        data: Value,
+    ) {
+        let kind = notification_service::catalog::kind(kind).unwrap();
+        let mut tx = self.db.db.begin().await.unwrap();
+        notification_service::queue::enqueue(
+            &mut tx,
+            event_id,
+            channel,
+            recipient,
+            Some("ann"),
+            kind,
+            &data,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let claimed = notification_service::queue::claim(&self.db.db, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("claimed");
+        assert_eq!(claimed.attempt, 1);
+    }
+
     /// Stops the consumer and the worker (the HTTP surface keeps serving).
     pub async fn stop(&mut self) {
         if let Some(s) = self.service.take() {

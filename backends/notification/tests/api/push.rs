@@ -321,25 +321,14 @@ async fn an_event_the_bus_delivers_twice_and_a_worker_that_dies_mid_send_still_s
 
         // A push claimed by a worker that died before sending: sent once, after the lease.
         t.stop().await;
-        let kind = notification_service::catalog::kind("order_cancelled").unwrap();
-        let mut tx = t.db.db.begin().await.unwrap();
-        notification_service::queue::enqueue(
-            &mut tx,
+        t.claimed_by_a_dead_worker(
             "event-2",
             &notification_service::catalog::Channel::PUSH,
             laptop["id"].as_str().unwrap(),
-            Some("ann"),
-            kind,
-            &json!({"order_id": "o-2", "reason": "an item ran out"}),
+            "order_cancelled",
+            json!({"order_id": "o-2", "reason": "an item ran out"}),
         )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        let claimed = notification_service::queue::claim(&t.db.db, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .expect("claimed");
-        assert_eq!(claimed.attempt, 1);
+        .await;
         t.restart().await;
         eventually("pushed after the lease", || async {
             (pushed(&server, "order_cancelled") == 1).then_some(())

@@ -263,6 +263,7 @@ async fn publish(
                 json!({
                     "order_id": order.id,
                     "customer_id": order.customer_id,
+                    "items": order.items,
                     "total": order.total,
                     "currency": order.currency,
                     "payment_intent_id": order.payment_intent_id,

@@ -33,6 +33,7 @@ RUNS = [
     ("payment", []),
     ("order", []),
     ("notification", []),
+    ("analytics", []),
     ("user", ENDS_SESSION),
 ]
 
@@ -102,7 +103,7 @@ def stop(proc):
 
 
 def main():
-    fixed = ["8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009"]
+    fixed = ["8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009"]
     ports = {}
     while len(set(ports.values())) < len(fixed):  # two picks may draw one number
         ports = {f: free_port() for f in fixed}

@@ -59,6 +59,9 @@ pub struct PlatformConfig {
     /// The notification service (inbox, email from the others' events).
     #[serde(default)]
     pub notification: Option<ServiceConfig>,
+    /// The analytics service (event ingest, rollups, reports, from the others' events).
+    #[serde(default)]
+    pub analytics: Option<ServiceConfig>,
     /// The docs page (`/api/docs`) of the services above.
     #[serde(default)]
     pub docs: Option<DocsConfig>,
@@ -74,12 +77,13 @@ pub struct DocsConfig {
 
 /// The services platform mode can run, in the order they start (a service starts after
 /// those it needs) and stop in reverse.
-pub const SERVICES: [Launcher; 5] = [
+pub const SERVICES: [Launcher; 6] = [
     Launcher::of::<user_service::Service>(),
     Launcher::of::<product_service::Service>(),
     Launcher::of::<payment_service::Service>(),
     Launcher::of::<order_service::Service>(),
     Launcher::of::<notification_service::Service>(),
+    Launcher::of::<analytics_service::Service>(),
 ];
 
 impl PlatformConfig {
@@ -91,6 +95,7 @@ impl PlatformConfig {
             "payment" => self.payment.as_ref(),
             "order" => self.order.as_ref(),
             "notification" => self.notification.as_ref(),
+            "analytics" => self.analytics.as_ref(),
             _ => None,
         }
     }

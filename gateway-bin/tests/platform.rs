@@ -66,7 +66,7 @@ fn start_with(
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
     let edge = free_port();
     for fixed in [
-        "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009",
+        "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
     ] {
         let port = if fixed == "8080" { edge } else { free_port() };
         text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{port}"));
@@ -431,6 +431,57 @@ async fn an_order_placed_through_the_gateway_is_confirmed_paid_and_booked() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Analytics: ann's browser tracks through the edge with her token; the admin's reports
+    // show the confirmed order's revenue and MUG-1 as the top product, as JSON and as CSV.
+    let tracked = c
+        .send(
+            c.with(Method::POST, "/api/analytics/events", &ann)
+                .json(&json!({"batch": [{"event": "Checkout Viewed", "message_id": "ck-1"}]})),
+        )
+        .await;
+    assert_eq!(tracked["accepted"], 1, "{tracked}");
+    let from = "2000-01-01";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let revenue = loop {
+        let report = c
+            .send(c.with(
+                Method::GET,
+                &format!("/api/analytics/reports?metric=revenue&from={from}&to=2100-01-01"),
+                &admin,
+            ))
+            .await;
+        if report["rows"][0]["sum"] == 2500 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(revenue["rows"][0]["currency"], "EUR", "{revenue}");
+    assert_eq!(revenue["rows"][0]["sum"], 2500, "{revenue}");
+    let top = c
+        .with(
+            Method::GET,
+            &format!("/api/analytics/reports/top-products?from={from}&to=2100-01-01"),
+            &admin,
+        )
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(top.contains("1,MUG-1,EUR,2500,2,1\r\n"), "{top}");
+    let r = c
+        .with(
+            Method::GET,
+            &format!("/api/analytics/reports?metric=revenue&from={from}&to=2100-01-01"),
+            &ann,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a customer sees no reports");
 }
 
 /// The real services under the saga: stock 3, six customers order one each at once →

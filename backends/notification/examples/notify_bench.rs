@@ -167,7 +167,7 @@ impl Platform {
         let mut text = std::fs::read_to_string(config)?;
         let mut ports = HashMap::new();
         for fixed in [
-            "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3009",
+            "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
         ] {
             let port = kit::testing::unused_port();
             ports.insert(fixed, port);

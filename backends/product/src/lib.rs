@@ -22,6 +22,7 @@ pub mod events;
 pub mod inventory;
 pub mod products;
 pub mod reservations;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,8 @@ pub struct Settings {
     pub low_stock_threshold: i64,
     /// The read cache.
     pub cache: CacheSettings,
+    /// How often counted product views are told as `product.viewed` (see [`views`]).
+    pub view_flush: Duration,
 }
 
 impl Default for Settings {
@@ -86,6 +89,7 @@ impl Default for Settings {
             sweep_interval: Duration::from_secs(30),
             low_stock_threshold: 5,
             cache: CacheSettings::default(),
+            view_flush: Duration::from_secs(10),
         }
     }
 }
@@ -111,6 +115,7 @@ impl Settings {
                     .unwrap_or(d.cache.capacity)
                     .max(1),
             },
+            view_flush: env.duration("VIEW_FLUSH")?.unwrap_or(d.view_flush),
         })
     }
 }
@@ -124,6 +129,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting::env(
         "SWEEP_INTERVAL",
         "how often overdue reservations are released (30s)",
+    ),
+    Setting::env(
+        "VIEW_FLUSH",
+        "how often product views are told as product.viewed events (10s)",
     ),
     Setting::env(
         "LOW_STOCK_THRESHOLD",
@@ -171,6 +180,7 @@ impl kit::Service for Service {
 
     /// Stops the background tasks (after serving has stopped).
     async fn shutdown(self) {
+        self.views.shutdown().await;
         self.sweeper.shutdown().await;
         self.invalidator.shutdown().await;
         self.relay.shutdown().await;
@@ -192,6 +202,8 @@ pub struct AppState {
     pub outbox: OutboxWaker,
     /// The event bus the relay publishes to, when one runs (checked by `/ready`).
     pub bus: Option<Arc<dyn EventBus>>,
+    /// Product page views not yet told as `product.viewed`.
+    pub views: Arc<views::Views>,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -218,6 +230,7 @@ impl AppState {
             cache,
             outbox: OutboxWaker::default(),
             bus: None,
+            views: Arc::default(),
         })
     }
 }
@@ -230,6 +243,7 @@ pub struct Service {
     relay: Relay,
     invalidator: Consumer,
     sweeper: Sweeper,
+    views: views::ViewFlusher,
 }
 
 impl Service {
@@ -247,6 +261,7 @@ impl Service {
         bus: Arc<dyn EventBus>,
     ) -> Result<Service, Error> {
         let sweep_every = settings.sweep_interval;
+        let view_flush = settings.view_flush;
         let mut state = AppState::build(db.clone(), settings, verifier).await?;
         let name = if state.cache.is_shared() {
             "product-cache".to_owned()
@@ -267,12 +282,19 @@ impl Service {
         let relay = Relay::spawn(db.clone(), bus.clone(), RelayOptions::default());
         state.outbox = relay.waker();
         state.bus = Some(bus);
+        let views = views::ViewFlusher::spawn(
+            db.clone(),
+            state.views.clone(),
+            state.outbox.clone(),
+            view_flush,
+        );
         let sweeper = Sweeper::spawn(db, state.outbox.clone(), sweep_every);
         Ok(Service {
             state,
             relay,
             invalidator,
             sweeper,
+            views,
         })
     }
 }

@@ -327,6 +327,7 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
             body
         }
     };
+    s.views.seen(&id);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

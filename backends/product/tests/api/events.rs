@@ -118,3 +118,63 @@ async fn each_change_records_its_event() {
         assert_eq!(payloads(&t, "inventory.adjusted").await[0]["on_hand"], 6);
     }
 }
+
+/// Views of real products (cached or not) are counted in memory and told as one
+/// `product.viewed` per product per flush; a 404 is not a view; shutdown flushes the rest.
+#[tokio::test]
+async fn product_views_are_told_in_batches_per_product() {
+    for db in kit::testing::databases().await {
+        let t = start(db, |s| s.view_flush = std::time::Duration::from_secs(3600)).await;
+        let label = t.label();
+        let mug = t.create("MUG", 5).await;
+        let cap = t.create("CAP", 5).await;
+        for (p, n) in [(&mug, 3), (&cap, 1)] {
+            for _ in 0..n {
+                let path = format!("/products/{}", p["id"].as_str().unwrap());
+                assert_eq!(t.get(&path).await.status(), StatusCode::OK, "{label}");
+            }
+        }
+        assert_eq!(
+            t.get("/products/nope").await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert!(
+            payloads(&t, "product.viewed").await.is_empty(),
+            "{label}: not before a flush"
+        );
+        let flushed = t.state.views.flush(&t.db.db).await.unwrap();
+        assert_eq!(flushed, 2, "{label}");
+        let mut views: Vec<(String, i64)> = payloads(&t, "product.viewed")
+            .await
+            .iter()
+            .map(|v| {
+                (
+                    v["product"].as_str().unwrap().to_owned(),
+                    v["views"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        views.sort();
+        assert_eq!(
+            views,
+            [("CAP".to_owned(), 1), ("MUG".to_owned(), 3)],
+            "{label}"
+        );
+        assert_eq!(
+            t.state.views.flush(&t.db.db).await.unwrap(),
+            0,
+            "{label}: counted once"
+        );
+
+        let path = format!("/products/{}", cap["id"].as_str().unwrap());
+        assert_eq!(t.get(&path).await.status(), StatusCode::OK, "{label}");
+        let mut t = t;
+        let service = t.running.take().unwrap();
+        kit::Service::shutdown(service).await;
+        assert_eq!(
+            payloads(&t, "product.viewed").await.len(),
+            3,
+            "{label}: flushed at shutdown"
+        );
+    }
+}

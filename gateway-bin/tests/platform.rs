@@ -1043,3 +1043,107 @@ async fn an_order_confirmation_arrives_live_through_the_gateway_to_its_customer_
         other => panic!("a handshake without a token: {other:?}"),
     }
 }
+
+/// The analytics dashboard in a real browser, through the gateway: an admin signs in on the
+/// page, a customer places an order through the API, and the rendered figures change
+/// without a reload. The screenshot is kept as `target/tmp/analytics-dashboard.png`.
+#[tokio::test]
+async fn the_dashboard_moves_in_a_browser_when_an_order_is_placed() {
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    use headless_chrome::{Browser, LaunchOptions};
+    let Some(chromium) = chromium() else {
+        eprintln!("skipping the dashboard: install Debian's chromium (.ci/run does)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, c, admin) = platform_with_admin(dir.path(), &[]).await;
+    c.stock(&admin, "MUG-1", 5).await;
+    let (ann, card) = c.customer("ann@example.com", "4242 4242 4242 4242").await;
+
+    let flags: Vec<std::ffi::OsString> = [
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        // Every host but 127.0.0.1 fails to resolve: a page that needs a CDN shows it.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let browser = Browser::new(LaunchOptions {
+        path: Some(chromium.into()),
+        headless: true,
+        sandbox: false,
+        window_size: Some((1400, 1000)),
+        user_data_dir: Some(dir.path().join("chromium-profile")),
+        idle_browser_timeout: Duration::from_secs(120),
+        args: flags.iter().map(|f| f.as_os_str()).collect(),
+        ..LaunchOptions::default()
+    })
+    .expect("start chromium");
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&format!("{}/api/analytics/dashboard", c.base))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    tab.wait_for_element("#email").unwrap().click().unwrap();
+    tab.type_str("admin@example.com").unwrap();
+    tab.find_element("#password").unwrap().click().unwrap();
+    tab.type_str(PASSWORD).unwrap();
+    tab.find_element("#signin-button").unwrap().click().unwrap();
+    let text = |selector: &str| {
+        tab.find_element(selector)
+            .and_then(|e| e.get_inner_text())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text("#status").starts_with("Live") {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not go live: status {:?}, error {:?}",
+            text("#status"),
+            text("#signin-error")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(text("#orders-today"), "0");
+    // A mark on the page: a reload would lose it.
+    tab.evaluate("window.__stillHere = 'yes'", false).unwrap();
+
+    let order = c.order(&ann, &card, "MUG-1", 2).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while text("#orders-today") != "1" || !text("#top-products").contains("MUG-1") {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not move: orders {:?}, top products {:?}",
+            text("#orders-today"),
+            text("#top-products")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        text("#revenue-today").contains("25"),
+        "{}",
+        text("#revenue-today")
+    );
+    assert_eq!(text("#placed-today"), "1");
+    let mark = tab.evaluate("window.__stillHere", false).unwrap();
+    assert_eq!(mark.value, Some(json!("yes")), "the page was reloaded");
+    // The chart was drawn (uPlot renders to a canvas).
+    let canvases = tab
+        .evaluate(
+            "document.querySelectorAll('#chart-orders canvas').length",
+            false,
+        )
+        .unwrap();
+    assert_eq!(canvases.value, Some(json!(1)));
+
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    let artifact = Path::new(env!("CARGO_TARGET_TMPDIR")).join("analytics-dashboard.png");
+    std::fs::write(&artifact, png).unwrap();
+    eprintln!("dashboard screenshot: {}", artifact.display());
+}

@@ -12,6 +12,7 @@
 //! - [`reports`]: a metric over time, top products, the funnel, as JSON or CSV.
 
 pub mod api;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod ingest;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use axum::routing::get;
 use axum::Router;
 use kit::config::{ConfigError, Setting};
 use kit::inbox::ConsumerOptions;
@@ -118,6 +120,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Bumped after every commit that changed the rollups (live views wait on it).
     pub changes: watch::Sender<u64>,
+    /// The dashboard's latest snapshot, shared by its live streams.
+    pub live: Arc<dashboard::Live>,
 }
 
 impl AppState {
@@ -139,6 +143,7 @@ pub struct Service {
     pub state: AppState,
     consumer: Consumer,
     housekeeping: tokio::task::JoinHandle<()>,
+    live: tokio::task::JoinHandle<()>,
 }
 
 impl Service {
@@ -173,6 +178,7 @@ impl Service {
             dedup_window_ms: settings.dedup_window.as_millis() as i64,
         });
         let housekeeping = tokio::spawn(housekeeping(ingest.clone(), settings.housekeeping));
+        let (live, live_task) = dashboard::Live::spawn(db.clone(), changes.subscribe());
         Ok(Service {
             state: AppState {
                 db,
@@ -181,9 +187,11 @@ impl Service {
                 ingest,
                 metrics,
                 changes,
+                live,
             },
             consumer,
             housekeeping,
+            live: live_task,
         })
     }
 }
@@ -239,6 +247,7 @@ impl kit::Service for Service {
     async fn shutdown(self) {
         self.consumer.shutdown().await;
         self.housekeeping.abort();
+        self.live.abort();
     }
 }
 
@@ -247,7 +256,14 @@ pub fn router(state: AppState) -> Router {
     let telemetry = Telemetry::for_service("analytics", &state.db, state.bus.as_ref());
     state.metrics.register(telemetry.registry());
     let (api, doc) = api().split_for_parts();
+    // The page, its assets and its event stream are not API operations: they are left out
+    // of the OpenAPI document (the snapshot operation describes the stream).
+    let pages = Router::new()
+        .route("/analytics/dashboard", get(dashboard::page))
+        .route("/analytics/dashboard/assets/{file}", get(dashboard::asset))
+        .route("/analytics/dashboard/live", get(dashboard::live));
     let api = api
+        .merge(pages)
         .with_state(state)
         .merge(kit::openapi::serve(&finish(doc)));
     telemetry.wrap(api)
@@ -263,6 +279,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reports::get_top_products))
         .routes(routes!(reports::get_funnel))
         .routes(routes!(api::rebuild))
+        .routes(routes!(dashboard::get_snapshot))
 }
 
 fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {

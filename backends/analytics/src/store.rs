@@ -94,7 +94,17 @@ async fn advance_watermark(tx: &mut Transaction<'static, Any>, at: i64) -> Resul
 }
 
 /// What ingest did with events, by outcome.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Counts {
     /// Stored and rolled up.
     pub accepted: i64,

@@ -2,6 +2,7 @@
 //! real bus, batches posted over HTTP.
 
 mod binary;
+mod dashboard;
 mod facts;
 mod helpers;
 mod ingest;

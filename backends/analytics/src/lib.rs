@@ -176,6 +176,7 @@ impl Service {
             bots: isbot::Bots::default(),
             lateness_ms: settings.lateness.as_millis() as i64,
             dedup_window_ms: settings.dedup_window.as_millis() as i64,
+            sqlite_writer: tokio::sync::Mutex::new(()),
         });
         let housekeeping = tokio::spawn(housekeeping(ingest.clone(), settings.housekeeping));
         let (live, live_task) = dashboard::Live::spawn(db.clone(), changes.subscribe());

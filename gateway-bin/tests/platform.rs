@@ -735,6 +735,7 @@ async fn the_readme_shop_flow_runs_as_written() {
         r#"{"status":"confirmed","total":2500,"currency":"EUR","payment":"captured","inventory":"committed"}"#,
         r#""on_hand":8,"reserved":0"#,
         r#"{"sum":0,"unbalanced_transactions":0}"#,
+        "1,MUG-001,EUR,2500,2,1",
     ];
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
@@ -748,10 +749,13 @@ async fn the_readme_shop_flow_runs_as_written() {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     {
-        let (_gateway, base) = start_with(dir.path(), None, &[], &[]);
+        let (gateway, base) = start_with(dir.path(), None, &[], &[]);
         wait_ready(&http, &base).await;
         let out = run_block(&blocks[0], &base);
         assert!(out.contains("admin@example.com"), "{out}");
+        // "stop the platform (Ctrl-C)": a graceful stop. (After a SIGKILL a delivery that
+        // was in flight waits out its ack deadline before the consumer moves on.)
+        gateway.terminate();
     }
     let (variable, rest) = blocks[1]
         .trim()

@@ -385,8 +385,37 @@ pub async fn report(db: &kit::Db, q: &ReportQuery) -> Result<Report, Error> {
     })
 }
 
+/// A row type with its CSV header (written also when there are no rows, so an empty
+/// report still opens in a spreadsheet with its columns).
+pub trait CsvRow: Serialize {
+    /// The column names, in field order.
+    const HEADER: &'static [&'static str];
+}
+
+impl CsvRow for ReportRow {
+    const HEADER: &'static [&'static str] =
+        &["bucket", "group", "currency", "count", "sum", "min", "max"];
+}
+
+impl CsvRow for TopProduct {
+    const HEADER: &'static [&'static str] =
+        &["rank", "product", "currency", "revenue", "units", "orders"];
+}
+
+impl CsvRow for FunnelDay {
+    const HEADER: &'static [&'static str] = &[
+        "day",
+        "viewed",
+        "placed",
+        "confirmed",
+        "placed_per_view",
+        "confirmed_per_placed",
+        "confirmed_per_view",
+    ];
+}
+
 /// JSON, or CSV of `rows` when asked for (the `.csv` path or `Accept: text/csv`).
-fn answer<T: Serialize, R: Serialize>(
+fn answer<T: Serialize, R: CsvRow>(
     csv: bool,
     headers: &HeaderMap,
     whole: &T,
@@ -415,10 +444,12 @@ fn answer<T: Serialize, R: Serialize>(
 }
 
 /// `rows` as CSV with a header row (RFC 4180: CRLF, quotes where needed).
-pub fn to_csv<R: Serialize>(rows: &[R]) -> Result<String, Error> {
+pub fn to_csv<R: CsvRow>(rows: &[R]) -> Result<String, Error> {
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
+        .has_headers(false)
         .from_writer(Vec::new());
+    w.write_record(R::HEADER).map_err(csv_error)?;
     for r in rows {
         w.serialize(r).map_err(csv_error)?;
     }
@@ -728,4 +759,55 @@ pub async fn get_funnel(
     require_admin(&id)?;
     let r = funnel(&s.db, &query(q)?).await?;
     answer(false, &headers, &r, &r.rows, "funnel")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header names exactly the fields the row serializes.
+    fn same_columns<R: CsvRow>(row: &R) {
+        let json = serde_json::to_value(row).unwrap();
+        let mut fields: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut header = R::HEADER.to_vec();
+        fields.sort();
+        header.sort();
+        assert_eq!(fields, header);
+    }
+
+    #[test]
+    fn csv_headers_match_the_fields_and_come_without_rows_too() {
+        assert_eq!(
+            to_csv::<ReportRow>(&[]).unwrap(),
+            "bucket,group,currency,count,sum,min,max\r\n"
+        );
+        let row = ReportRow {
+            bucket: "b".into(),
+            group: Some("a \"quoted\", value".into()),
+            currency: None,
+            count: 1,
+            sum: 2,
+            min: 2,
+            max: 2,
+        };
+        same_columns(&row);
+        same_columns(&TopProduct {
+            rank: 1,
+            product: "p".into(),
+            currency: "EUR".into(),
+            revenue: 1,
+            units: 1,
+            orders: 1,
+        });
+        same_columns(&funnel_day("d".into(), 1, 1, 1));
+        assert_eq!(
+            to_csv(&[row]).unwrap(),
+            "bucket,group,currency,count,sum,min,max\r\nb,\"a \"\"quoted\"\", value\",,1,2,2,2\r\n"
+        );
+    }
 }

@@ -175,7 +175,8 @@ async fn plain_write(State(db): State<kit::Db>, body: Bytes) -> axum::http::Stat
     axum::http::StatusCode::ACCEPTED
 }
 
-async fn ingest(label: &str, db: TestDb, args: &Args) {
+/// The service on `db` with its default settings, and keys for its tokens.
+async fn service(db: &TestDb) -> (TestKeys, Service) {
     let keys = TestKeys::default();
     let service = Service::start(
         db.db.clone(),
@@ -185,6 +186,11 @@ async fn ingest(label: &str, db: TestDb, args: &Args) {
     )
     .await
     .unwrap();
+    (keys, service)
+}
+
+async fn ingest(label: &str, db: TestDb, args: &Args) {
+    let (keys, service) = service(&db).await;
     let app = spawn_app(service.router()).await;
     let token = keys.token("bench-user", &["customer"], &[]);
     let (rate, p50, p99) = drive(&app.url("/analytics/events"), &token, args).await;
@@ -223,15 +229,7 @@ async fn ingest(label: &str, db: TestDb, args: &Args) {
 }
 
 async fn reports(label: &str, db: TestDb, args: &Args) {
-    let keys = TestKeys::default();
-    let service = Service::start(
-        db.db.clone(),
-        Settings::default(),
-        keys.verifier.clone(),
-        kit::testing::bus().await,
-    )
-    .await
-    .unwrap();
+    let (keys, service) = service(&db).await;
     let day_ms = 86_400_000i64;
     let end = jiff::Timestamp::now().as_millisecond().div_euclid(day_ms) * day_ms;
     let start = end - 90 * day_ms;

@@ -326,3 +326,35 @@ macro_rules! problem_glue {
         }
     };
 }
+
+/// The error of a service whose handlers fail only in the common ways (notification,
+/// analytics): a service with failures of its own keeps its own enum with
+/// [`problem_glue!`](crate::problem_glue).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Input that breaks a rule: 422 with each field's problem.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// No such thing (or not the caller's): 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// An answer already shaped as a problem (auth and extractor rejections).
+    #[error("{0}")]
+    Problem(Problem),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+crate::problem_glue!(ServiceError, db: Db);
+
+impl ServiceError {
+    fn problem(self) -> Problem {
+        match self {
+            ServiceError::Invalid(errors) => Problem::invalid(errors),
+            ServiceError::NotFound(what) => Problem::not_found(what),
+            ServiceError::Problem(p) => p,
+            ServiceError::Db(e) => e.into(),
+        }
+    }
+}

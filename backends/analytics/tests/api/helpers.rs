@@ -99,6 +99,28 @@ impl TestAnalytics {
             .unwrap()
     }
 
+    /// `GET path` as `token`: its JSON body, which must come with 200.
+    pub async fn json(&self, path: &str, token: &str) -> Value {
+        let r = self.get(path, token).await;
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+
+    /// `GET path` as `token` with `Accept: text/csv`: the body.
+    pub async fn csv(&self, path: &str, token: &str) -> String {
+        let r = self
+            .app
+            .client
+            .get(self.app.url(path))
+            .bearer_auth(token)
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
     /// Publishes `topic` with `payload` as the producing service's relay would.
     pub async fn publish(&self, topic: &str, payload: Value, occurred_at: i64) -> Event {
         let event = Event {

@@ -127,27 +127,13 @@ async fn csv_and_json_of_a_report_carry_the_same_rows_and_days_follow_the_time_z
         assert_eq!(from_csv, rows, "{label}: the same rows as the JSON");
         assert!(text.ends_with("\r\n"), "RFC 4180 line ends");
         // Accept: text/csv on the JSON path gives the same CSV.
-        let negotiated = a
-            .app
-            .client
-            .get(a.app.url(&format!("/analytics/reports?{q}")))
-            .bearer_auth(&admin)
-            .header("accept", "text/csv")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let negotiated = a.csv(&format!("/analytics/reports?{q}"), &admin).await;
         assert_eq!(negotiated, text);
 
         // In Paris (UTC+1 in March) the 23:30 UTC order of the 9th is on the 10th.
         let paris = a
-            .get(&format!("/analytics/reports?{q}&tz=Europe/Paris"), &admin)
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
+            .json(&format!("/analytics/reports?{q}&tz=Europe/Paris"), &admin)
+            .await;
         let days: Vec<(&str, &str, i64)> = paris["rows"]
             .as_array()
             .unwrap()
@@ -171,11 +157,8 @@ async fn csv_and_json_of_a_report_carry_the_same_rows_and_days_follow_the_time_z
         );
         // India's midnight is at :30 UTC: the days come from minute buckets.
         let kolkata = a
-            .get(&format!("/analytics/reports?{q}&tz=Asia/Kolkata"), &admin)
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
+            .json(&format!("/analytics/reports?{q}&tz=Asia/Kolkata"), &admin)
+            .await;
         let eur: i64 = kolkata["rows"]
             .as_array()
             .unwrap()
@@ -192,15 +175,12 @@ async fn top_products_and_the_funnel() {
     let a = start(kit::testing::sqlite().await).await;
     shop_history(&a).await;
     let admin = a.admin();
-    let top: Value = a
-        .get(
+    let top = a
+        .json(
             "/analytics/reports/top-products?from=2026-03-09&to=2026-03-11",
             &admin,
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let ranked: Vec<(i64, &str, &str, i64, i64)> = top["rows"]
         .as_array()
         .unwrap()
@@ -226,34 +206,22 @@ async fn top_products_and_the_funnel() {
     );
     // A SKU with a comma and quotes survives CSV (RFC 4180 quoting).
     let csv = a
-        .app
-        .client
-        .get(
-            a.app
-                .url("/analytics/reports/top-products?from=2026-03-09&to=2026-03-11"),
+        .csv(
+            "/analytics/reports/top-products?from=2026-03-09&to=2026-03-11",
+            &admin,
         )
-        .bearer_auth(&admin)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .await;
     assert!(
         csv.contains("1,\"TEE, \"\"large\"\"\",EUR,6000,3,1\r\n"),
         "{csv}"
     );
 
-    let funnel: Value = a
-        .get(
+    let funnel = a
+        .json(
             "/analytics/reports/funnel?from=2026-03-09&to=2026-03-11",
             &admin,
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let days: Vec<(i64, i64, i64)> = funnel["rows"]
         .as_array()
         .unwrap()

@@ -358,3 +358,14 @@ impl ServiceError {
         }
     }
 }
+
+/// Parses an optional JSON body: an empty body, or `null`, is `T::default()` (the OpenAPI
+/// document describes such a body as "null or T"); anything else must be a `T` (422).
+pub fn optional_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Problem::unprocessable(format!("the body is not valid: {e}")))
+}

@@ -597,16 +597,7 @@ pub struct Capture {
 /// Parses an optional JSON body (an empty body, or `null`, is `T::default()`: the
 /// OpenAPI document describes an optional body as "null or T").
 pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice::<Option<T>>(body)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| {
-            Error::Problem(kit::Problem::unprocessable(format!(
-                "the body is not valid: {e}"
-            )))
-        })
+    Ok(kit::problem::optional_body(body)?)
 }
 
 /// `POST /payment-intents/{id}/capture`: `requires_capture` → `succeeded`.

@@ -88,6 +88,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
     responses(
         (status = 200, description = "Logged in", body = Tokens),
         (status = 401, description = "Wrong email or password (the same answer for both)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The right password for an account an admin disabled (a wrong one gets the 401 above)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed logins for this email; wait `Retry-After` seconds", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered"))),
     ))]
@@ -102,7 +103,7 @@ pub async fn login(
     if let Some(retry_after_s) = locked_out(&s, &email, now).await? {
         return Err(Error::Throttled { retry_after_s });
     }
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+    let row = sqlx::query("SELECT id, password_hash, disabled_at FROM users WHERE email = $1")
         .bind(&email)
         .fetch_optional(s.db.pool())
         .await?;
@@ -113,6 +114,10 @@ pub async fn login(
         return Err(Error::BadCredentials);
     };
     let user_id: String = row.get("id");
+    // Only someone who knows the password learns that the account is disabled.
+    if row.get::<Option<i64>, _>("disabled_at").is_some() {
+        return Err(Error::Disabled);
+    }
     sqlx::query("DELETE FROM login_failures WHERE email = $1")
         .bind(&email)
         .execute(s.db.pool())
@@ -130,6 +135,19 @@ pub async fn login(
     let session_id = new_id();
     let refresh = new_refresh_token();
     let mut tx = s.db.begin().await?;
+    // The account's row is the gate between a login and a disable racing it: this
+    // conditional update waits for a disable in progress and then finds the account
+    // disabled, or goes first, and the disable's revocation then sees this session.
+    let active = sqlx::query(
+        "UPDATE users SET updated_at = updated_at WHERE id = $1 AND disabled_at IS NULL",
+    )
+    .bind(&user_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if active == 0 {
+        return Err(Error::Disabled);
+    }
     sqlx::query(
         "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, user_agent) \
          VALUES ($1, $2, $3, $3, $4, $5)",
@@ -281,8 +299,9 @@ pub async fn refresh(
     .await?
     .rows_affected();
     let row = sqlx::query(
-        "SELECT s.id, s.user_id, s.revoked_at, s.expires_at FROM refresh_tokens r \
-         JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
+        "SELECT s.id, s.user_id, s.revoked_at, s.expires_at, u.disabled_at \
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id \
+         JOIN users u ON u.id = s.user_id WHERE r.token_hash = $1",
     )
     .bind(&hash)
     .fetch_optional(&mut *tx)
@@ -314,7 +333,8 @@ pub async fn refresh(
     }
     let revoked: Option<i64> = row.get("revoked_at");
     let expires_at: i64 = row.get("expires_at");
-    if revoked.is_some() || expires_at <= now {
+    let disabled: Option<i64> = row.get("disabled_at");
+    if revoked.is_some() || expires_at <= now || disabled.is_some() {
         tx.commit().await?;
         return Err(Error::BadRefreshToken(
             "the session has ended; log in again",

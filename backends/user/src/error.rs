@@ -31,6 +31,10 @@ pub enum Error {
     /// The access token's session has ended: 401.
     #[error("the session has ended")]
     SessionEnded,
+    /// The right password for an account an admin disabled: 403 (a wrong password gets
+    /// [`Error::BadCredentials`] as for any account).
+    #[error("the account is disabled")]
+    Disabled,
     /// Not allowed: 403.
     #[error("{0}")]
     Forbidden(String),
@@ -68,6 +72,7 @@ impl Error {
                 Problem::new(StatusCode::UNAUTHORIZED).detail(why.to_owned())
             }
             Error::SessionEnded => Problem::unauthorized("the session has ended; log in again"),
+            Error::Disabled => Problem::forbidden("this account is disabled; contact the shop"),
             Error::Forbidden(why) => Problem::forbidden(why),
             Error::NotFound(what) => Problem::not_found(what),
             Error::Problem(p) => p,

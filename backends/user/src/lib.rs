@@ -14,6 +14,7 @@
 //! it expires (at most 15 minutes).
 
 pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -317,6 +318,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::list_sessions))
         .routes(routes!(auth::revoke_session))
         .routes(routes!(accounts::set_roles))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::get))
+        .routes(routes!(admin::disable))
+        .routes(routes!(admin::enable))
         .routes(routes!(auth::rotate_keys))
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))

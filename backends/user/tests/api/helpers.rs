@@ -107,6 +107,17 @@ impl TestUser {
             .unwrap()
     }
 
+    pub async fn post_json_auth(&self, path: &str, access: &str, body: Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(access)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn register(&self, email: &str) -> Response {
         self.post(
             "/users",

@@ -42,7 +42,7 @@ pub struct AdminAccount {
     /// Unix ms.
     pub created_at: i64,
     /// `active` or `disabled`.
-    pub status: Status,
+    pub status: AccountStatus,
     /// When it was disabled (Unix ms), while it is.
     pub disabled_at: Option<i64>,
     /// Why, as the admin wrote it, while it is disabled.
@@ -52,7 +52,7 @@ pub struct AdminAccount {
 /// Whether an account may log in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub enum AccountStatus {
     /// It may.
     Active,
     /// It may not; its sessions have ended.
@@ -101,7 +101,7 @@ pub struct ListQuery {
     #[param(example = "customer")]
     pub role: Option<String>,
     /// `active` or `disabled`.
-    pub status: Option<Status>,
+    pub status: Option<AccountStatus>,
     /// Page size, 1 to 100 (default 20).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -129,9 +129,9 @@ async fn account_of(s: &AppState, r: &AnyRow) -> Result<AdminAccount, Error> {
         name: r.try_get("name").map_err(kit::DbError::from)?,
         created_at: r.try_get("created_at").map_err(kit::DbError::from)?,
         status: if disabled_at.is_some() {
-            Status::Disabled
+            AccountStatus::Disabled
         } else {
-            Status::Active
+            AccountStatus::Active
         },
         disabled_at,
         disabled_reason: r.try_get("disabled_reason").map_err(kit::DbError::from)?,
@@ -198,8 +198,8 @@ pub async fn list(
     .bind(q.role.as_deref().unwrap_or_default())
     .bind(match q.status {
         None => "",
-        Some(Status::Active) => "active",
-        Some(Status::Disabled) => "disabled",
+        Some(AccountStatus::Active) => "active",
+        Some(AccountStatus::Disabled) => "disabled",
     })
     .bind(limit + 1)
     .fetch_all(s.db.pool())

@@ -169,6 +169,18 @@ pub async fn load(db: &kit::Db, intent_id: &str) -> Result<Option<Intent>, Error
     Ok(row.as_ref().map(Intent::from_row).transpose()?)
 }
 
+/// [`load`] inside `tx`.
+pub async fn load_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    intent_id: &str,
+) -> Result<Option<Intent>, Error> {
+    let row = sqlx::query("SELECT * FROM payment_intents WHERE id = $1")
+        .bind(intent_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.as_ref().map(Intent::from_row).transpose()?)
+}
+
 /// Loads an intent the caller may see: its owner's, or anyone's for staff; otherwise 404
 /// (whether someone else's intent exists is not the caller's business).
 async fn load_visible(state: &AppState, id: &Identity, intent_id: &str) -> Result<Intent, Error> {

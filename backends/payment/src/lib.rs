@@ -399,12 +399,16 @@ impl Service {
 }
 
 /// At start and every 30 s: intents stuck in `processing` for twice the processor deadline
-/// (their process died mid-authorization) are voided and canceled.
+/// (their process died mid-authorization) are voided and canceled, and refunds left
+/// `pending` that long are settled with the processor.
 async fn recover_interrupted_forever(state: AppState) {
     let older_than = (state.settings.processor_deadline * 2).max(Duration::from_secs(5));
     loop {
         if let Err(e) = intents::recover_interrupted(&state, older_than).await {
             tracing::warn!(error = %e, "recovering interrupted payment intents failed");
+        }
+        if let Err(e) = refunds::settle_pending(&state, older_than).await {
+            tracing::warn!(error = %e, "settling pending refunds failed");
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
     }

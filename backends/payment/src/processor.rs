@@ -91,13 +91,23 @@ pub trait Processor: Send + Sync + 'static {
     async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError>;
     /// Releases the hold of `reference` (also when there is none: idempotent).
     async fn void(&self, reference: &str) -> Result<(), ProcessorError>;
-    /// Returns `amount` of what `reference` captured, once per `refund_id`.
+    /// Returns `amount` of what `reference` captured, once per `refund_id` (a repeated call
+    /// with the same `refund_id` answers as the first and refunds nothing more).
     async fn refund(
         &self,
         reference: &str,
         refund_id: &str,
         amount: i64,
     ) -> Result<(), ProcessorError>;
+
+    /// What the processor did with the refund `refund_id`: `Some(amount)` when it refunded,
+    /// `None` when it never did. A processor without a lookup answers `Unavailable`, and
+    /// recovery then repeats the (idempotent) refund call instead.
+    async fn refund_status(&self, _refund_id: &str) -> Result<Option<i64>, ProcessorError> {
+        Err(ProcessorError::Unavailable(
+            "this processor has no refund lookup".into(),
+        ))
+    }
 }
 
 /// How a simulated card behaves.
@@ -143,7 +153,8 @@ pub struct SimulatedProcessor {
     authorizations: AtomicU64,
     captures: AtomicU64,
     voids: AtomicU64,
-    refunds: AtomicU64,
+    /// Refunds by refund id: (amount, calls), so a repeated call refunds nothing more.
+    refunds: std::sync::Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl Default for SimulatedProcessor {
@@ -179,7 +190,7 @@ impl SimulatedProcessor {
             authorizations: AtomicU64::new(0),
             captures: AtomicU64::new(0),
             voids: AtomicU64::new(0),
-            refunds: AtomicU64::new(0),
+            refunds: std::sync::Mutex::default(),
         }
     }
 
@@ -198,9 +209,18 @@ impl SimulatedProcessor {
         self.voids.load(Ordering::SeqCst)
     }
 
-    /// Refunds done.
+    /// Refunds done (each refund id once, however often it was asked).
     pub fn refunds(&self) -> u64 {
-        self.refunds.load(Ordering::SeqCst)
+        self.refunds.lock().expect("refunds").len() as u64
+    }
+
+    /// How often the refund `refund_id` was asked for.
+    pub fn refund_calls(&self, refund_id: &str) -> u64 {
+        self.refunds
+            .lock()
+            .expect("refunds")
+            .get(refund_id)
+            .map_or(0, |(_, calls)| *calls)
     }
 
     fn behavior(&self, token: &str) -> Behavior {
@@ -260,10 +280,20 @@ impl Processor for SimulatedProcessor {
     async fn refund(
         &self,
         _reference: &str,
-        _refund_id: &str,
-        _amount: i64,
+        refund_id: &str,
+        amount: i64,
     ) -> Result<(), ProcessorError> {
-        self.refunds.fetch_add(1, Ordering::SeqCst);
+        let mut refunds = self.refunds.lock().expect("refunds");
+        refunds.entry(refund_id.to_owned()).or_insert((amount, 0)).1 += 1;
         Ok(())
+    }
+
+    async fn refund_status(&self, refund_id: &str) -> Result<Option<i64>, ProcessorError> {
+        Ok(self
+            .refunds
+            .lock()
+            .expect("refunds")
+            .get(refund_id)
+            .map(|(amount, _)| *amount))
     }
 }

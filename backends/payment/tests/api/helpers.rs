@@ -40,6 +40,16 @@ pub async fn spawn(db: TestDb) -> TestPay {
 }
 
 pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestPay {
+    spawn_wrapped(db, tweak, |p| p).await
+}
+
+/// [`spawn_with`] whose service talks to the simulator through `wrap` (a processor that
+/// fails on purpose); `TestPay::processor` is still the simulator itself.
+pub async fn spawn_wrapped(
+    db: TestDb,
+    tweak: impl FnOnce(&mut Settings),
+    wrap: impl FnOnce(Arc<SimulatedProcessor>) -> Arc<dyn payment_service::Processor>,
+) -> TestPay {
     let mut s = settings();
     tweak(&mut s);
     let key = SigningKey::generate();
@@ -51,9 +61,14 @@ pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestPa
         "gatehouse",
     );
     let processor = Arc::new(SimulatedProcessor::new(Duration::from_secs(30)));
-    let state = AppState::build_with(db.db.clone(), s, Arc::new(verifier), processor.clone())
-        .await
-        .expect("payment service state");
+    let state = AppState::build_with(
+        db.db.clone(),
+        s,
+        Arc::new(verifier),
+        wrap(processor.clone()),
+    )
+    .await
+    .expect("payment service state");
     let app = spawn_app(router(state.clone())).await;
     TestPay {
         app,

@@ -1,5 +1,11 @@
 //! Refunds never exceed the capture, even when they race.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use payment_service::cards::CardNumber;
+use payment_service::processor::{Authorization, Authorize, ProcessorError, Tokenized};
+use payment_service::{Processor, SimulatedProcessor};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -97,4 +103,165 @@ async fn refunds_need_the_refund_permission_and_a_positive_amount() {
         StatusCode::CONFLICT,
         "nothing left"
     );
+}
+
+/// How a [`Flaky`] processor fails a refund.
+#[derive(Clone, Copy)]
+enum Refunds {
+    /// The simulator refunds, and the answer is lost (the service stopped, or the network
+    /// dropped it, between the processor's yes and the finalizing commit).
+    DoneButLost,
+    /// The processor refuses.
+    Refused,
+}
+
+/// The simulator, with refunds that fail as told.
+struct Flaky {
+    inner: Arc<SimulatedProcessor>,
+    refunds: Refunds,
+}
+
+#[async_trait::async_trait]
+impl Processor for Flaky {
+    async fn tokenize(&self, n: &CardNumber) -> Result<Tokenized, ProcessorError> {
+        self.inner.tokenize(n).await
+    }
+    async fn authorize(&self, r: Authorize<'_>) -> Result<Authorization, ProcessorError> {
+        self.inner.authorize(r).await
+    }
+    async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError> {
+        self.inner.capture(reference, amount).await
+    }
+    async fn void(&self, reference: &str) -> Result<(), ProcessorError> {
+        self.inner.void(reference).await
+    }
+    async fn refund(&self, reference: &str, id: &str, amount: i64) -> Result<(), ProcessorError> {
+        match self.refunds {
+            Refunds::DoneButLost => {
+                self.inner.refund(reference, id, amount).await?;
+                Err(ProcessorError::Unavailable("connection reset".into()))
+            }
+            Refunds::Refused => Err(ProcessorError::Declined("refund_not_allowed".into())),
+        }
+    }
+    async fn refund_status(&self, id: &str) -> Result<Option<i64>, ProcessorError> {
+        self.inner.refund_status(id).await
+    }
+}
+
+/// The processor refunded but its answer never reached the record: the refund is `pending`
+/// (202) with its amount held, recovery asks the processor and books it once; the processor
+/// saw one refund for that reference, and the ledger balances.
+#[tokio::test]
+async fn a_refund_whose_answer_was_lost_is_settled_from_the_processor_once() {
+    for db in kit::testing::databases().await {
+        let t = spawn_wrapped(
+            db,
+            |_| {},
+            |sim| {
+                Arc::new(Flaky {
+                    inner: sim,
+                    refunds: Refunds::DoneButLost,
+                })
+            },
+        )
+        .await;
+        let label = t.label();
+        let auth = t.authorized("ann", VISA, 1000).await;
+        let id = auth["id"].as_str().unwrap();
+        assert_eq!(t.act(id, "capture", json!({})).await.0, StatusCode::OK);
+        let captured = TestPay::account(&t.ledger().await, "merchant_revenue");
+        let (status, refund) = t.act(id, "refunds", json!({ "amount": 400 })).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{label}: {refund}");
+        assert_eq!(refund["status"], "pending", "{label}");
+        // Held: only 600 is refundable while it is pending.
+        let (status, over) = t.act(id, "refunds", json!({ "amount": 700 })).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{label}: {over}");
+        assert_eq!(over["refundable"], 600, "{label}");
+        let before = t.ledger().await;
+        assert_eq!(
+            TestPay::account(&before, "merchant_revenue"),
+            captured,
+            "{label}: not booked yet"
+        );
+
+        let settled = payment_service::refunds::settle_pending(&t.state, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(settled, 1, "{label}");
+        assert_eq!(
+            payment_service::refunds::settle_pending(&t.state, Duration::ZERO)
+                .await
+                .unwrap(),
+            0,
+            "{label}: settled once"
+        );
+        let refund_id = refund["id"].as_str().unwrap();
+        assert_eq!(
+            t.processor.refund_calls(refund_id),
+            1,
+            "{label}: asked, not repeated"
+        );
+        let status: String = sqlx::query_scalar("SELECT status FROM refunds WHERE id = $1")
+            .bind(refund_id)
+            .fetch_one(t.db.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(status, "succeeded", "{label}");
+        let l = t.ledger().await;
+        assert_eq!(
+            TestPay::account(&l, "merchant_revenue"),
+            captured + 400,
+            "{label}: {l}"
+        );
+        assert_eq!(
+            (l["sum"].as_i64(), l["unbalanced_transactions"].as_i64()),
+            (Some(0), Some(0))
+        );
+        let events: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM kit_outbox WHERE topic = 'payment.refunded'")
+                .fetch_one(t.db.db.pool())
+                .await
+                .unwrap();
+        assert_eq!(events, 1, "{label}");
+    }
+}
+
+/// A refund the processor refuses ends `failed` and its amount is refundable again.
+#[tokio::test]
+async fn a_refused_refund_releases_its_amount() {
+    for db in kit::testing::databases().await {
+        let t = spawn_wrapped(
+            db,
+            |_| {},
+            |sim| {
+                Arc::new(Flaky {
+                    inner: sim,
+                    refunds: Refunds::Refused,
+                })
+            },
+        )
+        .await;
+        let label = t.label();
+        let auth = t.authorized("ann", VISA, 1000).await;
+        let id = auth["id"].as_str().unwrap();
+        assert_eq!(t.act(id, "capture", json!({})).await.0, StatusCode::OK);
+        let captured = TestPay::account(&t.ledger().await, "merchant_revenue");
+        let (status, problem) = t.act(id, "refunds", json!({ "amount": 400 })).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{label}: {problem}");
+        let r = t.get(&format!("/payment-intents/{id}"), &t.service()).await;
+        let now: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(now["amount_refunded"], 0, "{label}");
+        let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM refunds")
+            .fetch_all(t.db.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(statuses, ["failed"], "{label}");
+        let l = t.ledger().await;
+        assert_eq!(
+            TestPay::account(&l, "merchant_revenue"),
+            captured,
+            "{label}"
+        );
+    }
 }

@@ -149,28 +149,35 @@ impl Processor for Flaky {
     }
 }
 
+/// A service whose refunds fail as `refunds` says, and an intent of 1 000 captured through
+/// it; the merchant revenue account's balance after the capture.
+async fn captured_through(db: kit::testing::TestDb, refunds: Refunds) -> (TestPay, String, i64) {
+    let t = spawn_wrapped(
+        db,
+        |_| {},
+        |sim| {
+            Arc::new(Flaky {
+                inner: sim,
+                refunds,
+            })
+        },
+    )
+    .await;
+    let auth = t.authorized("ann", VISA, 1000).await;
+    let id = auth["id"].as_str().unwrap().to_owned();
+    assert_eq!(t.act(&id, "capture", json!({})).await.0, StatusCode::OK);
+    let captured = TestPay::account(&t.ledger().await, "merchant_revenue");
+    (t, id, captured)
+}
+
 /// The processor refunded but its answer never reached the record: the refund is `pending`
 /// (202) with its amount held, recovery asks the processor and books it once; the processor
 /// saw one refund for that reference, and the ledger balances.
 #[tokio::test]
 async fn a_refund_whose_answer_was_lost_is_settled_from_the_processor_once() {
     for db in kit::testing::databases().await {
-        let t = spawn_wrapped(
-            db,
-            |_| {},
-            |sim| {
-                Arc::new(Flaky {
-                    inner: sim,
-                    refunds: Refunds::DoneButLost,
-                })
-            },
-        )
-        .await;
-        let label = t.label();
-        let auth = t.authorized("ann", VISA, 1000).await;
-        let id = auth["id"].as_str().unwrap();
-        assert_eq!(t.act(id, "capture", json!({})).await.0, StatusCode::OK);
-        let captured = TestPay::account(&t.ledger().await, "merchant_revenue");
+        let (t, id, captured) = captured_through(db, Refunds::DoneButLost).await;
+        let (id, label) = (id.as_str(), t.label());
         let (status, refund) = t.act(id, "refunds", json!({ "amount": 400 })).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{label}: {refund}");
         assert_eq!(refund["status"], "pending", "{label}");
@@ -231,22 +238,8 @@ async fn a_refund_whose_answer_was_lost_is_settled_from_the_processor_once() {
 #[tokio::test]
 async fn a_refused_refund_releases_its_amount() {
     for db in kit::testing::databases().await {
-        let t = spawn_wrapped(
-            db,
-            |_| {},
-            |sim| {
-                Arc::new(Flaky {
-                    inner: sim,
-                    refunds: Refunds::Refused,
-                })
-            },
-        )
-        .await;
-        let label = t.label();
-        let auth = t.authorized("ann", VISA, 1000).await;
-        let id = auth["id"].as_str().unwrap();
-        assert_eq!(t.act(id, "capture", json!({})).await.0, StatusCode::OK);
-        let captured = TestPay::account(&t.ledger().await, "merchant_revenue");
+        let (t, id, captured) = captured_through(db, Refunds::Refused).await;
+        let (id, label) = (id.as_str(), t.label());
         let (status, problem) = t.act(id, "refunds", json!({ "amount": 400 })).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{label}: {problem}");
         let r = t.get(&format!("/payment-intents/{id}"), &t.service()).await;

@@ -262,17 +262,25 @@ impl Live {
     }
 }
 
+/// The page, rendered once: nothing in it changes while the process runs.
+fn rendered_page() -> &'static Result<String, String> {
+    static PAGE_HTML: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PAGE_HTML.get_or_init(|| {
+        minijinja::Environment::new()
+            .render_str(
+                PAGE,
+                minijinja::context! {
+                    version => env!("CARGO_PKG_VERSION"),
+                    window => WINDOW_MINUTES,
+                },
+            )
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// `GET /analytics/dashboard`: the page.
 pub async fn page() -> Response {
-    let env = minijinja::Environment::new();
-    let rendered = env.render_str(
-        PAGE,
-        minijinja::context! {
-            version => env!("CARGO_PKG_VERSION"),
-            window => WINDOW_MINUTES,
-        },
-    );
-    match rendered {
+    match rendered_page() {
         Ok(html) => (
             [
                 (header::CACHE_CONTROL, "no-store"),
@@ -282,7 +290,7 @@ pub async fn page() -> Response {
                      connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 ),
             ],
-            Html(html),
+            Html(html.as_str()),
         )
             .into_response(),
         Err(e) => {

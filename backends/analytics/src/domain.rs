@@ -96,7 +96,7 @@ impl Handler for Facts {
 
     async fn committed(&self, event: &Event) {
         if project(event).is_some() {
-            self.metrics.events.with_label_values(&["fact"]).inc();
+            self.metrics.facts.inc();
             self.metrics
                 .rollup_lag_ms
                 .set((now_ms() - event.occurred_at).max(0));

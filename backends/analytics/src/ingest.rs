@@ -246,27 +246,12 @@ impl Ingest {
         let fresh = self
             .dedup(&mut tx, sender, &mut candidates, &mut results, now)
             .await?;
-        let mut visitors: HashMap<(Option<String>, Option<String>), Option<String>> =
-            HashMap::new();
+        let visitors = match &salts {
+            Some(salts) => visitors_of(&mut tx, salts, &sender.source, &fresh, now).await?,
+            None => vec![None; fresh.len()],
+        };
         let mut raw = Vec::with_capacity(fresh.len());
-        for c in fresh {
-            let visitor = match (&salts, visitors.get(&(c.ip.clone(), c.agent.clone()))) {
-                (_, Some(v)) => v.clone(),
-                (None, None) => None,
-                (Some(salts), None) => {
-                    let v = visitor::identify(
-                        &mut tx,
-                        salts,
-                        &sender.source,
-                        c.ip.as_deref().unwrap_or_default(),
-                        c.agent.as_deref().unwrap_or_default(),
-                        now,
-                    )
-                    .await?;
-                    visitors.insert((c.ip.clone(), c.agent.clone()), Some(v.clone()));
-                    Some(v)
-                }
-            };
+        for (c, visitor) in fresh.into_iter().zip(visitors) {
             results[c.index].status = Outcome::Accepted;
             let e = c.event;
             raw.push(RawEvent {
@@ -386,17 +371,55 @@ impl Ingest {
         let (fresh, seen): (Vec<_>, Vec<_>) = std::mem::take(candidates)
             .into_iter()
             .partition(|c| inserted.contains(&c.event.message_id));
+        // What the ids seen before carried, in one query per chunk (a retried batch repeats
+        // every id).
+        let mut before: HashMap<String, String> = HashMap::new();
+        for chunk in seen.chunks(1_000) {
+            let sql = format!(
+                "SELECT message_id, digest FROM seen WHERE source = $1 AND message_id IN ({})",
+                (2..chunk.len() + 2)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(sender.source.as_str());
+            for c in chunk {
+                q = q.bind(c.event.message_id.as_str());
+            }
+            before.extend(q.fetch_all(&mut **tx).await?);
+        }
         for c in seen {
-            let before: Option<String> =
-                sqlx::query_scalar("SELECT digest FROM seen WHERE source = $1 AND message_id = $2")
-                    .bind(&sender.source)
-                    .bind(&c.event.message_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            results[c.index].status = repeat(before.as_deref().unwrap_or_default(), &c.digest);
+            let first = before.get(&c.event.message_id).map_or("", String::as_str);
+            results[c.index].status = repeat(first, &c.digest);
         }
         Ok(fresh)
     }
+}
+
+/// The visitor id of each candidate, one [`visitor::identify`] per distinct (IP, agent).
+async fn visitors_of(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    salts: &visitor::Salts,
+    source: &str,
+    fresh: &[Candidate],
+    now: i64,
+) -> Result<Vec<Option<String>>, DbError> {
+    let mut known: HashMap<(Option<&str>, Option<&str>), String> = HashMap::new();
+    let mut ids = Vec::with_capacity(fresh.len());
+    for c in fresh {
+        let key = (c.ip.as_deref(), c.agent.as_deref());
+        let id = match known.get(&key) {
+            Some(id) => id.clone(),
+            None => {
+                let (ip, agent) = (key.0.unwrap_or_default(), key.1.unwrap_or_default());
+                let id = visitor::identify(tx, salts, source, ip, agent, now).await?;
+                known.insert(key, id.clone());
+                id
+            }
+        };
+        ids.push(Some(id));
+    }
+    Ok(ids)
 }
 
 fn repeat(first: &str, this: &str) -> Outcome {
@@ -453,7 +476,7 @@ fn digest(e: &TrackEvent) -> String {
         e.anonymous_id
     ]);
     let hash = Sha256::digest(canonical.to_string().as_bytes());
-    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+    kit::hex(&hash[..16])
 }
 
 /// Parses each raw event of a batch on its own: a malformed one becomes its reason.

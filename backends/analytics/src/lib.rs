@@ -127,8 +127,12 @@ pub struct AppState {
 impl AppState {
     /// Tells live views the rollups changed.
     pub fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        bump(&self.changes);
     }
+}
+
+fn bump(changes: &watch::Sender<u64>) {
+    changes.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -165,7 +169,7 @@ impl Service {
             domain::PATTERN,
             domain::Facts {
                 metrics: metrics.clone(),
-                changed: Arc::new(move || notify.send_modify(|n| *n = n.wrapping_add(1))),
+                changed: Arc::new(move || bump(&notify)),
             },
             ConsumerOptions::default(),
         )

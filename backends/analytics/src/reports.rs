@@ -6,18 +6,18 @@
 //! summed from hour buckets (or minute buckets for a zone whose midnights fall on the half
 //! hour), so a shop in Paris sees its own days.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
+use kit::Query;
 use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{query, Error};
+use crate::error::Error;
 use crate::measure::METRICS;
 use crate::rollup::{Agg, Granularity};
 use crate::sources::require_admin;
@@ -474,10 +474,10 @@ pub async fn get_report(
     State(s): State<AppState>,
     id: Identity,
     headers: HeaderMap,
-    q: Result<Query<ReportQuery>, QueryRejection>,
+    q: Query<ReportQuery>,
 ) -> Result<Response, Error> {
     require_admin(&id)?;
-    let q = query(q)?;
+    let Query(q) = q;
     let r = report(&s.db, &q).await?;
     answer(false, &headers, &r, &r.rows, &q.metric)
 }
@@ -492,10 +492,10 @@ pub async fn get_report_csv(
     State(s): State<AppState>,
     id: Identity,
     headers: HeaderMap,
-    q: Result<Query<ReportQuery>, QueryRejection>,
+    q: Query<ReportQuery>,
 ) -> Result<Response, Error> {
     require_admin(&id)?;
-    let q = query(q)?;
+    let Query(q) = q;
     let r = report(&s.db, &q).await?;
     answer(true, &headers, &r, &r.rows, &q.metric)
 }
@@ -621,10 +621,10 @@ pub async fn get_top_products(
     State(s): State<AppState>,
     id: Identity,
     headers: HeaderMap,
-    q: Result<Query<TopQuery>, QueryRejection>,
+    q: Query<TopQuery>,
 ) -> Result<Response, Error> {
     require_admin(&id)?;
-    let r = top_products(&s.db, &query(q)?).await?;
+    let r = top_products(&s.db, &q.0).await?;
     answer(false, &headers, &r, &r.rows, "top-products")
 }
 
@@ -754,10 +754,10 @@ pub async fn get_funnel(
     State(s): State<AppState>,
     id: Identity,
     headers: HeaderMap,
-    q: Result<Query<FunnelQuery>, QueryRejection>,
+    q: Query<FunnelQuery>,
 ) -> Result<Response, Error> {
     require_admin(&id)?;
-    let r = funnel(&s.db, &query(q)?).await?;
+    let r = funnel(&s.db, &q.0).await?;
     answer(false, &headers, &r, &r.rows, "funnel")
 }
 

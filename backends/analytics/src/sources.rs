@@ -2,12 +2,12 @@
 //! model: HTTP Basic with the key as the user name). Admins make, list and delete them;
 //! only a key's SHA-256 is kept, so the key is shown once, when it is made.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
 use kit::db::{new_id, now_ms};
 use kit::page::{Page, PageQuery};
+use kit::Query;
 use kit::{Identity, Json};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -51,10 +51,7 @@ pub struct CreateSource {
 }
 
 fn hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    kit::hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// The source whose write key is `key`.
@@ -125,10 +122,10 @@ pub async fn create(
 pub async fn list(
     State(s): State<AppState>,
     id: Identity,
-    page: Result<Query<PageQuery>, QueryRejection>,
+    page: Query<PageQuery>,
 ) -> Result<Json<Page<Source>>, Error> {
     require_admin(&id)?;
-    let page = crate::error::query(page)?;
+    let Query(page) = page;
     let limit = page.limit()?;
     let after = page.after()?.unwrap_or_default();
     let rows =

@@ -61,7 +61,7 @@ impl Visitors {
         let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO salts (day, salt) VALUES ($1, $2) ON CONFLICT (day) DO NOTHING")
             .bind(day)
-            .bind(hex(&fresh))
+            .bind(kit::hex(&fresh))
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM salts WHERE day < $1")
@@ -99,11 +99,7 @@ fn hash(salt: &[u8], source: &str, ip: &str, agent: &str) -> String {
         mac.update(part.as_bytes());
         mac.update(&[0]);
     }
-    hex(&mac.finalize().into_bytes()[..16])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    kit::hex(&mac.finalize().into_bytes()[..16])
 }
 
 /// The visitor id of (`source`, `ip`, `agent`) at `now`, inside the ingest's transaction:

@@ -43,6 +43,7 @@
 //! Keys are kept at least [`RETENTION`] (24 h): services call [`purge_expired`]
 //! periodically, or start [`spawn_purger`] once.
 
+use crate::hex;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -391,16 +392,6 @@ fn fingerprint(parts: &Parts, body: &[u8], key: Option<&[u8]>) -> String {
             hex(&hash.finalize())
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

@@ -49,7 +49,18 @@ pub use event::Event;
 pub use idempotency::IdempotencyLayer;
 pub use identity::{Identity, Verifier};
 pub use inbox::{Consumer, Handler};
-pub use problem::{Json, Problem};
+pub use problem::{Json, Problem, Query};
 pub use relay::{OutboxWaker, Relay};
 pub use service::Service;
 pub use telemetry::{Telemetry, TraceContext};
+
+/// Lower-case hex of `bytes` (digests, keys and ids the services store or show as text).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -230,7 +230,7 @@ fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&buf)
 }
 
 async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Response {

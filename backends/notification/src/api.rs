@@ -1,13 +1,13 @@
 //! The HTTP surface: the caller's inbox, their preferences, the one-click unsubscribe link,
 //! their web push subscriptions and the dead letters (admins).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::now_ms;
 use kit::openapi::ProblemBody;
 use kit::page::{Page, PageQuery};
+use kit::Query;
 use kit::{Identity, Json, Problem};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -104,9 +104,9 @@ pub struct ListQuery {
 pub async fn list(
     State(s): State<AppState>,
     id: Identity,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Query<ListQuery>,
 ) -> Result<Json<Page<Notification>>, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let page = PageQuery {
         limit: q.limit,
         cursor: q.cursor,
@@ -279,9 +279,9 @@ pub struct Unsubscribed {
 
 fn checked(
     s: &AppState,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    query: Query<TokenQuery>,
 ) -> Result<crate::unsubscribe::Unsubscribe, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     s.signer
         .check(&q.token)
         .ok_or_else(|| Problem::bad_request("this unsubscribe link is not valid").into())
@@ -300,7 +300,7 @@ fn checked(
     ))]
 pub async fn unsubscribe(
     State(s): State<AppState>,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    query: Query<TokenQuery>,
 ) -> Result<Json<Unsubscribed>, Error> {
     let u = checked(&s, query)?;
     preferences::set(
@@ -333,7 +333,7 @@ pub async fn unsubscribe(
     ))]
 pub async fn unsubscribe_page(
     State(s): State<AppState>,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    query: Query<TokenQuery>,
 ) -> Result<Response, Error> {
     let u = checked(&s, query)?;
     let page = format!(
@@ -360,10 +360,10 @@ pub async fn unsubscribe_page(
 pub async fn dead_letters(
     State(s): State<AppState>,
     id: Identity,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    query: Query<PageQuery>,
 ) -> Result<Json<Page<DeliveryView>>, Error> {
     id.require_role("admin")?;
-    let Query(page) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(page) = query;
     let limit = page.limit()?;
     let after = match page.after()? {
         None => None,

@@ -27,9 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use kit::Query;
 use kit::{Db, Problem};
 use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
@@ -205,10 +206,10 @@ fn token(headers: &HeaderMap) -> Option<String> {
 pub async fn stream(
     State(s): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    query: Query<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let token = token(&headers).ok_or_else(|| {
         Error::from(Problem::unauthorized(
             "no bearer token (Authorization header or bearer. subprotocol)",

@@ -15,14 +15,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
 use kit::openapi::ProblemBody;
 use kit::page::{Page, PageQuery};
-use kit::{Identity, Json, Problem};
+use kit::Query;
+use kit::{Identity, Json};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -240,9 +240,9 @@ pub async fn get(
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    query: Query<PageQuery>,
 ) -> Result<Json<Page<Order>>, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let limit = q.limit()?;
     let before = q.after()?;
     // One more than asked tells whether there is a next page. UUIDv7 ids sort by time.

@@ -3,14 +3,14 @@
 //! being handled: `Debug` of the types that hold them shows neither, and what is stored is
 //! the brand, the last four digits, the expiry, the processor's token and a keyed hash.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
 use kit::db::{new_id, now_ms};
 use kit::openapi::ProblemBody;
-use kit::{Identity, Json, Problem};
+use kit::Query;
+use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::any::AnyRow;
@@ -368,9 +368,9 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    query: Query<PageQuery>,
 ) -> Result<Json<Page<PaymentMethod>>, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let limit = q.limit()?;
     let rows = sqlx::query(
         "SELECT * FROM payment_methods WHERE customer_id = $1 AND ($2 = '' OR id < $2) \

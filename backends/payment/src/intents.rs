@@ -23,13 +23,13 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use kit::db::{new_id, now_ms};
 use kit::openapi::ProblemBody;
-use kit::{Identity, Json, Problem};
+use kit::Query;
+use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -838,9 +838,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     id: Identity,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Query<ListQuery>,
 ) -> Result<Json<Page<Intent>>, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let limit = kit::page::limit(q.limit)?;
     let after = kit::page::decode_cursor(q.cursor.as_deref())?;
     let customer = if may_read_all(&id) {

@@ -10,14 +10,14 @@
 //! case-insensitive substring match (`LIKE '%q%'` on a lowercased copy of name and
 //! description); it scans, which is fine for a catalogue of thousands, not millions.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kit::db::{new_id, now_ms};
 use kit::openapi::ProblemBody;
 use kit::page::Page;
-use kit::{DbError, Identity, Json, Problem};
+use kit::Query;
+use kit::{DbError, Identity, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -556,9 +556,9 @@ fn list_sql(q: &ListQuery, f: &mut Fields) -> (String, Vec<Bind>, i64) {
     responses((status = 200, description = "One page", body = Page<Product>)))]
 pub async fn list(
     State(s): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Query<ListQuery>,
 ) -> Result<Json<Page<Product>>, Error> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = query;
     let mut f = Fields::default();
     let (sql, binds, limit) = list_sql(&q, &mut f);
     f.finish()?;

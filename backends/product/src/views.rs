@@ -54,7 +54,13 @@ impl Views {
         if counts.is_empty() {
             self.since.store(now_ms(), Ordering::Relaxed);
         }
-        *counts.entry(id.to_owned()).or_insert(0) += 1;
+        // A product already counted costs no allocation (this runs on every product read).
+        match counts.get_mut(id) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(id.to_owned(), 1);
+            }
+        }
     }
 
     /// Records the views counted so far as `product.viewed` events; how many events. On a

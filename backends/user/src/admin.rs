@@ -7,12 +7,12 @@
 //! refuses it: with a wrong password exactly as for any wrong password; only someone who
 //! knows the password learns that the account is disabled.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use kit::db::now_ms;
 use kit::openapi::ProblemBody;
 use kit::page::{Page, PageQuery};
-use kit::{Identity, Json, Problem};
+use kit::Query;
+use kit::{Identity, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -121,20 +121,20 @@ pub struct Disable {
 const COLUMNS: &str = "id, email, name, created_at, disabled_at, disabled_reason";
 
 async fn account_of(s: &AppState, r: &AnyRow) -> Result<AdminAccount, Error> {
-    let id: String = r.try_get("id").map_err(kit::DbError::from)?;
-    let disabled_at: Option<i64> = r.try_get("disabled_at").map_err(kit::DbError::from)?;
+    let id: String = r.try_get("id")?;
+    let disabled_at: Option<i64> = r.try_get("disabled_at")?;
     Ok(AdminAccount {
         roles: roles_of(&s.db, &id).await?,
-        email: r.try_get("email").map_err(kit::DbError::from)?,
-        name: r.try_get("name").map_err(kit::DbError::from)?,
-        created_at: r.try_get("created_at").map_err(kit::DbError::from)?,
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
         status: if disabled_at.is_some() {
             AccountStatus::Disabled
         } else {
             AccountStatus::Active
         },
         disabled_at,
-        disabled_reason: r.try_get("disabled_reason").map_err(kit::DbError::from)?,
+        disabled_reason: r.try_get("disabled_reason")?,
         id,
     })
 }
@@ -170,10 +170,10 @@ fn prefix_pattern(email: &str) -> String {
 pub async fn list(
     State(s): State<AppState>,
     id: Identity,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Query<ListQuery>,
 ) -> Result<Json<Page<AdminAccount>>, Error> {
     admin(&s, &id).await?;
-    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(q) = q;
     if let Some(role) = &q.role {
         if !ROLES.iter().any(|(r, _)| r == role) {
             return Err(Error::field("role", format!("unknown role {role:?}")));
@@ -241,8 +241,7 @@ async fn detail(s: &AppState, user_id: &str) -> Result<AccountDetail, Error> {
             revoked_at,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(kit::DbError::from)?;
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(AccountDetail { account, sessions })
 }
 

@@ -389,10 +389,12 @@ impl Saga {
                 // replay that refusal, even once a late approval holds money. Wait instead:
                 // the authorization ends (approved, declined or timed out) within the
                 // payment service's processor deadline.
-                "processing" => {
+                // Likewise while a capture's answer is awaited: the payment service settles
+                // it (captured, then refunded here; or back to authorized, then voided).
+                "processing" | "capturing" => {
                     return Err(StepError::Transient(format!(
-                        "payment intent {} is still being authorized",
-                        i.id
+                        "payment intent {} is still {}",
+                        i.id, i.status
                     )));
                 }
                 _ => {

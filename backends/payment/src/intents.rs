@@ -1,10 +1,16 @@
 //! Payment intents, with Stripe's state machine (manual capture):
 //!
 //! ```text
-//! requires_confirmation ──confirm──▶ processing ──approved──▶ requires_capture ──capture──▶ succeeded
+//! requires_confirmation ──confirm──▶ processing ──approved──▶ requires_capture ──capture──▶ capturing ──▶ succeeded
 //!        │                               │                          │
-//!        └──cancel──▶ canceled ◀──declined / blocked / timeout      └──cancel (void)──▶ canceled
+//!        └──cancel──▶ canceled ◀──declined / blocked / timeout      └──cancel──▶ canceling ──void──▶ canceled
 //! ```
+//!
+//! `processing`, `capturing` and `canceling` are committed before the processor is asked
+//! and left by a second transaction that records its answer, so no processor call holds a
+//! database transaction open. A refusal of a capture or void puts the intent back to
+//! `requires_capture`; a lost answer leaves it where it is (502), a retried request resumes
+//! it, and [`recover_interrupted`] settles it from the processor's own record.
 //!
 //! Every transition is one conditional `UPDATE … WHERE id = $1 AND status = $from RETURNING *`:
 //! of concurrent requests for the same transition exactly one gets the row back, and the
@@ -37,7 +43,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{Error, FieldError};
 use crate::fraud::{self, Decision, Facts, Outcome};
-use crate::processor::{Authorize, ProcessorError, Risk};
+use crate::processor::{AuthorizationState, Authorize, ProcessorError, Risk};
 use kit::page::Page;
 
 use crate::{cards, doc, events, ledger, AppState};
@@ -48,6 +54,10 @@ pub const REQUIRES_CONFIRMATION: &str = "requires_confirmation";
 pub const PROCESSING: &str = "processing";
 /// Authorized: a hold is on the card.
 pub const REQUIRES_CAPTURE: &str = "requires_capture";
+/// The processor is being asked to capture (`amount_captured` is what was asked).
+pub const CAPTURING: &str = "capturing";
+/// The processor is being asked to release the hold.
+pub const CANCELING: &str = "canceling";
 /// Captured (refunds keep it `succeeded`).
 pub const SUCCEEDED: &str = "succeeded";
 /// Canceled, declined, blocked or voided: see `failure_reason`.
@@ -93,8 +103,11 @@ pub struct Intent {
     pub currency: String,
     /// Always `manual`.
     pub capture_method: String,
-    /// `requires_confirmation`, `processing`, `requires_capture` (authorized),
-    /// `succeeded` (captured) or `canceled` (see `failure_reason`).
+    /// `requires_confirmation`, `processing` (the processor is authorizing),
+    /// `requires_capture` (authorized), `capturing` / `canceling` (the processor's answer to
+    /// a capture or void is awaited; a retry of the request, or the service in the
+    /// background, settles it), `succeeded` (captured) or `canceled` (see
+    /// `failure_reason`).
     pub status: String,
     /// The hold placed on the card (0 before authorization and after capture or void:
     /// it is what the hold was).
@@ -345,8 +358,8 @@ pub async fn create(
 /// The answer to `confirm` for an intent that is no longer waiting for it.
 fn confirmed_already(intent: Intent) -> Result<Json<Intent>, Error> {
     match intent.status.as_str() {
-        REQUIRES_CAPTURE | SUCCEEDED => Ok(Json(intent)),
-        CANCELED => Err(Error::State("the payment intent is canceled".into())),
+        REQUIRES_CAPTURE | CAPTURING | SUCCEEDED => Ok(Json(intent)),
+        CANCELED | CANCELING => Err(Error::State("the payment intent is canceled".into())),
         PROCESSING => Err(Error::State(
             "the payment intent is being confirmed; read it again later".into(),
         )),
@@ -447,63 +460,100 @@ pub async fn confirm(
         Ok(Err(ProcessorError::Declined(code))) => failed(&state, &processing, &code).await,
         Ok(Err(ProcessorError::Unavailable(why))) => {
             tracing::warn!(payment_intent = %intent_id, %why, "the processor failed to authorize");
-            failed(&state, &processing, "processor_error").await
+            unanswered(&state, &processing, "processor_error").await
         }
         Err(_elapsed) => {
             tracing::warn!(payment_intent = %intent_id, "the processor did not answer in time");
-            let answer = failed(&state, &processing, "processor_timeout").await;
-            // A hold the processor placed after we stopped waiting must not stay on the card.
-            let void = state.processor.void(&processing.id);
-            if let Ok(Err(e)) = tokio::time::timeout(state.settings.processor_deadline, void).await
-            {
-                tracing::warn!(payment_intent = %intent_id, error = %e, "voiding a late authorization failed");
-            }
-            answer
+            unanswered(&state, &processing, "processor_timeout").await
         }
     };
     result.map(Json)
 }
 
-/// Ends intents left in `processing` for longer than `older_than` — the process that was
-/// authorizing them died (a live confirm waits at most `processor_deadline`). Each is voided
-/// at the processor first (a hold placed before the crash must not stay on the card), then
-/// `canceled` with `processor_interrupted`. Returns how many it ended.
+/// Ends an authorization without a usable answer as `canceled` with `reason`, after
+/// voiding at the processor: the processor may have placed a hold that the answer lost (or
+/// may place it late), and it must not stay on the card. When the void is not confirmed
+/// either, the intent stays `processing` (502) and [`recover_interrupted`] settles it.
+async fn unanswered(state: &AppState, intent: &Intent, reason: &str) -> Result<Intent, Error> {
+    bounded(state, state.processor.void(&intent.id)).await?;
+    failed(state, intent, reason).await
+}
+
+/// Settles intents left mid-call for longer than `older_than` — the process asking the
+/// processor died, or its answer was lost (a live request waits at most
+/// `processor_deadline`). For each it asks the processor what it did with the reference
+/// and records that:
+///
+/// - `processing`: a hold the processor placed makes it `requires_capture`; otherwise it
+///   is voided at the processor (a late hold must not stay on the card) and `canceled`
+///   with `processor_interrupted`;
+/// - `capturing` / `canceling`: what the processor did is recorded; when it did nothing
+///   yet (or cannot say) the capture or void is asked again, which its reference makes
+///   safe.
+///
+/// Returns how many it settled.
 pub async fn recover_interrupted(state: &AppState, older_than: Duration) -> Result<u64, Error> {
     let cutoff = now_ms() - older_than.as_millis() as i64;
     let rows = sqlx::query(
-        "SELECT id FROM payment_intents WHERE status = 'processing' AND updated_at < $1",
+        "SELECT * FROM payment_intents WHERE status IN ('processing', 'capturing', 'canceling') \
+         AND updated_at < $1 ORDER BY updated_at LIMIT 100",
     )
     .bind(cutoff)
     .fetch_all(state.db.pool())
     .await?;
-    let mut ended = 0;
+    let mut settled = 0;
     for row in rows {
-        let id: String = row.try_get("id")?;
-        let void = state.processor.void(&id);
-        match tokio::time::timeout(state.settings.processor_deadline, void).await {
-            Ok(Ok(())) => {}
+        let intent = Intent::from_row(&row)?;
+        let looked = tokio::time::timeout(
+            state.settings.processor_deadline,
+            state.processor.lookup(&intent.id),
+        )
+        .await;
+        let known = match looked {
+            Ok(Ok(s)) => Some(s),
             other => {
-                // Leave it for the next pass rather than cancel with a hold possibly on.
-                tracing::warn!(payment_intent = %id, ?other, "voiding an interrupted authorization failed");
-                continue;
+                tracing::debug!(payment_intent = %intent.id, ?other, "the processor could not say what it did");
+                None
             }
-        }
-        let Some(intent) = load(&state.db, &id).await? else {
-            continue;
         };
-        match failed(state, &intent, "processor_interrupted").await {
-            Ok(_) => ended += 1,
+        let done = match intent.status.as_str() {
+            PROCESSING => recover_authorization(state, &intent, known).await,
+            CAPTURING => match known {
+                Some(AuthorizationState::Captured { .. }) => captured(state, &intent.id).await,
+                Some(AuthorizationState::Voided) => voided_from(state, &intent.id, CAPTURING).await,
+                _ => settle_capture(state, &intent).await,
+            },
+            _ => match known {
+                Some(AuthorizationState::Voided) => voided(state, &intent.id).await,
+                _ => settle_void(state, &intent).await,
+            },
+        };
+        match done {
+            Ok(after) => {
+                settled += 1;
+                tracing::warn!(payment_intent = %intent.id, from = intent.status, to = after.status, "settled a payment intent left mid-call");
+            }
             Err(Error::State(_)) => {} // someone finished it meanwhile
+            Err(Error::Processor(e)) => {
+                tracing::warn!(payment_intent = %intent.id, error = %e, "settling an interrupted payment intent failed; trying again later");
+            }
             Err(e) => return Err(e),
         }
     }
-    if ended > 0 {
-        tracing::warn!(
-            ended,
-            "canceled payment intents whose authorization was interrupted"
-        );
+    Ok(settled)
+}
+
+/// Ends an authorization whose answer was lost, from what the processor `known`.
+async fn recover_authorization(
+    state: &AppState,
+    intent: &Intent,
+    known: Option<AuthorizationState>,
+) -> Result<Intent, Error> {
+    if let Some(AuthorizationState::Held { auth_code, .. }) = known {
+        let set = "status = 'requires_capture', amount_authorized = amount, auth_code = $3";
+        return authorized_with(state, intent, set, &[Bind::Text(&auth_code)]).await;
     }
-    Ok(ended)
+    unanswered(state, intent, "processor_interrupted").await
 }
 
 async fn reload(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
@@ -556,7 +606,6 @@ async fn authorized(
     auth_code: &str,
     outcome: Outcome,
 ) -> Result<Intent, Error> {
-    let mut tx = state.db.begin().await?;
     let set = "status = 'requires_capture', amount_authorized = amount, auth_code = $3, \
                fraud_decision = $4, fraud_rule = $5";
     let binds = [
@@ -564,7 +613,18 @@ async fn authorized(
         Bind::Text(outcome.decision.as_str()),
         Bind::OptText(outcome.rule),
     ];
-    let done = transition(&mut tx, &intent.id, PROCESSING, set, &binds)
+    authorized_with(state, intent, set, &binds).await
+}
+
+/// `processing` → `requires_capture` with `set`.
+async fn authorized_with(
+    state: &AppState,
+    intent: &Intent,
+    set: &str,
+    binds: &[Bind<'_>],
+) -> Result<Intent, Error> {
+    let mut tx = state.db.begin().await?;
+    let done = transition(&mut tx, &intent.id, PROCESSING, set, binds)
         .await?
         .ok_or_else(|| Error::State("the payment intent changed while authorizing".into()))?;
     ledger::post(
@@ -649,10 +709,26 @@ pub async fn capture(
     }
     let body: Capture = optional_body(&body)?;
     let intent = load_visible(&state, &id, &intent_id).await?;
-    if intent.status != REQUIRES_CAPTURE {
-        return captured_already(intent);
+    let capturing = match intent.status.as_str() {
+        REQUIRES_CAPTURE => start_capture(&state, intent, body.amount).await?,
+        // A request whose answer was lost started it: resume what it recorded.
+        CAPTURING => intent,
+        _ => return captured_already(intent),
+    };
+    if capturing.status != CAPTURING {
+        return captured_already(capturing);
     }
-    let amount = body.amount.unwrap_or(intent.amount_authorized);
+    settle_capture(&state, &capturing).await.map(Json)
+}
+
+/// `requires_capture` → `capturing` with the amount to capture (default: the whole hold),
+/// committed; or the intent as a rival request left it.
+async fn start_capture(
+    state: &AppState,
+    intent: Intent,
+    amount: Option<i64>,
+) -> Result<Intent, Error> {
+    let amount = amount.unwrap_or(intent.amount_authorized);
     if !(1..=intent.amount_authorized).contains(&amount) {
         return Err(Error::field(
             "amount",
@@ -663,18 +739,61 @@ pub async fn capture(
         ));
     }
     let mut tx = state.db.begin().await?;
-    let set = "status = 'succeeded', amount_captured = $3";
-    let Some(done) = transition(
+    let set = "status = 'capturing', amount_captured = $3";
+    match transition(
         &mut tx,
-        &intent_id,
+        &intent.id,
         REQUIRES_CAPTURE,
         set,
         &[Bind::Int(amount)],
     )
     .await?
+    {
+        Some(c) => {
+            tx.commit().await?;
+            Ok(c)
+        }
+        None => {
+            drop(tx);
+            reload(state, &intent.id).await
+        }
+    }
+}
+
+/// Asks the processor to capture what `intent` (`capturing`) recorded, and records the
+/// answer: `succeeded` when it captured, back to `requires_capture` when it refused (502
+/// either way with nothing changed); no answer leaves it `capturing` (502) for a retry or
+/// the recovery task.
+async fn settle_capture(state: &AppState, intent: &Intent) -> Result<Intent, Error> {
+    match bounded(
+        state,
+        state.processor.capture(&intent.id, intent.amount_captured),
+    )
+    .await
+    {
+        Ok(()) => captured(state, &intent.id).await,
+        Err(Error::Processor(ProcessorError::Declined(code))) => {
+            undo(state, &intent.id, CAPTURING, "amount_captured = 0").await?;
+            Err(ProcessorError::Declined(code).into())
+        }
+        Err(e) => {
+            tracing::warn!(payment_intent = %intent.id, error = %e, "the processor did not confirm a capture: it stays capturing");
+            Err(e)
+        }
+    }
+}
+
+/// `capturing` → `succeeded`: the hold released, the captured amount owed by the customer
+/// to the merchant, `payment.captured`. A rival that finished first is answered as it left
+/// the intent.
+async fn captured(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
+    let mut tx = state.db.begin().await?;
+    let Some(done) = transition(&mut tx, intent_id, CAPTURING, "status = 'succeeded'", &[]).await?
     else {
-        return captured_already(reload(&state, &intent_id).await?);
+        drop(tx);
+        return captured_already(reload(state, intent_id).await?).map(|j| j.0);
     };
+    let amount = done.amount_captured;
     let mut entries = ledger::release(done.amount_authorized).to_vec();
     entries.extend([
         (ledger::CUSTOMER_RECEIVABLE, amount),
@@ -682,17 +801,24 @@ pub async fn capture(
     ]);
     ledger::post(&mut tx, "capture", &done.id, &done.currency, &entries).await?;
     events::record(&mut tx, "captured", &done, amount, None).await?;
-    // Last, so that a refusal rolls everything back; the row lock keeps rivals waiting.
-    bounded(&state, state.processor.capture(&done.id, amount)).await?;
     tx.commit().await?;
     state.outbox.wake();
-    Ok(Json(done))
+    Ok(done)
+}
+
+/// Puts an intent the processor refused to capture or void back to `requires_capture`.
+async fn undo(state: &AppState, intent_id: &str, from: &str, set: &str) -> Result<(), Error> {
+    let mut tx = state.db.begin().await?;
+    let set = format!("status = 'requires_capture', {set}");
+    transition(&mut tx, intent_id, from, &set, &[]).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn captured_already(intent: Intent) -> Result<Json<Intent>, Error> {
     match intent.status.as_str() {
         SUCCEEDED => Ok(Json(intent)),
-        CANCELED => Err(Error::State("the payment intent is canceled".into())),
+        CANCELED | CANCELING => Err(Error::State("the payment intent is canceled".into())),
         _ => Err(Error::State(
             "the payment intent is not authorized; confirm it first".into(),
         )),
@@ -744,45 +870,86 @@ pub async fn cancel(
             "canceling another customer's payment requires \"payments:charge\"".into(),
         ));
     }
-    let mut tx = state.db.begin().await?;
-    let done = match intent.status.as_str() {
+    let canceling = match intent.status.as_str() {
         REQUIRES_CONFIRMATION => {
+            // Nothing was asked of the processor yet: one transaction ends it.
+            let mut tx = state.db.begin().await?;
             let set = "status = 'canceled', failure_reason = 'canceled'";
-            transition(&mut tx, &intent_id, REQUIRES_CONFIRMATION, set, &[]).await?
+            let Some(done) =
+                transition(&mut tx, &intent_id, REQUIRES_CONFIRMATION, set, &[]).await?
+            else {
+                drop(tx);
+                return canceled_already(reload(&state, &intent_id).await?);
+            };
+            events::record(&mut tx, "voided", &done, 0, None).await?;
+            tx.commit().await?;
+            state.outbox.wake();
+            return Ok(Json(done));
         }
         REQUIRES_CAPTURE => {
-            let set = "status = 'canceled', failure_reason = 'voided'";
-            let done = transition(&mut tx, &intent_id, REQUIRES_CAPTURE, set, &[]).await?;
-            if let Some(d) = &done {
-                let entries = ledger::release(d.amount_authorized);
-                ledger::post(&mut tx, "void", &d.id, &d.currency, &entries).await?;
+            let mut tx = state.db.begin().await?;
+            let set = "status = 'canceling'";
+            match transition(&mut tx, &intent_id, REQUIRES_CAPTURE, set, &[]).await? {
+                Some(c) => {
+                    tx.commit().await?;
+                    c
+                }
+                None => {
+                    drop(tx);
+                    reload(&state, &intent_id).await?
+                }
             }
-            done
         }
-        _ => None,
+        _ => intent,
     };
-    let Some(done) = done else {
-        drop(tx);
-        return canceled_already(reload(&state, &intent_id).await?);
-    };
-    let released = if done.failure_reason.as_deref() == Some("voided") {
-        done.amount_authorized
-    } else {
-        0
-    };
-    events::record(&mut tx, "voided", &done, released, None).await?;
-    if released > 0 {
-        bounded(&state, state.processor.void(&done.id)).await?;
+    if canceling.status != CANCELING {
+        return canceled_already(canceling);
     }
+    settle_void(&state, &canceling).await.map(Json)
+}
+
+/// Asks the processor to release the hold of `intent` (`canceling`) and records the
+/// answer, as [`settle_capture`] does for a capture.
+async fn settle_void(state: &AppState, intent: &Intent) -> Result<Intent, Error> {
+    match bounded(state, state.processor.void(&intent.id)).await {
+        Ok(()) => voided(state, &intent.id).await,
+        Err(Error::Processor(ProcessorError::Declined(code))) => {
+            undo(state, &intent.id, CANCELING, "failure_reason = NULL").await?;
+            Err(ProcessorError::Declined(code).into())
+        }
+        Err(e) => {
+            tracing::warn!(payment_intent = %intent.id, error = %e, "the processor did not confirm a void: it stays canceling");
+            Err(e)
+        }
+    }
+}
+
+/// `canceling` → `canceled` (`voided`): the hold released in the ledger, `payment.voided`.
+async fn voided(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
+    voided_from(state, intent_id, CANCELING).await
+}
+
+/// `from` → `canceled` (`voided`), as [`voided`]; also for a capture the processor
+/// answered by releasing the hold instead.
+async fn voided_from(state: &AppState, intent_id: &str, from: &str) -> Result<Intent, Error> {
+    let mut tx = state.db.begin().await?;
+    let set = "status = 'canceled', failure_reason = 'voided', amount_captured = 0";
+    let Some(done) = transition(&mut tx, intent_id, from, set, &[]).await? else {
+        drop(tx);
+        return canceled_already(reload(state, intent_id).await?).map(|j| j.0);
+    };
+    let entries = ledger::release(done.amount_authorized);
+    ledger::post(&mut tx, "void", &done.id, &done.currency, &entries).await?;
+    events::record(&mut tx, "voided", &done, done.amount_authorized, None).await?;
     tx.commit().await?;
     state.outbox.wake();
-    Ok(Json(done))
+    Ok(done)
 }
 
 fn canceled_already(intent: Intent) -> Result<Json<Intent>, Error> {
     match intent.status.as_str() {
         CANCELED => Ok(Json(intent)),
-        SUCCEEDED => Err(Error::State(
+        SUCCEEDED | CAPTURING => Err(Error::State(
             "the payment intent was captured; refund it instead".into(),
         )),
         _ => Err(Error::State(

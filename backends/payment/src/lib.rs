@@ -47,12 +47,13 @@
 //!   that is left).
 //! - Only `payments:charge` (or admin) captures; customers create, confirm and cancel their
 //!   own intents. `customer_id` defaults to the caller.
-//! - A process that dies between `processing` and the processor's answer leaves the intent
-//!   `processing`; after twice the processor deadline a recovery task voids it at the
-//!   processor and cancels it (`processor_interrupted`).
-//! - Known limit: capture, void and refund call the processor inside the database
-//!   transaction, which suits the instant simulator but would need a pending state for a
-//!   slow real processor.
+//! - **No processor call inside a database transaction.** Each call is recorded first
+//!   (`processing`, `capturing`, `canceling`, or a `pending` refund, committed), the
+//!   processor is asked with the intent's (or refund's) id as its idempotency reference,
+//!   and a second transaction records the answer. A lost answer leaves the record where it
+//!   was (502, or 202 for a refund); a retried request resumes it, and a recovery task
+//!   settles what is left longer than twice the processor deadline by asking the processor
+//!   what it did ([`Processor::lookup`], [`Processor::refund_status`]).
 
 pub mod cards;
 pub mod error;
@@ -80,7 +81,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::Error;
-pub use processor::{Processor, SimulatedProcessor};
+pub use processor::{AuthorizationState, Processor, SimulatedProcessor};
 
 /// The service's migrations (versions from 1000; the kit's run with them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -398,9 +399,9 @@ impl Service {
     }
 }
 
-/// At start and every 30 s: intents stuck in `processing` for twice the processor deadline
-/// (their process died mid-authorization) are voided and canceled, and refunds left
-/// `pending` that long are settled with the processor.
+/// At start and every 30 s: intents left `processing`, `capturing` or `canceling`, and
+/// refunds left `pending`, for twice the processor deadline (their process died mid-call,
+/// or the processor's answer was lost) are settled with the processor.
 async fn recover_interrupted_forever(state: AppState) {
     let older_than = (state.settings.processor_deadline * 2).max(Duration::from_secs(5));
     loop {

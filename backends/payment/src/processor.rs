@@ -66,6 +66,27 @@ pub struct Authorization {
     pub risk: Risk,
 }
 
+/// An authorization as the processor knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizationState {
+    /// It never authorized this reference.
+    Unknown,
+    /// A hold of `amount` is on the card.
+    Held {
+        /// The issuer's authorization code.
+        auth_code: String,
+        /// Minor units.
+        amount: i64,
+    },
+    /// `amount` was captured (the rest of the hold released).
+    Captured {
+        /// Minor units.
+        amount: i64,
+    },
+    /// The hold was released.
+    Voided,
+}
+
 /// One authorization request.
 #[derive(Debug, Clone)]
 pub struct Authorize<'a> {
@@ -99,6 +120,15 @@ pub trait Processor: Send + Sync + 'static {
         refund_id: &str,
         amount: i64,
     ) -> Result<(), ProcessorError>;
+
+    /// What the processor knows of the authorization `reference` (its hold, capture or
+    /// void), so recovery can settle an operation whose answer was lost. A processor without
+    /// a lookup answers `Unavailable`, and recovery then repeats the (idempotent) call.
+    async fn lookup(&self, _reference: &str) -> Result<AuthorizationState, ProcessorError> {
+        Err(ProcessorError::Unavailable(
+            "this processor has no lookup".into(),
+        ))
+    }
 
     /// What the processor did with the refund `refund_id`: `Some(amount)` when it refunded,
     /// `None` when it never did. A processor without a lookup answers `Unavailable`, and
@@ -151,8 +181,8 @@ pub struct SimulatedProcessor {
     cards: HashMap<String, (Behavior, &'static str)>,
     hang: Duration,
     authorizations: AtomicU64,
-    captures: AtomicU64,
-    voids: AtomicU64,
+    /// Authorizations by reference, with how often capture and void were asked of each.
+    auths: std::sync::Mutex<HashMap<String, SimAuth>>,
     /// Refunds by refund id: (amount, calls), so a repeated call refunds nothing more.
     refunds: std::sync::Mutex<HashMap<String, (i64, u64)>>,
 }
@@ -168,6 +198,33 @@ impl std::fmt::Debug for SimulatedProcessor {
         f.debug_struct("SimulatedProcessor")
             .field("hang", &self.hang)
             .finish_non_exhaustive()
+    }
+}
+
+/// How often the simulator was asked each operation of one reference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// Authorizations (approved ones; a decline keeps no record).
+    pub authorize: u64,
+    /// Captures.
+    pub capture: u64,
+    /// Voids.
+    pub void: u64,
+}
+
+/// One authorization at the simulator.
+#[derive(Debug)]
+struct SimAuth {
+    state: AuthorizationState,
+    calls: Calls,
+}
+
+impl SimAuth {
+    fn new(state: AuthorizationState) -> SimAuth {
+        SimAuth {
+            state,
+            calls: Calls::default(),
+        }
     }
 }
 
@@ -188,8 +245,7 @@ impl SimulatedProcessor {
             cards,
             hang,
             authorizations: AtomicU64::new(0),
-            captures: AtomicU64::new(0),
-            voids: AtomicU64::new(0),
+            auths: std::sync::Mutex::default(),
             refunds: std::sync::Mutex::default(),
         }
     }
@@ -199,14 +255,29 @@ impl SimulatedProcessor {
         self.authorizations.load(Ordering::SeqCst)
     }
 
-    /// Captures done.
+    /// Authorizations captured (each once, however often its capture was asked for).
     pub fn captures(&self) -> u64 {
-        self.captures.load(Ordering::SeqCst)
+        self.count(|a| matches!(a.state, AuthorizationState::Captured { .. }))
     }
 
-    /// Voids done.
+    /// Authorizations voided (each once, however often its void was asked for; a void of
+    /// a reference never authorized counts too: it stops a late hold).
     pub fn voids(&self) -> u64 {
-        self.voids.load(Ordering::SeqCst)
+        self.count(|a| a.state == AuthorizationState::Voided)
+    }
+
+    /// How often each operation was asked of the authorization `reference`.
+    pub fn calls(&self, reference: &str) -> Calls {
+        self.auths
+            .lock()
+            .expect("auths")
+            .get(reference)
+            .map_or(Calls::default(), |a| a.calls)
+    }
+
+    fn count(&self, which: impl Fn(&SimAuth) -> bool) -> u64 {
+        let auths = self.auths.lock().expect("auths");
+        auths.values().filter(|a| which(a)).count() as u64
     }
 
     /// Refunds done (each refund id once, however often it was asked).
@@ -248,33 +319,78 @@ impl Processor for SimulatedProcessor {
             "sim_auth_{}",
             &req.reference[req.reference.len().saturating_sub(12)..]
         );
-        match self.behavior(req.token) {
-            Behavior::Approve => Ok(Authorization {
-                auth_code,
-                risk: Risk::Normal,
-            }),
-            Behavior::Review => Ok(Authorization {
-                auth_code,
-                risk: Risk::Elevated,
-            }),
-            Behavior::Decline(code) => Err(ProcessorError::Declined(code.to_owned())),
+        let risk = match self.behavior(req.token) {
+            Behavior::Approve => Risk::Normal,
+            Behavior::Review => Risk::Elevated,
+            Behavior::Decline(code) => return Err(ProcessorError::Declined(code.to_owned())),
             Behavior::Timeout => {
                 tokio::time::sleep(self.hang).await;
-                Err(ProcessorError::Unavailable(
+                return Err(ProcessorError::Unavailable(
                     "the issuer did not answer".into(),
-                ))
+                ));
+            }
+        };
+        let mut auths = self.auths.lock().expect("auths");
+        // The reference is the idempotency key: a repeated call answers as the first.
+        let auth = auths.entry(req.reference.to_owned()).or_insert_with(|| {
+            SimAuth::new(AuthorizationState::Held {
+                auth_code: auth_code.clone(),
+                amount: req.amount,
+            })
+        });
+        auth.calls.authorize += 1;
+        match &auth.state {
+            AuthorizationState::Voided => {
+                Err(ProcessorError::Declined("authorization_voided".into()))
+            }
+            _ => Ok(Authorization { auth_code, risk }),
+        }
+    }
+
+    async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError> {
+        let mut auths = self.auths.lock().expect("auths");
+        let Some(auth) = auths.get_mut(reference) else {
+            return Err(ProcessorError::Declined("no_authorization".into()));
+        };
+        auth.calls.capture += 1;
+        match auth.state {
+            AuthorizationState::Held { amount: held, .. } if amount <= held => {
+                auth.state = AuthorizationState::Captured { amount };
+                Ok(())
+            }
+            // Idempotent: the same capture again changes nothing.
+            AuthorizationState::Captured { amount: done } if done == amount => Ok(()),
+            AuthorizationState::Voided => {
+                Err(ProcessorError::Declined("authorization_voided".into()))
+            }
+            _ => Err(ProcessorError::Declined("amount_mismatch".into())),
+        }
+    }
+
+    async fn void(&self, reference: &str) -> Result<(), ProcessorError> {
+        let mut auths = self.auths.lock().expect("auths");
+        let auth = auths
+            .entry(reference.to_owned())
+            .or_insert_with(|| SimAuth::new(AuthorizationState::Unknown));
+        auth.calls.void += 1;
+        match auth.state {
+            AuthorizationState::Captured { .. } => {
+                Err(ProcessorError::Declined("already_captured".into()))
+            }
+            _ => {
+                auth.state = AuthorizationState::Voided;
+                Ok(())
             }
         }
     }
 
-    async fn capture(&self, _reference: &str, _amount: i64) -> Result<(), ProcessorError> {
-        self.captures.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    async fn void(&self, _reference: &str) -> Result<(), ProcessorError> {
-        self.voids.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+    async fn lookup(&self, reference: &str) -> Result<AuthorizationState, ProcessorError> {
+        Ok(self
+            .auths
+            .lock()
+            .expect("auths")
+            .get(reference)
+            .map_or(AuthorizationState::Unknown, |a| a.state.clone()))
     }
 
     async fn refund(

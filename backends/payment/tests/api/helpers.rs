@@ -1,6 +1,7 @@
 //! The harness: a payment service on port 0 over a fresh database, tokens minted with a
 //! test signing key, and client shorthands.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,11 @@ use jsonwebtoken::jwk::JwkSet;
 use kit::identity::{AccessClaims, LocalKeys, SigningKey};
 use kit::testing::{spawn_app, TestApp, TestDb};
 use kit::Verifier;
-use payment_service::{router, AppState, SecretSource, Settings, SimulatedProcessor};
+use payment_service::cards::CardNumber;
+use payment_service::processor::{Authorization, Authorize, ProcessorError, Tokenized};
+use payment_service::{
+    router, AppState, AuthorizationState, Processor, SecretSource, Settings, SimulatedProcessor,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -81,6 +86,26 @@ pub async fn spawn_wrapped(
 }
 
 impl TestPay {
+    /// The service started again over the same database and processor (the state a
+    /// restarted process builds; its recovery task is what tests then run).
+    pub async fn restarted(&self) -> AppState {
+        let verifier = Verifier::local(
+            LocalKeys::new(JwkSet {
+                keys: vec![self.key.public_jwk()],
+            }),
+            "gatehouse-user",
+            "gatehouse",
+        );
+        AppState::build_with(
+            self.db.db.clone(),
+            settings(),
+            Arc::new(verifier),
+            self.processor.clone(),
+        )
+        .await
+        .expect("payment service state after a restart")
+    }
+
     pub fn label(&self) -> &'static str {
         self.db.label()
     }
@@ -253,4 +278,109 @@ pub async fn problem(r: Response) -> Value {
         "errors are problem+json"
     );
     r.json().await.unwrap()
+}
+
+/// A processor call, as [`Faulty`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+}
+
+/// How a [`Faulty`] processor fails its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The simulator does it and the answer is lost (the connection reset on the way back).
+    Lost,
+    /// The simulator does it, then the request's task dies before anything is recorded:
+    /// what a crash of the service between the processor's answer and the finalizing
+    /// commit leaves behind.
+    Crash,
+    /// The processor refuses.
+    Refused,
+}
+
+/// The simulator, with one kind of call failing as told while armed.
+pub struct Faulty {
+    pub inner: Arc<SimulatedProcessor>,
+    pub call: Call,
+    pub fault: Fault,
+    pub armed: AtomicBool,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<SimulatedProcessor>, call: Call, fault: Fault) -> Faulty {
+        Faulty {
+            inner,
+            call,
+            fault,
+            armed: AtomicBool::new(true),
+        }
+    }
+
+    async fn run<T>(
+        &self,
+        call: Call,
+        done: impl std::future::Future<Output = Result<T, ProcessorError>>,
+    ) -> Result<T, ProcessorError> {
+        if call != self.call || !self.armed.load(Ordering::SeqCst) {
+            return done.await;
+        }
+        match self.fault {
+            Fault::Refused => Err(ProcessorError::Declined("refused_in_test".into())),
+            Fault::Lost => {
+                done.await?;
+                Err(ProcessorError::Unavailable("connection reset".into()))
+            }
+            Fault::Crash => {
+                done.await?;
+                panic!("the service stops between the processor's answer and its commit");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for Faulty {
+    async fn tokenize(&self, n: &CardNumber) -> Result<Tokenized, ProcessorError> {
+        self.inner.tokenize(n).await
+    }
+    async fn authorize(&self, r: Authorize<'_>) -> Result<Authorization, ProcessorError> {
+        self.run(Call::Authorize, self.inner.authorize(r)).await
+    }
+    async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError> {
+        self.run(Call::Capture, self.inner.capture(reference, amount))
+            .await
+    }
+    async fn void(&self, reference: &str) -> Result<(), ProcessorError> {
+        self.run(Call::Void, self.inner.void(reference)).await
+    }
+    async fn refund(&self, reference: &str, id: &str, amount: i64) -> Result<(), ProcessorError> {
+        self.run(Call::Refund, self.inner.refund(reference, id, amount))
+            .await
+    }
+    async fn lookup(&self, reference: &str) -> Result<AuthorizationState, ProcessorError> {
+        self.inner.lookup(reference).await
+    }
+    async fn refund_status(&self, id: &str) -> Result<Option<i64>, ProcessorError> {
+        self.inner.refund_status(id).await
+    }
+}
+
+/// A service whose `call` fails with `fault` (armed), and the simulator behind it.
+pub async fn spawn_faulty(db: TestDb, call: Call, fault: Fault) -> (TestPay, Arc<Faulty>) {
+    let mut faulty = None;
+    let t = spawn_wrapped(
+        db,
+        |_| {},
+        |sim| {
+            let f = Arc::new(Faulty::new(sim, call, fault));
+            faulty = Some(f.clone());
+            f
+        },
+    )
+    .await;
+    (t, faulty.expect("wrapped"))
 }

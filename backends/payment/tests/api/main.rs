@@ -11,4 +11,5 @@ mod idempotency;
 mod intents;
 mod ledger;
 mod processor;
+mod recovery;
 mod refunds;

@@ -1,11 +1,7 @@
 //! Refunds never exceed the capture, even when they race.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use payment_service::cards::CardNumber;
-use payment_service::processor::{Authorization, Authorize, ProcessorError, Tokenized};
-use payment_service::{Processor, SimulatedProcessor};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -105,64 +101,10 @@ async fn refunds_need_the_refund_permission_and_a_positive_amount() {
     );
 }
 
-/// How a [`Flaky`] processor fails a refund.
-#[derive(Clone, Copy)]
-enum Refunds {
-    /// The simulator refunds, and the answer is lost (the service stopped, or the network
-    /// dropped it, between the processor's yes and the finalizing commit).
-    DoneButLost,
-    /// The processor refuses.
-    Refused,
-}
-
-/// The simulator, with refunds that fail as told.
-struct Flaky {
-    inner: Arc<SimulatedProcessor>,
-    refunds: Refunds,
-}
-
-#[async_trait::async_trait]
-impl Processor for Flaky {
-    async fn tokenize(&self, n: &CardNumber) -> Result<Tokenized, ProcessorError> {
-        self.inner.tokenize(n).await
-    }
-    async fn authorize(&self, r: Authorize<'_>) -> Result<Authorization, ProcessorError> {
-        self.inner.authorize(r).await
-    }
-    async fn capture(&self, reference: &str, amount: i64) -> Result<(), ProcessorError> {
-        self.inner.capture(reference, amount).await
-    }
-    async fn void(&self, reference: &str) -> Result<(), ProcessorError> {
-        self.inner.void(reference).await
-    }
-    async fn refund(&self, reference: &str, id: &str, amount: i64) -> Result<(), ProcessorError> {
-        match self.refunds {
-            Refunds::DoneButLost => {
-                self.inner.refund(reference, id, amount).await?;
-                Err(ProcessorError::Unavailable("connection reset".into()))
-            }
-            Refunds::Refused => Err(ProcessorError::Declined("refund_not_allowed".into())),
-        }
-    }
-    async fn refund_status(&self, id: &str) -> Result<Option<i64>, ProcessorError> {
-        self.inner.refund_status(id).await
-    }
-}
-
-/// A service whose refunds fail as `refunds` says, and an intent of 1 000 captured through
+/// A service whose refunds fail with `refunds`, and an intent of 1 000 captured through
 /// it; the merchant revenue account's balance after the capture.
-async fn captured_through(db: kit::testing::TestDb, refunds: Refunds) -> (TestPay, String, i64) {
-    let t = spawn_wrapped(
-        db,
-        |_| {},
-        |sim| {
-            Arc::new(Flaky {
-                inner: sim,
-                refunds,
-            })
-        },
-    )
-    .await;
+async fn captured_through(db: kit::testing::TestDb, refunds: Fault) -> (TestPay, String, i64) {
+    let (t, _) = spawn_faulty(db, Call::Refund, refunds).await;
     let auth = t.authorized("ann", VISA, 1000).await;
     let id = auth["id"].as_str().unwrap().to_owned();
     assert_eq!(t.act(&id, "capture", json!({})).await.0, StatusCode::OK);
@@ -176,7 +118,7 @@ async fn captured_through(db: kit::testing::TestDb, refunds: Refunds) -> (TestPa
 #[tokio::test]
 async fn a_refund_whose_answer_was_lost_is_settled_from_the_processor_once() {
     for db in kit::testing::databases().await {
-        let (t, id, captured) = captured_through(db, Refunds::DoneButLost).await;
+        let (t, id, captured) = captured_through(db, Fault::Lost).await;
         let (id, label) = (id.as_str(), t.label());
         let (status, refund) = t.act(id, "refunds", json!({ "amount": 400 })).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{label}: {refund}");
@@ -238,7 +180,7 @@ async fn a_refund_whose_answer_was_lost_is_settled_from_the_processor_once() {
 #[tokio::test]
 async fn a_refused_refund_releases_its_amount() {
     for db in kit::testing::databases().await {
-        let (t, id, captured) = captured_through(db, Refunds::Refused).await;
+        let (t, id, captured) = captured_through(db, Fault::Refused).await;
         let (id, label) = (id.as_str(), t.label());
         let (status, problem) = t.act(id, "refunds", json!({ "amount": 400 })).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{label}: {problem}");

@@ -11,6 +11,8 @@
 //! - [`inventory`]: on_hand / reserved / available per sku, admin adjustments.
 //! - [`reservations`]: all-or-nothing reservations idempotent per order, commit, release,
 //!   and a TTL enforced by the [`reservations::Sweeper`].
+//! - [`returns`]: committed stock given back (a refunded order's lines), idempotent per
+//!   return id and never more than was committed.
 //! - [`events`]: every change is recorded in the kit's outbox in its own transaction.
 //!
 //! Stock decisions never read a cache: every one is a conditional `UPDATE` checked by rows
@@ -22,6 +24,7 @@ pub mod events;
 pub mod inventory;
 pub mod products;
 pub mod reservations;
+pub mod returns;
 pub mod views;
 
 use std::sync::Arc;
@@ -317,6 +320,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reservations::reserve))
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::commit))
+        .routes(routes!(returns::create))
         .routes(routes!(inventory::get))
         .routes(routes!(inventory::adjust))
 }

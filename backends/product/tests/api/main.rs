@@ -9,3 +9,4 @@ mod events;
 mod inventory;
 mod products;
 mod reservations;
+mod returns;

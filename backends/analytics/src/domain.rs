@@ -55,6 +55,11 @@ pub fn project(event: &Event) -> Option<(Value, Option<String>)> {
             customer,
         ),
         "order.cancelled" => (json!({"order_id": p["order_id"]}), customer),
+        "order.refunded" => (
+            json!({"order_id": p["order_id"], "refund_id": p["refund_id"],
+                   "amount": p["amount"], "currency": p["currency"], "items": lines()}),
+            customer,
+        ),
         "payment.captured" | "payment.refunded" => (
             json!({"payment_intent_id": p["payment_intent_id"], "order_id": p["order_id"],
                    "amount": p["amount"], "currency": p["currency"]}),

@@ -10,6 +10,8 @@
 //! | `order.confirmed`, per line | `product.revenue` | qty × unit price | ✓ | `product` |
 //! | `order.confirmed`, per line | `product.units` | qty | ✓ | `product` |
 //! | `order.cancelled` | `orders.cancelled` | 1 | | |
+//! | `order.refunded` | `orders.refunded` | refund amount | ✓ | |
+//! | `order.refunded`, per line | `product.refunded` | qty × unit price | ✓ | `product` |
 //! | `payment.captured` | `payments.captured` | amount | ✓ | |
 //! | `payment.refunded` | `payments.refunded` | amount | ✓ | |
 //! | `user.registered` | `users.registered` | 1 | | |
@@ -46,6 +48,14 @@ pub const METRICS: &[(&str, &str)] = &[
         "orders confirmed: their totals, per currency",
     ),
     ("orders.cancelled", "orders cancelled (1 each)"),
+    (
+        "orders.refunded",
+        "amounts refunded on confirmed orders (cancels and partial refunds), per currency",
+    ),
+    (
+        "product.refunded",
+        "refunded line totals, per currency, by product",
+    ),
     ("revenue", "confirmed order totals, per currency"),
     (
         "product.revenue",
@@ -121,6 +131,27 @@ pub fn measures(source: &str, name: &str, properties: &Value) -> Vec<Measure> {
             all
         }
         "order.cancelled" => vec![one("orders.cancelled")],
+        "order.refunded" => {
+            let mut all: Vec<Measure> = money("orders.refunded", "amount").into_iter().collect();
+            if let (Some(currency), Some(lines)) = (currency(p), p["items"].as_array()) {
+                for line in lines {
+                    let (Some(sku), Some(qty), Some(price)) = (
+                        line["sku"].as_str(),
+                        line["qty"].as_i64(),
+                        line["unit_price"].as_i64(),
+                    ) else {
+                        continue;
+                    };
+                    all.push(Measure {
+                        metric: "product.refunded",
+                        currency: currency.clone(),
+                        value: qty.saturating_mul(price),
+                        dims: vec![("product", sku.to_owned())],
+                    });
+                }
+            }
+            all
+        }
         "payment.captured" => money("payments.captured", "amount").into_iter().collect(),
         "payment.refunded" => money("payments.refunded", "amount").into_iter().collect(),
         "user.registered" => vec![one("users.registered")],
@@ -172,6 +203,22 @@ mod tests {
             ]
         );
         assert!(m[..3].iter().all(|m| m.currency == "EUR"));
+    }
+
+    #[test]
+    fn a_refund_is_its_amount_per_currency_and_per_product() {
+        let m = measures(
+            BUS,
+            "order.refunded",
+            &json!({"amount": 2500, "currency": "EUR", "items": [
+                {"sku": "MUG", "qty": 2, "unit_price": 1250}]}),
+        );
+        let names: Vec<_> = m.iter().map(|m| (m.metric, m.value)).collect();
+        assert_eq!(
+            names,
+            [("orders.refunded", 2500), ("product.refunded", 2500)]
+        );
+        assert_eq!(m[1].dims, [("product", "MUG".to_owned())]);
     }
 
     #[test]

@@ -31,8 +31,9 @@ pub const MAX_BUCKETS: i64 = 50_000;
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// The metric: `events`, `orders.placed`, `orders.confirmed`, `orders.cancelled`,
-    /// `revenue`, `product.revenue`, `product.units`, `payments.captured`,
-    /// `payments.refunded`, `users.registered`, `products.viewed`.
+    /// `orders.refunded`, `revenue`, `product.revenue`, `product.units`,
+    /// `product.refunded`, `payments.captured`, `payments.refunded`, `users.registered`,
+    /// `products.viewed`.
     #[param(example = "revenue")]
     pub metric: String,
     /// The start, included: RFC 3339 (`2026-12-05T00:00:00Z`) or a date (`2026-12-05`,
@@ -279,7 +280,9 @@ pub fn instant(field: &'static str, value: &str, tz: &TimeZone) -> Result<Timest
 fn dimensions(metric: &str) -> &'static [&'static str] {
     match metric {
         "events" => &["name"],
-        "product.revenue" | "product.units" | "products.viewed" => &["product"],
+        "product.revenue" | "product.units" | "product.refunded" | "products.viewed" => {
+            &["product"]
+        }
         _ => &[],
     }
 }

@@ -325,7 +325,10 @@ pub fn cancel_reason(code: &str) -> String {
     let (head, detail) = code.split_once(':').unwrap_or((code, ""));
     match head {
         "out_of_stock" => "an item ran out of stock".into(),
-        "cancelled_by_customer" => "it was cancelled at your request".into(),
+        "cancelled_by_customer" | "cancelled_by_customer_after_confirmation" => {
+            "it was cancelled at your request".into()
+        }
+        "cancelled_by_admin" => "the shop cancelled it; everything you paid is refunded".into(),
         "payment_failed" => match detail {
             "card_declined" | "do_not_honor" => "the card was declined".into(),
             "insufficient_funds" => "the card has insufficient funds".into(),

@@ -6,12 +6,19 @@
 //! request would tie the answer to the slowest of three services (and to the idempotency
 //! lease); the order is durable once the 202 is sent.
 //!
-//! `POST /orders/{id}/cancel` is accepted before the saga's pivot (statuses `pending`,
-//! `reserved`, `authorized`): 202 with `status: "cancelling"`, compensation runs in the
-//! background (again 202 for an order already cancelling). Cancelling a cancelled order
-//! answers 200 with it as it is.
-//! From `confirming` on the order is past cancelling: 409 (a refund is an admin's matter
-//! at the payment service).
+//! `POST /orders/{id}/cancel` before the saga's pivot (statuses `pending`, `reserved`,
+//! `authorized`): 202 with `status: "cancelling"`, compensation runs in the background
+//! (again 202 for an order already cancelling). Cancelling a cancelled order answers 200
+//! with it as it is. While `confirming` it is 409 (try again once confirmed).
+//!
+//! After confirmation a cancel is a refund of every line not refunded yet: by the customer
+//! within the cancellation window (`ORDER_CANCEL_WINDOW`, counted from confirmation), by
+//! an admin at any time. `POST /orders/{id}/refunds` (staff, `Idempotency-Key`) refunds
+//! some lines. Either records a `RefundRequested` decided on the order's current state
+//! (an append with the expected version, re-decided on a conflict), so racing cancels and
+//! refunds never refund a unit twice; the saga then pays it back at the payment service
+//! and returns the stock at the product service, both keyed by the refund's id, and the
+//! order ends `refunded` when nothing is left to refund (else `confirmed` again).
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,7 +35,7 @@ use utoipa::ToSchema;
 
 use crate::clients::StepError;
 use crate::error::{Error, FieldError};
-use crate::order::{reasons, Line, Order, OrderEvent, Status};
+use crate::order::{reasons, Line, Order, OrderEvent, Refund, RefundLine, RefundStatus, Status};
 use crate::AppState;
 
 /// The most lines an order may have.
@@ -269,20 +276,24 @@ pub async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
+/// Whether the caller acts for the shop (admin role or `orders:admin`).
+fn is_staff(id: &Identity) -> bool {
+    id.has_role("admin") || id.has_permission("orders:admin")
+}
+
 /// `POST /orders/{id}/cancel` (owner or admin).
 #[utoipa::path(post, path = "/orders/{id}/cancel", operation_id = "cancelOrder", tag = "orders",
-    summary = "Cancel an order before it is confirming (its owner or an admin)",
+    summary = "Cancel an order: before confirmation nothing is charged; after it, everything is refunded and the stock returned (its owner within the cancellation window, or an admin)",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The order's id")),
     responses(
-        (status = 202, description = "Cancelling (`status: cancelling`, now or before): \
-            compensation runs in the background; poll the `Location` until `cancelled`",
+        (status = 202, description = "Cancelling (`status: cancelling`: compensation runs in the background, poll the `Location` until `cancelled`) or, for a confirmed order, refunding (`status: refunding`, a refund of every line not refunded yet in `refunds`; poll until `refunded`); also when this was asked before and is still running",
             body = Order,
             headers(("Location" = String, description = "`/orders/{id}` of the order"))),
-        (status = 200, description = "Cancelled before: the order as it is", body = Order,
+        (status = 200, description = "Cancelled or refunded before: the order as it is", body = Order,
             headers(("Location" = String, description = "`/orders/{id}` of the order"))),
         (status = 404, description = "No such order, or not the caller's", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The order is confirming or confirmed and can no longer be cancelled, or it kept changing while this was decided (try again)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The order is being confirmed (try again once it is confirmed); or it is confirmed and the customer's cancellation window has closed (an admin can still cancel it); or it kept changing while this was decided (try again)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn cancel(
@@ -294,6 +305,9 @@ pub async fn cancel(
         Some(order) if may_see(&id, &order) => {}
         _ => return Err(Error::NotFound),
     }
+    let staff = is_staff(&id);
+    let window = state.cancel_window;
+    let refund_id = new_id();
     let order = state
         .store
         .decide(&order_id, |o| match o.status {
@@ -303,16 +317,185 @@ pub async fn cancel(
                 }])
             }
             Status::Cancelling | Status::Cancelled => Ok(vec![]),
-            Status::Confirming | Status::Confirmed => Err(Error::Conflict(format!(
-                "the order is {}; it can no longer be cancelled",
-                o.status.as_str()
-            ))),
+            Status::Confirming => Err(Error::Conflict(
+                "the order is being confirmed; cancel it again once it is confirmed".into(),
+            )),
+            Status::Confirmed | Status::Refunding | Status::Refunded => {
+                let cancelled = o
+                    .refunds
+                    .iter()
+                    .any(|f| f.cancel && f.status != RefundStatus::Failed);
+                let left = o.refundable();
+                if cancelled || left.is_empty() {
+                    return Ok(vec![]);
+                }
+                let since = o.confirmed_at.unwrap_or(o.placed_at);
+                if !staff && now_ms() > since.saturating_add(window.as_millis() as i64) {
+                    return Err(Error::Conflict(format!(
+                        "the order was confirmed more than {} ago: only the shop can cancel it now",
+                        humantime::format_duration(window)
+                    )));
+                }
+                let amount = o
+                    .price_of(&left)
+                    .ok_or_else(|| Error::Conflict("the order's lines do not add up".into()))?;
+                let reason = if staff {
+                    reasons::CANCELLED_BY_ADMIN
+                } else {
+                    reasons::CANCELLED_AFTER_CONFIRMATION
+                };
+                Ok(vec![OrderEvent::RefundRequested {
+                    refund_id: refund_id.clone(),
+                    items: left,
+                    amount,
+                    reason: reason.to_owned(),
+                    cancel: true,
+                    requested_by: id.user_id.clone(),
+                }])
+            }
         })
         .await?
         .ok_or(Error::NotFound)?;
-    if order.status == Status::Cancelled {
+    if matches!(order.status, Status::Cancelled | Status::Refunded) {
         return Ok(with_location(StatusCode::OK, &order));
     }
     state.saga.start(order_id);
     Ok(with_location(StatusCode::ACCEPTED, &order))
+}
+
+/// `POST /orders/{id}/refunds` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"items": [{"sku": "MUG-001", "qty": 1}], "reason": "one mug arrived broken"}))]
+pub struct NewRefund {
+    /// 1 to 100 lines of the order, each SKU once, each `qty` at least 1 and at most what
+    /// is left of that line.
+    #[schema(min_items = 1, max_items = 100)]
+    pub items: Vec<RefundLine>,
+    /// Why, at most 500 characters (default `refunded by the shop`).
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// The problem `type` of a refund larger than what is left of the order.
+pub const REFUND_EXCEEDS: &str = "https://gatehouse.dev/problems/refund-exceeds-order";
+
+fn check_refund(order: &Order, body: &NewRefund) -> Result<String, Error> {
+    let mut errors = Vec::new();
+    if body.items.is_empty() || body.items.len() > MAX_LINES {
+        errors.push(FieldError::new("items", "a refund has 1 to 100 lines"));
+    }
+    let mut seen = HashSet::new();
+    for (i, item) in body.items.iter().enumerate() {
+        if !order.items.iter().any(|l| l.sku == item.sku) {
+            errors.push(FieldError::new(
+                format!("items[{i}].sku"),
+                "not a line of this order",
+            ));
+        } else if !seen.insert(item.sku.as_str()) {
+            errors.push(FieldError::new(
+                format!("items[{i}].sku"),
+                "each SKU may appear once",
+            ));
+        }
+        if item.qty < 1 {
+            errors.push(FieldError::new(format!("items[{i}].qty"), "at least 1"));
+        }
+    }
+    let reason = body
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("refunded by the shop");
+    if reason.is_empty() || reason.chars().count() > 500 {
+        errors.push(FieldError::new("reason", "1 to 500 characters"));
+    }
+    if errors.is_empty() {
+        Ok(reason.to_owned())
+    } else {
+        Err(Error::Invalid(errors))
+    }
+}
+
+/// `POST /orders/{id}/refunds` (admin or `orders:admin`; `Idempotency-Key` required).
+#[utoipa::path(post, path = "/orders/{id}/refunds", operation_id = "refundOrder", tag = "orders",
+    summary = "Refund lines of a confirmed order and return their stock (admin or orders:admin)",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The order's id"),
+        kit::openapi::IdempotencyKey,
+    ),
+    request_body = NewRefund,
+    responses(
+        (status = 202, description = "Decided: the refund (`status: pending`) is paid back and its stock returned in the background; poll the `Location` until the refund in `refunds` is `completed`. A replay of the same key and request answers the same.",
+            body = Refund,
+            headers(("Location" = String, description = "`/orders/{id}` of the order"))),
+        (status = 400, description = "No Idempotency-Key, a malformed one, or a body that is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not staff", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not confirmed; or a line would be refunded beyond what is left of it (`type` https://gatehouse.dev/problems/refund-exceeds-order, with `refundable`: what is left of each line); or a request with this Idempotency-Key is still being processed (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 1 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation (a SKU not in the order, a quantity below 1, a reason too long), or the Idempotency-Key was used with another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Access tokens cannot be verified right now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn refund(
+    State(state): State<AppState>,
+    id: Identity,
+    Path(order_id): Path<String>,
+    Json(body): Json<NewRefund>,
+) -> Result<Response, Error> {
+    if !is_staff(&id) {
+        return Err(Error::Problem(kit::Problem::forbidden(
+            "refunding an order requires the admin role or \"orders:admin\"",
+        )));
+    }
+    let order = state.store.load(&order_id).await?.ok_or(Error::NotFound)?;
+    let reason = check_refund(&order, &body)?;
+    let refund_id = new_id();
+    let order = state
+        .store
+        .decide(&order_id, |o| {
+            if !matches!(o.status, Status::Confirmed | Status::Refunding) {
+                return Err(Error::Conflict(format!(
+                    "the order is {}: only a confirmed order is refunded",
+                    o.status.as_str()
+                )));
+            }
+            let left = o.refundable();
+            let exceeds = body.items.iter().any(|want| {
+                let have = left.iter().find(|l| l.sku == want.sku).map_or(0, |l| l.qty);
+                want.qty > have
+            });
+            if exceeds {
+                return Err(Error::Problem(
+                    kit::Problem::conflict("the refund exceeds what is left of the order")
+                        .kind(REFUND_EXCEEDS)
+                        .with("refundable", &left),
+                ));
+            }
+            let amount = o
+                .price_of(&body.items)
+                .ok_or_else(|| Error::field("items", "the amount is too large"))?;
+            Ok(vec![OrderEvent::RefundRequested {
+                refund_id: refund_id.clone(),
+                items: body.items.clone(),
+                amount,
+                reason: reason.clone(),
+                cancel: false,
+                requested_by: id.user_id.clone(),
+            }])
+        })
+        .await?
+        .ok_or(Error::NotFound)?;
+    let refund = order
+        .refund(&refund_id)
+        .cloned()
+        .ok_or_else(|| Error::Conflict("the refund was not recorded; try again".into()))?;
+    state.saga.start(order_id);
+    let mut resp = (StatusCode::ACCEPTED, Json(refund)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/orders/{}", order.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
 }

@@ -67,6 +67,15 @@ pub trait Inventory: Send + Sync + 'static {
     async fn commit(&self, order_id: &str) -> Result<(), StepError>;
     /// Gives the reserved stock back; a reservation that never existed is released too.
     async fn release(&self, order_id: &str) -> Result<(), StepError>;
+    /// Gives `items` of the committed stock of `order_id` back to inventory, once per
+    /// `return_id` (repeating it adds nothing more).
+    async fn return_stock(
+        &self,
+        order_id: &str,
+        return_id: &str,
+        items: &[Item],
+        reason: &str,
+    ) -> Result<(), StepError>;
 }
 
 /// A payment intent as the saga needs it.
@@ -121,8 +130,15 @@ pub trait Payments: Send + Sync + 'static {
     ) -> Result<Intent, StepError>;
     /// Voids the authorization.
     async fn void(&self, order_id: &str, intent_id: &str) -> Result<Intent, StepError>;
-    /// Refunds `amount` of a captured intent.
-    async fn refund(&self, order_id: &str, intent_id: &str, amount: i64) -> Result<(), StepError>;
+    /// Refunds `amount` of a captured intent, once per `key` (the idempotency key is
+    /// `{order_id}:{key}`).
+    async fn refund(
+        &self,
+        order_id: &str,
+        intent_id: &str,
+        key: &str,
+        amount: i64,
+    ) -> Result<(), StepError>;
     /// Every intent created for `order_id`.
     async fn for_order(&self, order_id: &str) -> Result<Vec<Intent>, StepError>;
 }
@@ -322,6 +338,28 @@ impl Inventory for HttpInventory {
         let (s, body) = problem(resp).await;
         Err(rejected(format!("{}:release", reasons::REJECTED), s, &body))
     }
+
+    async fn return_stock(
+        &self,
+        order_id: &str,
+        return_id: &str,
+        items: &[Item],
+        reason: &str,
+    ) -> Result<(), StepError> {
+        let path = format!("/inventory/reservations/{order_id}/returns");
+        let body = json!({ "return_id": return_id, "items": items, "reason": reason });
+        let req = self.0.request(Method::POST, &path).await?.json(&body);
+        let resp = self.0.send(req, &path).await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let (s, body) = problem(resp).await;
+        Err(rejected(
+            format!("{}:return_stock", reasons::REJECTED),
+            s,
+            &body,
+        ))
+    }
 }
 
 /// The payment service over HTTP.
@@ -408,13 +446,19 @@ impl Payments for HttpPayments {
         self.command(&path, order_id, "void", json!({})).await
     }
 
-    async fn refund(&self, order_id: &str, intent_id: &str, amount: i64) -> Result<(), StepError> {
+    async fn refund(
+        &self,
+        order_id: &str,
+        intent_id: &str,
+        key: &str,
+        amount: i64,
+    ) -> Result<(), StepError> {
         let path = format!("/payment-intents/{intent_id}/refunds");
         let req = self
             .0
             .request(Method::POST, &path)
             .await?
-            .header("idempotency-key", format!("{order_id}:refund"))
+            .header("idempotency-key", format!("{order_id}:{key}"))
             .json(&json!({ "amount": amount }));
         let resp = self.0.send(req, &path).await?;
         if resp.status().is_success() {

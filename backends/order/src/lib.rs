@@ -5,7 +5,8 @@
 //!   answers exactly the fold);
 //! - [`store`]: the event store (`order_events`, appended with an expected `seq`; a
 //!   conflicting append reloads and decides again) with the `orders` projection and the
-//!   `order.placed|confirmed|cancelled` outbox events written in the same transaction;
+//!   `order.placed|confirmed|cancelled|refunded` outbox events written in the same
+//!   transaction;
 //! - [`saga`]: the runner that drives an order from its stored state, one idempotent step
 //!   at a time, compensating in reverse on failure, resumed after a crash by the resumer;
 //! - [`lease`]: one runner per order, across processes;
@@ -66,7 +67,13 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Deadlines, pauses and leases of the saga.
     pub saga: SagaSettings,
+    /// How long after confirmation a customer may still cancel an order (a full refund);
+    /// an admin may at any time.
+    pub cancel_window: Duration,
 }
+
+/// The default cancellation window: a day after confirmation.
+pub const CANCEL_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -75,6 +82,7 @@ impl Default for Settings {
             payment_url: "http://127.0.0.1:3004".into(),
             request_timeout: Duration::from_secs(5),
             saga: SagaSettings::default(),
+            cancel_window: CANCEL_WINDOW,
         }
     }
 }
@@ -99,6 +107,9 @@ impl Settings {
                     .unwrap_or(d.saga.resume_interval),
                 ..d.saga
             },
+            cancel_window: env
+                .duration("ORDER_CANCEL_WINDOW")?
+                .unwrap_or(d.cancel_window),
         })
     }
 }
@@ -116,6 +127,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting::env(
         "SAGA_RESUME_INTERVAL",
         "how often unfinished sagas are looked for",
+    ),
+    Setting::env(
+        "ORDER_CANCEL_WINDOW",
+        "how long after confirmation a customer may cancel an order for a full refund (24h)",
     ),
     Setting::env(
         "SERVICE_CLIENT_ID",
@@ -233,6 +248,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// The event bus the relay publishes to (checked by `/ready`).
     pub bus: Option<Arc<dyn EventBus>>,
+    /// How long after confirmation a customer may cancel.
+    pub cancel_window: Duration,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -270,6 +287,7 @@ impl Service {
         Service::start_with(
             db,
             settings.saga,
+            settings.cancel_window,
             bus,
             verifier,
             Arc::new(inventory),
@@ -283,6 +301,7 @@ impl Service {
     pub async fn start_with(
         db: Db,
         saga: SagaSettings,
+        cancel_window: Duration,
         bus: Arc<dyn EventBus>,
         verifier: Arc<Verifier>,
         inventory: Arc<dyn Inventory>,
@@ -301,6 +320,7 @@ impl Service {
             inventory,
             verifier,
             bus: Some(bus),
+            cancel_window,
         };
         Ok(Service {
             state,
@@ -325,17 +345,20 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The routes, each with its part of the OpenAPI document. `keys` guards `POST /orders`
-/// (the layer passes `GET /orders` untouched); the document does not depend on it.
+/// and `POST /orders/{id}/refunds` (the layer passes `GET /orders` untouched); the
+/// document does not depend on it.
 fn api(keys: Option<IdempotencyLayer>) -> OpenApiRouter<AppState> {
     let orders = routes!(api::place, api::list);
-    let orders = match keys {
-        Some(keys) => orders.layer(keys),
-        None => orders,
+    let refunds = routes!(api::refund);
+    let (orders, refunds) = match keys {
+        Some(keys) => (orders.layer(keys.clone()), refunds.layer(keys)),
+        None => (orders, refunds),
     };
     OpenApiRouter::new()
         .routes(orders)
         .routes(routes!(api::get))
         .routes(routes!(api::cancel))
+        .routes(refunds)
 }
 
 fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {

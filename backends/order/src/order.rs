@@ -90,6 +90,44 @@ pub enum OrderEvent {
         /// Why (the reason compensation started with).
         reason: String,
     },
+    /// A refund of a confirmed order was decided: these lines, this amount. Cancelling a
+    /// confirmed order is a refund of every line not refunded yet.
+    RefundRequested {
+        /// The refund's id (the payment service's and the product service's key for it).
+        refund_id: String,
+        /// Which lines, how many of each.
+        items: Vec<RefundLine>,
+        /// Sum of `qty × unit_price` of those lines, minor units.
+        amount: i64,
+        /// Why (see [`reasons`], or the admin's words).
+        reason: String,
+        /// Whether it cancels the order (every line not refunded yet).
+        cancel: bool,
+        /// Who asked.
+        requested_by: String,
+    },
+    /// The payment service refunded it.
+    RefundPaid {
+        /// The refund.
+        refund_id: String,
+    },
+    /// Its lines' stock is back at the product service.
+    StockReturned {
+        /// The refund.
+        refund_id: String,
+    },
+    /// Paid back and stock returned: the refund is done.
+    RefundCompleted {
+        /// The refund.
+        refund_id: String,
+    },
+    /// The payment service refused it for good: nothing was paid back or returned.
+    RefundFailed {
+        /// The refund.
+        refund_id: String,
+        /// What the payment service said.
+        reason: String,
+    },
 }
 
 /// Why orders are cancelled; the `reason` of `CompensationStarted` and `OrderCancelled`.
@@ -105,6 +143,10 @@ pub mod reasons {
     pub const DEADLINE: &str = "deadline_exceeded";
     /// Another service refused a step for good; the step's name follows after a colon.
     pub const REJECTED: &str = "rejected";
+    /// The customer cancelled a confirmed order within the cancellation window (a refund).
+    pub const CANCELLED_AFTER_CONFIRMATION: &str = "cancelled_by_customer_after_confirmation";
+    /// An admin cancelled a confirmed order (a refund).
+    pub const CANCELLED_BY_ADMIN: &str = "cancelled_by_admin";
 }
 
 impl OrderEvent {
@@ -124,6 +166,11 @@ impl OrderEvent {
             OrderEvent::PaymentRefunded { .. } => "PaymentRefunded",
             OrderEvent::InventoryReleased => "InventoryReleased",
             OrderEvent::OrderCancelled { .. } => "OrderCancelled",
+            OrderEvent::RefundRequested { .. } => "RefundRequested",
+            OrderEvent::RefundPaid { .. } => "RefundPaid",
+            OrderEvent::StockReturned { .. } => "StockReturned",
+            OrderEvent::RefundCompleted { .. } => "RefundCompleted",
+            OrderEvent::RefundFailed { .. } => "RefundFailed",
         }
     }
 }
@@ -146,6 +193,11 @@ pub enum Status {
     Cancelling,
     /// Terminal: nothing reserved, no money held or taken.
     Cancelled,
+    /// Confirmed, and a refund is being paid back and its stock returned; it ends
+    /// `confirmed` again (lines are left) or `refunded`.
+    Refunding,
+    /// Terminal: every line was refunded and its stock returned.
+    Refunded,
 }
 
 impl Status {
@@ -159,16 +211,21 @@ impl Status {
             Status::Confirmed => "confirmed",
             Status::Cancelling => "cancelling",
             Status::Cancelled => "cancelled",
+            Status::Refunding => "refunding",
+            Status::Refunded => "refunded",
         }
     }
 
     /// Whether the saga has nothing left to do.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Confirmed | Status::Cancelled)
+        matches!(
+            self,
+            Status::Confirmed | Status::Cancelled | Status::Refunded
+        )
     }
 
     /// The statuses whose saga is finished, as SQL literals for `NOT IN (…)`.
-    pub const TERMINAL_SQL: &'static str = "('confirmed', 'cancelled')";
+    pub const TERMINAL_SQL: &'static str = "('confirmed', 'cancelled', 'refunded')";
 }
 
 /// What the order service knows of the reservation at the product service.
@@ -203,6 +260,65 @@ pub enum PaymentState {
     Refunded,
 }
 
+/// A line of a refund: a SKU of the order and how many of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"sku": "MUG-001", "qty": 1}))]
+pub struct RefundLine {
+    /// A SKU of the order.
+    pub sku: String,
+    /// How many (at least 1, at most what is left of the line).
+    pub qty: i64,
+}
+
+/// Where a refund is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Being paid back and its stock returned.
+    Pending,
+    /// Paid back and its stock returned.
+    Completed,
+    /// The payment service refused it: nothing was paid back or returned, and its lines
+    /// are refundable again.
+    Failed,
+}
+
+/// A refund of a confirmed order, as its events leave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5f9-0a1b-7c2d-8e3f-405162738495",
+    "items": [{"sku": "MUG-001", "qty": 1}], "amount": 1250,
+    "reason": "one mug arrived broken", "cancel": false,
+    "requested_by": "0193a5e0-0000-7000-8000-000000000001",
+    "requested_at": 1733403600000_i64, "status": "completed",
+    "paid": true, "stock_returned": true, "failure_reason": null
+}))]
+pub struct Refund {
+    /// Its id.
+    pub id: String,
+    /// Which lines, how many of each.
+    pub items: Vec<RefundLine>,
+    /// Minor units of the order's currency.
+    pub amount: i64,
+    /// Why.
+    pub reason: String,
+    /// Whether it cancelled the order.
+    pub cancel: bool,
+    /// Who asked.
+    pub requested_by: String,
+    /// When, Unix ms.
+    pub requested_at: i64,
+    /// Where it is.
+    pub status: RefundStatus,
+    /// Whether the payment service refunded it.
+    pub paid: bool,
+    /// Whether its stock is back.
+    pub stock_returned: bool,
+    /// Why the payment service refused it, `null` otherwise.
+    #[schema(required = true)]
+    pub failure_reason: Option<String>,
+}
+
 /// An order: the fold of its events. This is what `GET /orders/{id}` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
@@ -214,7 +330,8 @@ pub enum PaymentState {
     "payment_method_id": "0193a5e8-4f00-7d1e-9a2b-3c4d5e6f7a8b",
     "payment_intent_id": "0193a5f2-8e10-7f2a-b3c4-d5e6f7a8b9c0",
     "inventory": "committed", "payment": "captured", "cancel_reason": null,
-    "placed_at": 1733400000000_i64, "updated_at": 1733400001250_i64, "version": 8
+    "placed_at": 1733400000000_i64, "confirmed_at": 1733400001250_i64,
+    "updated_at": 1733400001250_i64, "version": 8, "refunds": [], "amount_refunded": 0
 }))]
 pub struct Order {
     /// The order's id.
@@ -245,11 +362,21 @@ pub struct Order {
     pub cancel_reason: Option<String>,
     /// When it was placed, Unix ms.
     pub placed_at: i64,
+    /// When it was confirmed, Unix ms (`null` before).
+    #[schema(required = true)]
+    #[serde(default)]
+    pub confirmed_at: Option<i64>,
     /// When its last event was recorded, Unix ms.
     pub updated_at: i64,
     /// How many events it has: the `seq` of the last one (the expected `seq` of the next
     /// append is this plus one).
     pub version: i64,
+    /// Refunds after confirmation, oldest first (cancelling a confirmed order is one).
+    #[serde(default)]
+    pub refunds: Vec<Refund>,
+    /// What the completed refunds paid back, minor units.
+    #[serde(default)]
+    pub amount_refunded: i64,
 }
 
 /// An event as stored: its position and when it was recorded.
@@ -329,8 +456,11 @@ impl Order {
             payment: PaymentState::None,
             cancel_reason: None,
             placed_at: *placed_at,
+            confirmed_at: None,
             updated_at: r.recorded_at,
             version: r.seq,
+            refunds: Vec::new(),
+            amount_refunded: 0,
         })
     }
 
@@ -366,7 +496,10 @@ impl Order {
             OrderEvent::ConfirmationStarted => self.status = Status::Confirming,
             OrderEvent::PaymentCaptured { .. } => self.payment = PaymentState::Captured,
             OrderEvent::InventoryCommitted => self.inventory = InventoryState::Committed,
-            OrderEvent::OrderConfirmed => self.status = Status::Confirmed,
+            OrderEvent::OrderConfirmed => {
+                self.status = Status::Confirmed;
+                self.confirmed_at = Some(r.recorded_at);
+            }
             OrderEvent::CompensationStarted { reason } => {
                 self.status = Status::Cancelling;
                 self.cancel_reason = Some(reason.clone());
@@ -378,10 +511,120 @@ impl Order {
                 self.status = Status::Cancelled;
                 self.cancel_reason = Some(reason.clone());
             }
+            OrderEvent::RefundRequested {
+                refund_id,
+                items,
+                amount,
+                reason,
+                cancel,
+                requested_by,
+            } => {
+                self.refunds.push(Refund {
+                    id: refund_id.clone(),
+                    items: items.clone(),
+                    amount: *amount,
+                    reason: reason.clone(),
+                    cancel: *cancel,
+                    requested_by: requested_by.clone(),
+                    requested_at: r.recorded_at,
+                    status: RefundStatus::Pending,
+                    paid: false,
+                    stock_returned: false,
+                    failure_reason: None,
+                });
+                self.status = Status::Refunding;
+            }
+            OrderEvent::RefundPaid { refund_id } => {
+                if let Some(f) = self.refund_mut(refund_id) {
+                    f.paid = true;
+                }
+            }
+            OrderEvent::StockReturned { refund_id } => {
+                if let Some(f) = self.refund_mut(refund_id) {
+                    f.stock_returned = true;
+                }
+            }
+            OrderEvent::RefundCompleted { refund_id } => {
+                if let Some(f) = self.refund_mut(refund_id) {
+                    f.status = RefundStatus::Completed;
+                    let amount = f.amount;
+                    self.amount_refunded += amount;
+                }
+                self.settle_refunds();
+            }
+            OrderEvent::RefundFailed { refund_id, reason } => {
+                if let Some(f) = self.refund_mut(refund_id) {
+                    f.status = RefundStatus::Failed;
+                    f.failure_reason = Some(reason.clone());
+                }
+                self.settle_refunds();
+            }
         }
         self.updated_at = r.recorded_at;
         self.version = r.seq;
         Ok(())
+    }
+}
+
+impl Order {
+    fn refund_mut(&mut self, refund_id: &str) -> Option<&mut Refund> {
+        self.refunds.iter_mut().find(|f| f.id == refund_id)
+    }
+
+    /// The refund `refund_id`.
+    pub fn refund(&self, refund_id: &str) -> Option<&Refund> {
+        self.refunds.iter().find(|f| f.id == refund_id)
+    }
+
+    /// The oldest refund still being carried out.
+    pub fn pending_refund(&self) -> Option<&Refund> {
+        self.refunds
+            .iter()
+            .find(|f| f.status == RefundStatus::Pending)
+    }
+
+    /// What is left to refund of each line (bought, less what refunds that did not fail
+    /// took), in line order; lines with nothing left are left out.
+    pub fn refundable(&self) -> Vec<RefundLine> {
+        self.items
+            .iter()
+            .filter_map(|line| {
+                let taken: i64 = self
+                    .refunds
+                    .iter()
+                    .filter(|f| f.status != RefundStatus::Failed)
+                    .flat_map(|f| &f.items)
+                    .filter(|i| i.sku == line.sku)
+                    .map(|i| i.qty)
+                    .sum();
+                let left = line.qty - taken;
+                (left > 0).then(|| RefundLine {
+                    sku: line.sku.clone(),
+                    qty: left,
+                })
+            })
+            .collect()
+    }
+
+    /// The price of `items` at the order's unit prices; `None` for a SKU not in the order
+    /// or an overflow.
+    pub fn price_of(&self, items: &[RefundLine]) -> Option<i64> {
+        items.iter().try_fold(0i64, |sum, i| {
+            let line = self.items.iter().find(|l| l.sku == i.sku)?;
+            sum.checked_add(i.qty.checked_mul(line.unit_price)?)
+        })
+    }
+
+    /// After a refund ended: `refunding` while another is pending, else `refunded` when
+    /// nothing is left to refund, else `confirmed` again.
+    fn settle_refunds(&mut self) {
+        self.status = if self.pending_refund().is_some() {
+            Status::Refunding
+        } else if self.refundable().is_empty() {
+            Status::Refunded
+        } else {
+            Status::Confirmed
+        };
     }
 }
 

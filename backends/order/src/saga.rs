@@ -31,7 +31,9 @@ use tokio::time::Instant;
 
 use crate::clients::{Inventory, Item, NewIntent, Payments, StepError};
 use crate::lease;
-use crate::order::{reasons, InventoryState, Order, OrderEvent, PaymentState, Status};
+use crate::order::{
+    reasons, InventoryState, Order, OrderEvent, PaymentState, RefundStatus, Status,
+};
 use crate::store::{EventStore, StoreError};
 
 /// Deadlines, pauses and leases of the saga.
@@ -206,8 +208,13 @@ impl Saga {
                 return Ok(());
             };
             match order.status {
-                Status::Confirmed | Status::Cancelled => return Ok(()),
+                Status::Confirmed | Status::Cancelled | Status::Refunded => return Ok(()),
                 Status::Cancelling => self.compensate(&order).await?,
+                Status::Refunding => {
+                    if !self.refund(&order).await? {
+                        return Ok(());
+                    }
+                }
                 _ => self.forward(&order).await?,
             }
         }
@@ -300,7 +307,14 @@ impl Saga {
                     .decide(id, ready, vec![OrderEvent::OrderConfirmed])
                     .await;
             }
-            (Status::Confirmed | Status::Cancelling | Status::Cancelled, _) => return Ok(()),
+            (
+                Status::Confirmed
+                | Status::Cancelling
+                | Status::Cancelled
+                | Status::Refunding
+                | Status::Refunded,
+                _,
+            ) => return Ok(()),
         };
         match outcome {
             Ok(fact) => self.record(id, fact).await,
@@ -378,7 +392,7 @@ impl Saga {
                 "succeeded" => {
                     let left = i.amount_captured - i.amount_refunded;
                     if left > 0 {
-                        payments.refund(&order.id, &i.id, left).await?;
+                        payments.refund(&order.id, &i.id, "refund", left).await?;
                     }
                     fact = Some(OrderEvent::PaymentRefunded {
                         amount: i.amount_captured,
@@ -410,6 +424,53 @@ impl Saga {
             }
         }
         Ok(fact)
+    }
+
+    /// Takes the next step of the oldest pending refund of a confirmed order: pay it back
+    /// (a refusal for good fails the refund, nothing returned), then return its stock,
+    /// then complete it. Both calls carry the refund's id, so a step repeated after a crash
+    /// acts once. Whether there was a step to take.
+    async fn refund(&self, order: &Order) -> Result<bool, SagaError> {
+        let id = order.id.as_str();
+        let Some(refund) = order.pending_refund() else {
+            return Ok(false);
+        };
+        let refund_id = refund.id.clone();
+        let fact = if !refund.paid {
+            let Some(intent) = order.payment_intent_id.as_deref() else {
+                return Ok(false);
+            };
+            let key = format!("refund:{refund_id}");
+            let paid = self
+                .until_decided("refund_payment", || {
+                    self.0.payments.refund(id, intent, &key, refund.amount)
+                })
+                .await;
+            match paid {
+                Ok(()) => OrderEvent::RefundPaid { refund_id },
+                Err(reason) => OrderEvent::RefundFailed { refund_id, reason },
+            }
+        } else if !refund.stock_returned {
+            let items: Vec<Item> = refund
+                .items
+                .iter()
+                .map(|l| Item {
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                })
+                .collect();
+            self.until_done("return_stock", || {
+                self.0
+                    .inventory
+                    .return_stock(id, &refund_id, &items, &refund.reason)
+            })
+            .await;
+            OrderEvent::StockReturned { refund_id }
+        } else {
+            OrderEvent::RefundCompleted { refund_id }
+        };
+        self.record(id, fact).await?;
+        Ok(true)
     }
 
     /// Appends `fact` unless the order already knows it (or knows better).
@@ -472,6 +533,30 @@ impl Saga {
             }
             if deadline.is_some_and(|d| Instant::now() + pause >= d) {
                 return Err(Failed::Deadline);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.0.settings.max_backoff);
+        }
+    }
+
+    /// Tries a step until it succeeds or is refused for good (its reason); transient
+    /// failures are retried without a deadline.
+    async fn until_decided<F, Fut>(&self, name: &str, mut call: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), StepError>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match call().await {
+                Ok(()) => return Ok(()),
+                Err(StepError::Rejected { reason, detail }) => {
+                    tracing::warn!(step = name, reason, detail, "saga step refused");
+                    return Err(reason);
+                }
+                Err(StepError::Transient(why)) => {
+                    tracing::debug!(step = name, why, "saga step failed; retrying");
+                }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.0.settings.max_backoff);
@@ -543,6 +628,15 @@ fn advances(o: &Order, fact: &OrderEvent) -> bool {
         OrderEvent::PaymentVoided | OrderEvent::PaymentRefunded { .. } => {
             payment_rank(o.payment) < 4
         }
+        OrderEvent::RefundPaid { refund_id } | OrderEvent::RefundFailed { refund_id, .. } => o
+            .refund(refund_id)
+            .is_some_and(|f| f.status == RefundStatus::Pending && !f.paid),
+        OrderEvent::StockReturned { refund_id } => o
+            .refund(refund_id)
+            .is_some_and(|f| f.status == RefundStatus::Pending && f.paid && !f.stock_returned),
+        OrderEvent::RefundCompleted { refund_id } => o
+            .refund(refund_id)
+            .is_some_and(|f| f.status == RefundStatus::Pending && f.paid && f.stock_returned),
         _ => !o.status.is_terminal(),
     }
 }

@@ -5,8 +5,8 @@
 //! refuses the second, which reloads, re-decides on the new state and appends again
 //! ([`EventStore::decide`]), so no decision is lost and none is taken on a stale state.
 //!
-//! The events `order.placed`, `order.confirmed` and `order.cancelled` go to the outbox in
-//! the same transaction as the events that cause them.
+//! The events `order.placed`, `order.confirmed`, `order.cancelled` and `order.refunded` go
+//! to the outbox in the same transaction as the events that cause them.
 
 use kit::db::now_ms;
 use kit::{Db, DbError, OutboxWaker};
@@ -247,6 +247,13 @@ async fn publish(
 ) -> Result<bool, StoreError> {
     let mut any = false;
     for r in events {
+        if let OrderEvent::RefundCompleted { refund_id } = &r.event {
+            for (topic, payload) in refunded(order, refund_id) {
+                kit::outbox::record(tx, topic, &payload).await?;
+                any = true;
+            }
+            continue;
+        }
         let (topic, payload) = match &r.event {
             OrderEvent::OrderPlaced { .. } => (
                 "order.placed",
@@ -283,4 +290,54 @@ async fn publish(
         any = true;
     }
     Ok(any)
+}
+
+/// The public events of a completed refund: `order.refunded` with its lines and amounts,
+/// and `order.cancelled` as well when it cancelled a confirmed order.
+fn refunded(order: &Order, refund_id: &str) -> Vec<(&'static str, serde_json::Value)> {
+    let Some(refund) = order.refund(refund_id) else {
+        return Vec::new();
+    };
+    let items: Vec<_> = refund
+        .items
+        .iter()
+        .map(|i| {
+            let unit_price = order
+                .items
+                .iter()
+                .find(|l| l.sku == i.sku)
+                .map_or(0, |l| l.unit_price);
+            json!({"sku": i.sku, "qty": i.qty, "unit_price": unit_price})
+        })
+        .collect();
+    let mut out = vec![(
+        "order.refunded",
+        json!({
+            "order_id": order.id,
+            "customer_id": order.customer_id,
+            "refund_id": refund.id,
+            "items": items,
+            "amount": refund.amount,
+            "currency": order.currency,
+            "reason": refund.reason,
+            "cancel": refund.cancel,
+            "amount_refunded": order.amount_refunded,
+            "total": order.total,
+            "status": order.status.as_str(),
+        }),
+    )];
+    if refund.cancel {
+        out.push((
+            "order.cancelled",
+            json!({
+                "order_id": order.id,
+                "customer_id": order.customer_id,
+                "reason": refund.reason,
+                "after_confirmation": true,
+                "amount_refunded": refund.amount,
+                "currency": order.currency,
+            }),
+        ));
+    }
+    out
 }

@@ -50,6 +50,8 @@ pub struct Orders {
     pub payment_url: String,
     pub service: Option<Service>,
     pub app: Option<TestApp>,
+    /// The cancellation window the next (re)start uses.
+    pub cancel_window: Duration,
 }
 
 /// The order service against fakes of the other two.
@@ -94,6 +96,7 @@ impl Orders {
             payment_url,
             service: None,
             app: None,
+            cancel_window: order_service::CANCEL_WINDOW,
         };
         o.restart(saga).await;
         o
@@ -109,6 +112,7 @@ impl Orders {
             payment_url: self.payment_url.clone(),
             request_timeout: Duration::from_secs(2),
             saga,
+            cancel_window: self.cancel_window,
         }
     }
 

@@ -8,6 +8,7 @@ mod fakes;
 mod helpers;
 mod real;
 
+mod after_sale;
 mod orders;
 mod saga;
 mod saga_real;

@@ -149,8 +149,9 @@ async fn a_product_outage_cancels_at_the_reserve_deadline_once_release_is_possib
 }
 
 /// The customer cancels while the payment is being authorized: 202 `cancelling`, then
-/// cancelled with the authorization voided and the stock released. A confirmed order
-/// cannot be cancelled (409); cancelling a cancelled one answers 200.
+/// cancelled with the authorization voided and the stock released; cancelling a cancelled
+/// one answers 200. Cancelling a confirmed order is a refund instead (`refunding`; the
+/// after-sale tests follow it to the end against the real services).
 #[tokio::test]
 async fn a_customer_cancels_before_confirmation_but_not_after() {
     for db in kit::testing::databases().await {
@@ -182,7 +183,12 @@ async fn a_customer_cancels_before_confirmation_but_not_after() {
             "{label}"
         );
         let r = w.post(&ann, &format!("/orders/{done}/cancel")).await;
-        assert_eq!(r.status(), 409, "{label}");
+        assert_eq!(r.status(), 202, "{label}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["status"],
+            "refunding",
+            "{label}"
+        );
     }
 }
 

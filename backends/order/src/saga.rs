@@ -48,6 +48,20 @@ pub struct SagaSettings {
     pub lease: Duration,
     /// How often unfinished orders without a runner are looked for.
     pub resume_interval: Duration,
+    /// Fault injection for tests: where a runner stops as if its process died. No setting
+    /// reads it, so a deployed service never has one.
+    pub crash: Option<CrashPoint>,
+}
+
+/// A runner stops, as a crash would (its lease left to expire), instead of recording the
+/// event named `before`: the call whose outcome that event records was made, and its
+/// record is lost. The restarted service must then repeat the step without acting twice.
+#[derive(Debug, Clone)]
+pub struct CrashPoint {
+    /// The name of the event not recorded ([`OrderEvent::name`]).
+    pub before: &'static str,
+    /// Turned on when a runner stopped there.
+    pub hit: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for SagaSettings {
@@ -57,6 +71,7 @@ impl Default for SagaSettings {
             max_backoff: Duration::from_secs(5),
             lease: Duration::from_secs(30),
             resume_interval: Duration::from_secs(10),
+            crash: None,
         }
     }
 }
@@ -67,6 +82,9 @@ pub enum SagaError {
     /// Storage failed; the order is resumed later.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The runner stopped at its [`CrashPoint`].
+    #[error("stopped before recording {0}, as a crash would")]
+    Crashed(&'static str),
 }
 
 /// How a forward step ended, when not with its fact.
@@ -176,6 +194,9 @@ impl Saga {
             done = self.drive(&order_id) => done,
         };
         if let Err(e) = done {
+            if matches!(e, SagaError::Crashed(_)) {
+                return; // as a crash would: the lease stays until it expires
+            }
             tracing::error!(order_id, error = %error_chain(&e), "order saga stopped; it resumes later");
         }
         if let Err(e) = lease::release(&db, &order_id, &owner).await {
@@ -478,11 +499,13 @@ impl Saga {
         self.0
             .store
             .decide(order_id, |o| {
-                Ok::<_, StoreError>(if advances(o, &fact) {
+                let events = if advances(o, &fact) {
                     vec![fact.clone()]
                 } else {
                     vec![]
-                })
+                };
+                self.crash_before(&events)?;
+                Ok::<_, SagaError>(events)
             })
             .await?;
         Ok(())
@@ -498,10 +521,23 @@ impl Saga {
         self.0
             .store
             .decide(order_id, |o| {
-                Ok::<_, StoreError>(if when(o) { events.clone() } else { vec![] })
+                let events = if when(o) { events.clone() } else { vec![] };
+                self.crash_before(&events)?;
+                Ok::<_, SagaError>(events)
             })
             .await?;
         Ok(())
+    }
+
+    /// The runner's [`CrashPoint`], if `events` are what it stops before.
+    fn crash_before(&self, events: &[OrderEvent]) -> Result<(), SagaError> {
+        match &self.0.settings.crash {
+            Some(c) if events.iter().any(|e| e.name() == c.before) => {
+                c.hit.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(SagaError::Crashed(c.before))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Tries a forward step until it succeeds, is refused, or (before the pivot) its

@@ -27,6 +27,7 @@ pub fn fast_saga() -> SagaSettings {
         max_backoff: Duration::from_millis(200),
         lease: Duration::from_secs(2),
         resume_interval: Duration::from_millis(200),
+        crash: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! failures; `saga_real.rs` runs it against the real services (`real.rs`).
 
 mod binary;
+mod crash;
 mod fakes;
 mod helpers;
 mod real;

@@ -54,8 +54,10 @@ def free_port():
 
 def config(bootstrap, ports):
     text = open(os.path.join(ROOT, "config/platform.toml")).read()
-    for fixed, port in ports.items():
-        text = text.replace(f"127.0.0.1:{fixed}", f"127.0.0.1:{port}")
+    # One pass: replacing port by port would rewrite a new port that starts with a later
+    # fixed one (30034 after 3003 → "283834"), and the gateway refuses the config.
+    text = re.sub(r"127\.0\.0\.1:(\d+)\b",
+                  lambda m: f"127.0.0.1:{ports.get(m.group(1), m.group(1))}", text)
     if bootstrap:
         text = text.replace('# bootstrap_admin = "you@example.com"', f'bootstrap_admin = "{ADMIN}"')
     return text

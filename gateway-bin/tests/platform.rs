@@ -10,11 +10,6 @@ use serde_json::{json, Value};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
-/// A loopback port nothing listens on (see `kit::testing::unused_port`).
-fn free_port() -> u16 {
-    kit::testing::unused_port()
-}
-
 struct Running {
     child: Child,
     log: std::path::PathBuf,
@@ -64,13 +59,14 @@ fn start_with(
 ) -> (Running, String) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/platform.toml");
     let mut text = std::fs::read_to_string(shipped).expect("config/platform.toml");
-    let edge = free_port();
-    for fixed in [
-        "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
-    ] {
-        let port = if fixed == "8080" { edge } else { free_port() };
-        text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{port}"));
-    }
+    let (moved, ports) = kit::testing::rebind_ports(
+        &text,
+        &[
+            "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
+        ],
+    );
+    text = moved;
+    let edge = ports["8080"];
     // These tests log in many accounts from one address within a second: lift the per-IP
     // limit on the auth endpoints so they measure the services, not the limiter.
     let limited = "rate = \"10/s\"\nburst = 20";
@@ -482,6 +478,118 @@ async fn an_order_placed_through_the_gateway_is_confirmed_paid_and_booked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "a customer sees no reports");
+}
+
+/// After the sale, through the gateway: a customer buys two mugs and cancels the confirmed
+/// order; it ends `refunded`, the stock is back, the payment refunded in full, the
+/// ledger's customer and revenue accounts are back where they were, and the customer is
+/// told. An admin refunds one mug of another order by line.
+#[tokio::test]
+async fn a_confirmed_order_cancelled_through_the_gateway_is_refunded_with_stock_and_ledger_back() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, c, admin) = platform_with_admin(dir.path(), &[]).await;
+    c.stock(&admin, "MUG-1", 5).await;
+    let accounts = |ledger: &Value| -> (i64, i64) {
+        let of = |name: &str| {
+            ledger["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["account"] == name)
+                .map(|a| a["balance"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        (of("customer_receivable"), of("merchant_revenue"))
+    };
+    let before = accounts(
+        &c.send(c.with(Method::GET, "/api/ledger/balance", &admin))
+            .await,
+    );
+    let (ann, card) = c.customer("ann@example.com", "4242 4242 4242 4242").await;
+    let order = c.order(&ann, &card, "MUG-1", 2).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let id = order["id"].as_str().unwrap();
+    let paid = accounts(
+        &c.send(c.with(Method::GET, "/api/ledger/balance", &admin))
+            .await,
+    );
+    assert_ne!(paid, before, "the sale is booked");
+
+    let r = c
+        .with(Method::POST, &format!("/api/orders/{id}/cancel"), &ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let o = c
+            .send(c.with(Method::GET, &format!("/api/orders/{id}"), &ann))
+            .await;
+        if o["status"] != "refunding" {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the refund did not finish: {o}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "refunded", "{done}");
+    assert_eq!(done["amount_refunded"], 2500, "{done}");
+    let stock = c
+        .send(c.with(Method::GET, "/api/inventory/MUG-1", &admin))
+        .await;
+    assert_eq!(stock["on_hand"], 5, "the stock is back: {stock}");
+    let intents = c.intents_of(&admin, id).await;
+    assert_eq!(intents[0]["amount_refunded"], 2500, "{intents:?}");
+    let ledger = c
+        .send(c.with(Method::GET, "/api/ledger/balance", &admin))
+        .await;
+    assert_eq!(ledger["sum"], 0, "{ledger}");
+    assert_eq!(accounts(&ledger), before, "the ledger is back: {ledger}");
+
+    // By line: bob keeps one of his two mugs.
+    let (bob, bobs_card) = c.customer("bob@example.com", "4242 4242 4242 4242").await;
+    let order = c.order(&bob, &bobs_card, "MUG-1", 2).await;
+    let id = order["id"].as_str().unwrap();
+    let refund = c
+        .send(
+            c.with(Method::POST, &format!("/api/orders/{id}/refunds"), &admin)
+                .header("idempotency-key", "refund-bob-1")
+                .json(&json!({"items": [{"sku": "MUG-1", "qty": 1}], "reason": "chipped"})),
+        )
+        .await;
+    assert_eq!(refund["amount"], 1250, "{refund}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = c
+            .send(c.with(Method::GET, &format!("/api/orders/{id}"), &bob))
+            .await;
+        if o["status"] == "confirmed" && o["amount_refunded"] == 1250 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refund did not finish: {o}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stock = c
+        .send(c.with(Method::GET, "/api/inventory/MUG-1", &admin))
+        .await;
+    assert_eq!(
+        stock["on_hand"], 4,
+        "one of bob's two mugs is back: {stock}"
+    );
+
+    // Ann hears that her order was cancelled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = c
+            .send(c.with(Method::GET, "/api/notifications", &ann))
+            .await;
+        if page.to_string().contains("order_cancelled") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cancellation notice: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The real services under the saga: stock 3, six customers order one each at once →

@@ -395,6 +395,26 @@ pub fn unused_port() -> u16 {
     panic!("no unused loopback port between {LOW} and {}", LOW + SPAN)
 }
 
+/// `text` (a config) with every `127.0.0.1:{port}` of `fixed` moved to an unused port, and
+/// where each went. In one pass through placeholders: replacing port by port would rewrite
+/// a new port that starts with a later fixed one (30012 after 3001 becomes "<port>2").
+pub fn rebind_ports(
+    text: &str,
+    fixed: &[&str],
+) -> (String, std::collections::HashMap<String, u16>) {
+    let mut text = text.to_owned();
+    for (i, port) in fixed.iter().enumerate() {
+        text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:@{i}@"));
+    }
+    let mut moved = std::collections::HashMap::new();
+    for (i, port) in fixed.iter().enumerate() {
+        let new = unused_port();
+        text = text.replace(&format!("127.0.0.1:@{i}@"), &format!("127.0.0.1:{new}"));
+        moved.insert((*port).to_owned(), new);
+    }
+    (text, moved)
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `deadline`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut check: F) -> T
 where

@@ -165,14 +165,13 @@ impl Platform {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Platform> {
         let mut text = std::fs::read_to_string(config)?;
-        let mut ports = HashMap::new();
-        for fixed in [
-            "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
-        ] {
-            let port = kit::testing::unused_port();
-            ports.insert(fixed, port);
-            text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{port}"));
-        }
+        let (moved, ports) = kit::testing::rebind_ports(
+            &text,
+            &[
+                "8080", "9090", "3001", "3002", "3003", "3004", "3005", "3006", "3009",
+            ],
+        );
+        text = moved;
         // Every account logs in from this one address: lift the per-IP limit on the auth
         // endpoints, so the limiter is not what is measured.
         text = text.replace(

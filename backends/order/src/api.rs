@@ -35,7 +35,9 @@ use utoipa::ToSchema;
 
 use crate::clients::StepError;
 use crate::error::{Error, FieldError};
-use crate::order::{reasons, Line, Order, OrderEvent, Refund, RefundLine, RefundStatus, Status};
+use crate::order::{
+    reasons, Line, Order, OrderEvent, OrderRefund, RefundLine, RefundStatus, Status,
+};
 use crate::AppState;
 
 /// The most lines an order may have.
@@ -367,7 +369,7 @@ pub async fn cancel(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"items": [{"sku": "MUG-001", "qty": 1}], "reason": "one mug arrived broken"}))]
-pub struct NewRefund {
+pub struct NewOrderRefund {
     /// 1 to 100 lines of the order, each SKU once, each `qty` at least 1 and at most what
     /// is left of that line.
     #[schema(min_items = 1, max_items = 100)]
@@ -381,7 +383,7 @@ pub struct NewRefund {
 /// The problem `type` of a refund larger than what is left of the order.
 pub const REFUND_EXCEEDS: &str = "https://gatehouse.dev/problems/refund-exceeds-order";
 
-fn check_refund(order: &Order, body: &NewRefund) -> Result<String, Error> {
+fn check_refund(order: &Order, body: &NewOrderRefund) -> Result<String, Error> {
     let mut errors = Vec::new();
     if body.items.is_empty() || body.items.len() > MAX_LINES {
         errors.push(FieldError::new("items", "a refund has 1 to 100 lines"));
@@ -426,10 +428,10 @@ fn check_refund(order: &Order, body: &NewRefund) -> Result<String, Error> {
         ("id" = String, Path, description = "The order's id"),
         kit::openapi::IdempotencyKey,
     ),
-    request_body = NewRefund,
+    request_body = NewOrderRefund,
     responses(
         (status = 202, description = "Decided: the refund (`status: pending`) is paid back and its stock returned in the background; poll the `Location` until the refund in `refunds` is `completed`. A replay of the same key and request answers the same.",
-            body = Refund,
+            body = OrderRefund,
             headers(("Location" = String, description = "`/orders/{id}` of the order"))),
         (status = 400, description = "No Idempotency-Key, a malformed one, or a body that is not JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The caller is not staff", body = ProblemBody, content_type = "application/problem+json"),
@@ -443,7 +445,7 @@ pub async fn refund(
     State(state): State<AppState>,
     id: Identity,
     Path(order_id): Path<String>,
-    Json(body): Json<NewRefund>,
+    Json(body): Json<NewOrderRefund>,
 ) -> Result<Response, Error> {
     if !is_staff(&id) {
         return Err(Error::Problem(kit::Problem::forbidden(

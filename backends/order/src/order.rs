@@ -293,7 +293,7 @@ pub enum RefundStatus {
     "requested_at": 1733403600000_i64, "status": "completed",
     "paid": true, "stock_returned": true, "failure_reason": null
 }))]
-pub struct Refund {
+pub struct OrderRefund {
     /// Its id.
     pub id: String,
     /// Which lines, how many of each.
@@ -373,7 +373,7 @@ pub struct Order {
     pub version: i64,
     /// Refunds after confirmation, oldest first (cancelling a confirmed order is one).
     #[serde(default)]
-    pub refunds: Vec<Refund>,
+    pub refunds: Vec<OrderRefund>,
     /// What the completed refunds paid back, minor units.
     #[serde(default)]
     pub amount_refunded: i64,
@@ -519,7 +519,7 @@ impl Order {
                 cancel,
                 requested_by,
             } => {
-                self.refunds.push(Refund {
+                self.refunds.push(OrderRefund {
                     id: refund_id.clone(),
                     items: items.clone(),
                     amount: *amount,
@@ -567,17 +567,17 @@ impl Order {
 }
 
 impl Order {
-    fn refund_mut(&mut self, refund_id: &str) -> Option<&mut Refund> {
+    fn refund_mut(&mut self, refund_id: &str) -> Option<&mut OrderRefund> {
         self.refunds.iter_mut().find(|f| f.id == refund_id)
     }
 
     /// The refund `refund_id`.
-    pub fn refund(&self, refund_id: &str) -> Option<&Refund> {
+    pub fn refund(&self, refund_id: &str) -> Option<&OrderRefund> {
         self.refunds.iter().find(|f| f.id == refund_id)
     }
 
     /// The oldest refund still being carried out.
-    pub fn pending_refund(&self) -> Option<&Refund> {
+    pub fn pending_refund(&self) -> Option<&OrderRefund> {
         self.refunds
             .iter()
             .find(|f| f.status == RefundStatus::Pending)

@@ -829,7 +829,7 @@ fn run_block(block: &str, base: &str) -> String {
 
 /// The README's shop flow, run as written (curl and jq, the restart with the bootstrap
 /// variable it names) against a fresh platform: the order confirms, the stock and the ledger
-/// are what the README says they print.
+/// are what the README says they print, and the cancel refunds it with the stock back.
 #[tokio::test]
 async fn the_readme_shop_flow_runs_as_written() {
     let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
@@ -844,6 +844,9 @@ async fn the_readme_shop_flow_runs_as_written() {
         r#""on_hand":8,"reserved":0"#,
         r#"{"sum":0,"unbalanced_transactions":0}"#,
         "1,MUG-001,EUR,2500,2,1",
+        r#"{"status":"refunding"}"#,
+        r#"{"status":"refunded","amount_refunded":2500}"#,
+        r#""on_hand":10,"reserved":0"#,
     ];
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))

@@ -22,6 +22,17 @@
 
 use serde_json::Value;
 
+/// The well-formed lines (`sku`, `qty`, `unit_price`) of an order event's `items`.
+fn lines(p: &Value) -> impl Iterator<Item = (&str, i64, i64)> {
+    p["items"].as_array().into_iter().flatten().filter_map(|l| {
+        Some((
+            l["sku"].as_str()?,
+            l["qty"].as_i64()?,
+            l["unit_price"].as_i64()?,
+        ))
+    })
+}
+
 /// The source of domain facts (the bus); every other source is a client.
 pub const BUS: &str = "bus";
 
@@ -103,15 +114,8 @@ pub fn measures(source: &str, name: &str, properties: &Value) -> Vec<Measure> {
             .into_iter()
             .flatten()
             .collect();
-            if let (Some(currency), Some(lines)) = (currency(p), p["items"].as_array()) {
-                for line in lines {
-                    let (Some(sku), Some(qty), Some(price)) = (
-                        line["sku"].as_str(),
-                        line["qty"].as_i64(),
-                        line["unit_price"].as_i64(),
-                    ) else {
-                        continue;
-                    };
+            if let Some(currency) = currency(p) {
+                for (sku, qty, price) in lines(p) {
                     let product = vec![("product", sku.to_owned())];
                     all.push(Measure {
                         metric: "product.revenue",
@@ -133,15 +137,8 @@ pub fn measures(source: &str, name: &str, properties: &Value) -> Vec<Measure> {
         "order.cancelled" => vec![one("orders.cancelled")],
         "order.refunded" => {
             let mut all: Vec<Measure> = money("orders.refunded", "amount").into_iter().collect();
-            if let (Some(currency), Some(lines)) = (currency(p), p["items"].as_array()) {
-                for line in lines {
-                    let (Some(sku), Some(qty), Some(price)) = (
-                        line["sku"].as_str(),
-                        line["qty"].as_i64(),
-                        line["unit_price"].as_i64(),
-                    ) else {
-                        continue;
-                    };
+            if let Some(currency) = currency(p) {
+                for (sku, qty, price) in lines(p) {
                     all.push(Measure {
                         metric: "product.refunded",
                         currency: currency.clone(),

@@ -206,8 +206,13 @@ pub async fn place(
 }
 
 fn with_location(status: StatusCode, order: &Order) -> Response {
-    let mut resp = (status, Json(order)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/orders/{}", order.id)) {
+    located(status, order, &order.id)
+}
+
+/// `body` answered with `status` and the `Location` of the order `order_id`.
+fn located(status: StatusCode, body: &impl serde::Serialize, order_id: &str) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
@@ -495,9 +500,5 @@ pub async fn refund(
         .cloned()
         .ok_or_else(|| Error::Conflict("the refund was not recorded; try again".into()))?;
     state.saga.start(order_id);
-    let mut resp = (StatusCode::ACCEPTED, Json(refund)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/orders/{}", order.id)) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(located(StatusCode::ACCEPTED, &refund, &order.id))
 }

@@ -248,14 +248,7 @@ impl Saga {
         let pivoted = order.status == Status::Confirming;
         let outcome = match (order.status, &order.payment_intent_id) {
             (Status::Pending, _) => {
-                let items: Vec<Item> = order
-                    .items
-                    .iter()
-                    .map(|l| Item {
-                        sku: l.sku.clone(),
-                        qty: l.qty,
-                    })
-                    .collect();
+                let items = to_items(order.items.iter().map(|l| (&l.sku, l.qty)));
                 self.step("reserve", false, || inventory.reserve(id, &items))
                     .await
                     .map(|expires_at| OrderEvent::InventoryReserved { expires_at })
@@ -472,14 +465,7 @@ impl Saga {
                 Err(reason) => OrderEvent::RefundFailed { refund_id, reason },
             }
         } else if !refund.stock_returned {
-            let items: Vec<Item> = refund
-                .items
-                .iter()
-                .map(|l| Item {
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                })
-                .collect();
+            let items = to_items(refund.items.iter().map(|l| (&l.sku, l.qty)));
             self.until_done("return_stock", || {
                 self.0
                     .inventory
@@ -624,6 +610,16 @@ impl Saga {
             pause = (pause * 2).min(self.0.settings.max_backoff);
         }
     }
+}
+
+/// Lines as the product service takes them.
+fn to_items<'a>(lines: impl Iterator<Item = (&'a String, i64)>) -> Vec<Item> {
+    lines
+        .map(|(sku, qty)| Item {
+            sku: sku.clone(),
+            qty,
+        })
+        .collect()
 }
 
 /// The name of the forward step `order`'s state calls for (for deadline reasons).

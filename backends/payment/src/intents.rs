@@ -765,19 +765,35 @@ async fn start_capture(
 /// either way with nothing changed); no answer leaves it `capturing` (502) for a retry or
 /// the recovery task.
 async fn settle_capture(state: &AppState, intent: &Intent) -> Result<Intent, Error> {
-    match bounded(
+    let asked = bounded(
         state,
         state.processor.capture(&intent.id, intent.amount_captured),
     )
-    .await
-    {
-        Ok(()) => captured(state, &intent.id).await,
+    .await;
+    unless_refused(state, intent, "amount_captured = 0", asked).await?;
+    captured(state, &intent.id).await
+}
+
+/// The processor's answer to the capture or void `intent` is in, passed on: a refusal puts
+/// the intent back to `requires_capture` (`undo` resets what the call had set), a lost
+/// answer leaves it where it is for a retry or the recovery task.
+async fn unless_refused(
+    state: &AppState,
+    intent: &Intent,
+    undo_set: &str,
+    asked: Result<(), Error>,
+) -> Result<(), Error> {
+    match asked {
+        Ok(()) => Ok(()),
         Err(Error::Processor(ProcessorError::Declined(code))) => {
-            undo(state, &intent.id, CAPTURING, "amount_captured = 0").await?;
+            let mut tx = state.db.begin().await?;
+            let set = format!("status = 'requires_capture', {undo_set}");
+            transition(&mut tx, &intent.id, &intent.status, &set, &[]).await?;
+            tx.commit().await?;
             Err(ProcessorError::Declined(code).into())
         }
         Err(e) => {
-            tracing::warn!(payment_intent = %intent.id, error = %e, "the processor did not confirm a capture: it stays capturing");
+            tracing::warn!(payment_intent = %intent.id, status = intent.status, error = %e, "the processor did not confirm the call: the intent stays where it is");
             Err(e)
         }
     }
@@ -804,15 +820,6 @@ async fn captured(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
     tx.commit().await?;
     state.outbox.wake();
     Ok(done)
-}
-
-/// Puts an intent the processor refused to capture or void back to `requires_capture`.
-async fn undo(state: &AppState, intent_id: &str, from: &str, set: &str) -> Result<(), Error> {
-    let mut tx = state.db.begin().await?;
-    let set = format!("status = 'requires_capture', {set}");
-    transition(&mut tx, intent_id, from, &set, &[]).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 fn captured_already(intent: Intent) -> Result<Json<Intent>, Error> {
@@ -911,17 +918,9 @@ pub async fn cancel(
 /// Asks the processor to release the hold of `intent` (`canceling`) and records the
 /// answer, as [`settle_capture`] does for a capture.
 async fn settle_void(state: &AppState, intent: &Intent) -> Result<Intent, Error> {
-    match bounded(state, state.processor.void(&intent.id)).await {
-        Ok(()) => voided(state, &intent.id).await,
-        Err(Error::Processor(ProcessorError::Declined(code))) => {
-            undo(state, &intent.id, CANCELING, "failure_reason = NULL").await?;
-            Err(ProcessorError::Declined(code).into())
-        }
-        Err(e) => {
-            tracing::warn!(payment_intent = %intent.id, error = %e, "the processor did not confirm a void: it stays canceling");
-            Err(e)
-        }
-    }
+    let asked = bounded(state, state.processor.void(&intent.id)).await;
+    unless_refused(state, intent, "failure_reason = NULL", asked).await?;
+    voided(state, &intent.id).await
 }
 
 /// `canceling` → `canceled` (`voided`): the hold released in the ledger, `payment.voided`.

@@ -87,6 +87,32 @@ pub(crate) async fn note_taken(
     Ok(Some(stock))
 }
 
+/// Records that `sku`'s on_hand changed by `delta` for `reason` (already written in `tx`):
+/// the `inventory.adjusted` event with the counts after it (and a low-stock one when it
+/// crossed the threshold); the stock after it.
+pub(crate) async fn adjusted(
+    tx: &mut Transaction<'static, Any>,
+    sku: &str,
+    delta: i64,
+    reason: &str,
+    now: i64,
+) -> Result<Stock, Error> {
+    let stock = note_taken(tx, sku, -delta, now)
+        .await?
+        .ok_or(Error::NotFound("no such sku"))?;
+    let fact = events::InventoryAdjusted {
+        sku,
+        delta,
+        reason,
+        on_hand: stock.on_hand,
+        reserved: stock.reserved,
+        available: stock.available,
+        at: now,
+    };
+    events::record(tx, "inventory.adjusted", &fact).await?;
+    Ok(stock)
+}
+
 /// `GET /inventory/{sku}` (any signed-in caller) → the stock, from the database.
 #[utoipa::path(get, path = "/inventory/{sku}", operation_id = "getStock", tag = "inventory",
     summary = "Read a sku's stock (any signed-in caller)",
@@ -166,19 +192,7 @@ pub async fn adjust(
             )),
         });
     }
-    let stock = note_taken(&mut tx, &sku, -req.delta, now)
-        .await?
-        .ok_or(Error::NotFound("no such sku"))?;
-    let fact = events::InventoryAdjusted {
-        sku: &sku,
-        delta: req.delta,
-        reason,
-        on_hand: stock.on_hand,
-        reserved: stock.reserved,
-        available: stock.available,
-        at: now,
-    };
-    events::record(&mut tx, "inventory.adjusted", &fact).await?;
+    let stock = adjusted(&mut tx, &sku, req.delta, reason, now).await?;
     tx.commit().await?;
     s.outbox.wake();
     Ok(Json(stock))

@@ -39,6 +39,16 @@ pub struct Item {
     pub qty: i64,
 }
 
+impl Item {
+    /// From a row with `sku` and `qty`.
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Item, sqlx::Error> {
+        Ok(Item {
+            sku: r.try_get("sku")?,
+            qty: r.try_get("qty")?,
+        })
+    }
+}
+
 /// A reservation as `GET /inventory/reservations/{order_id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
@@ -253,12 +263,7 @@ pub async fn load(db: &Db, order_id: &str) -> Result<Option<Reservation>, Error>
             .fetch_all(db.pool())
             .await?
             .iter()
-            .map(|r| {
-                Ok(Item {
-                    sku: r.try_get("sku")?,
-                    qty: r.try_get("qty")?,
-                })
-            })
+            .map(Item::from_row)
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Some(Reservation {
         order_id: order_id.to_owned(),
@@ -324,12 +329,7 @@ async fn apply_lines(
             .fetch_all(&mut **tx)
             .await?
             .iter()
-            .map(|r| {
-                Ok(Item {
-                    sku: r.try_get("sku")?,
-                    qty: r.try_get("qty")?,
-                })
-            })
+            .map(Item::from_row)
             .collect::<Result<_, sqlx::Error>>()?;
     for item in &items {
         let n = sqlx::query(sql)

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Fields};
 use crate::reservations::{Item, MAX_ITEMS};
-use crate::{events, inventory, require, AppState, RESERVE};
+use crate::{inventory, require, AppState, RESERVE};
 
 /// `POST /inventory/reservations/{order_id}/returns` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -178,19 +178,7 @@ pub async fn create(
             .bind(&item.sku)
             .execute(&mut *tx)
             .await?;
-        let stock = inventory::note_taken(&mut tx, &item.sku, -item.qty, now)
-            .await?
-            .ok_or(Error::NotFound("no such sku"))?;
-        let fact = events::InventoryAdjusted {
-            sku: &item.sku,
-            delta: item.qty,
-            reason: &why,
-            on_hand: stock.on_hand,
-            reserved: stock.reserved,
-            available: stock.available,
-            at: now,
-        };
-        events::record(&mut tx, "inventory.adjusted", &fact).await?;
+        inventory::adjusted(&mut tx, &item.sku, item.qty, &why, now).await?;
     }
     tx.commit().await?;
     s.outbox.wake();
@@ -223,12 +211,7 @@ async fn stored(
     };
     let items = rows
         .iter()
-        .map(|r| {
-            Ok(Item {
-                sku: r.try_get("sku")?,
-                qty: r.try_get("qty")?,
-            })
-        })
+        .map(Item::from_row)
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Some(Return {
         order_id: order_id.to_owned(),

@@ -3,7 +3,7 @@
 //! requests race, nothing is refunded or returned twice.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use payment_service::SimulatedProcessor;
 use reqwest::{Response, StatusCode};
@@ -40,28 +40,6 @@ async fn bought(w: &RealWorld, token: &str, pm: &str, items: Value) -> String {
     let done = w.settled(&id, SETTLE).await;
     assert_eq!(done["status"], "confirmed", "{}: {done}", w.label());
     id
-}
-
-/// Polls the order until no refund is pending; the order.
-async fn refunds_done(w: &RealWorld, id: &str) -> Value {
-    let until = Instant::now() + SETTLE;
-    loop {
-        let v: Value = w
-            .get(&w.admin(), &format!("/orders/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if v["status"] != "refunding" {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "{}: refunds not done: {v}",
-            w.label()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn refund_lines(w: &RealWorld, token: &str, id: &str, key: &str, body: Value) -> Response {
@@ -133,7 +111,7 @@ async fn real_a_confirmed_order_cancelled_by_its_customer_is_refunded_with_its_s
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{label}");
         let cancelling: Value = r.json().await.unwrap();
         assert_eq!(cancelling["status"], "refunding", "{label}: {cancelling}");
-        let done = refunds_done(&w, &id).await;
+        let done = w.refunds_done(&id, SETTLE).await;
         assert_eq!(done["status"], "refunded", "{label}: {done}");
         assert_eq!(done["amount_refunded"], 2500, "{label}");
         let refund = &done["refunds"][0];
@@ -246,7 +224,7 @@ async fn real_partial_refunds_by_line_never_exceed_what_was_bought() {
         .await;
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{label}");
 
-        let after_one = refunds_done(&w, &id).await;
+        let after_one = w.refunds_done(&id, SETTLE).await;
         assert_eq!(after_one["status"], "confirmed", "{label}: lines are left");
         assert_eq!(after_one["amount_refunded"], 1250, "{label}");
         assert_eq!(w.stock("MUG").await, (8, 0), "{label}: one mug back");
@@ -254,7 +232,7 @@ async fn real_partial_refunds_by_line_never_exceed_what_was_bought() {
 
         let r = w.post(&ann, &format!("/orders/{id}/cancel")).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{label}");
-        let done = refunds_done(&w, &id).await;
+        let done = w.refunds_done(&id, SETTLE).await;
         assert_eq!(done["status"], "refunded", "{label}: {done}");
         assert_eq!(done["amount_refunded"], done["total"], "{label}");
         assert_eq!(
@@ -297,7 +275,7 @@ async fn real_racing_cancels_and_refunds_refund_each_unit_once() {
                 || *s == StatusCode::OK),
             "{label}: {statuses:?}"
         );
-        let done = refunds_done(&w, &id).await;
+        let done = w.refunds_done(&id, SETTLE).await;
         assert_eq!(
             done["status"], "refunded",
             "{label}: a cancel was among them: {done}"
@@ -355,7 +333,7 @@ async fn real_after_the_window_only_an_admin_cancels_a_confirmed_order() {
         );
         let r = w.post(&w.admin(), &format!("/orders/{id}/cancel")).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{label}");
-        let done = refunds_done(&w, &id).await;
+        let done = w.refunds_done(&id, SETTLE).await;
         assert_eq!(done["status"], "refunded", "{label}");
         assert_eq!(
             done["refunds"][0]["reason"], "cancelled_by_admin",

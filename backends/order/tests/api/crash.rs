@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use order_service::saga::{CrashPoint, SagaSettings};
 use payment_service::SimulatedProcessor;
-use serde_json::Value;
 use sqlx::Row;
 
 use crate::helpers::fast_saga;
@@ -171,20 +170,7 @@ async fn real_a_crash_before_each_record_of_a_refund_still_refunds_once() {
             let r = w.post(&ann, &format!("/orders/{id}/cancel")).await;
             assert_eq!(r.status(), 202, "{label}");
             crash_and_restart(&mut w, &hit, before).await;
-            let until = Instant::now() + SETTLE;
-            let done = loop {
-                let v: Value = w
-                    .get(&w.admin(), &format!("/orders/{id}"))
-                    .await
-                    .json()
-                    .await
-                    .unwrap();
-                if v["status"] != "refunding" {
-                    break v;
-                }
-                assert!(Instant::now() < until, "{label}: not refunded: {v}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let done = w.refunds_done(&id, SETTLE).await;
             assert_eq!(done["status"], "refunded", "{label}: {done}");
             assert_eq!(done["amount_refunded"], 1400, "{label}");
             assert_eq!(w.replayed(&id).await, done, "{label}: replay = API");

@@ -224,6 +224,25 @@ impl Orders {
 
     /// Polls the order until its status is terminal; the order.
     pub async fn settled(&self, order_id: &str, within: Duration) -> Value {
+        self.until(order_id, within, |o| {
+            o["status"] == "confirmed" || o["status"] == "cancelled"
+        })
+        .await
+    }
+
+    /// Polls the order until no refund of it is pending; the order.
+    pub async fn refunds_done(&self, order_id: &str, within: Duration) -> Value {
+        self.until(order_id, within, |o| o["status"] != "refunding")
+            .await
+    }
+
+    /// Polls the order (as an admin) until `done` says yes; the order.
+    pub async fn until(
+        &self,
+        order_id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let admin = self.admin();
         let until = Instant::now() + within;
         loop {
@@ -233,12 +252,12 @@ impl Orders {
                 .json()
                 .await
                 .unwrap();
-            if v["status"] == "confirmed" || v["status"] == "cancelled" {
+            if done(&v) {
                 return v;
             }
             assert!(
                 Instant::now() < until,
-                "{}: order {order_id} not settled: {v}",
+                "{}: order {order_id} did not get there: {v}",
                 self.label()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

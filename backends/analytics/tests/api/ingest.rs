@@ -216,7 +216,18 @@ async fn late_events_land_in_their_bucket_within_the_lateness_and_are_dropped_be
             .as_str()
             .unwrap()
             .contains("3600 s"));
-        let forty = (now - jiff::SignedDuration::from_mins(40)).as_millisecond();
+        // Its bucket is the minute it occurred in: 40 minutes ago plus the few ms of clock
+        // correction (received − sent), which can cross a minute boundary.
+        let forty: i64 =
+            sqlx::query_scalar("SELECT occurred_at FROM events WHERE message_id = 'l-2'")
+                .fetch_one(a.db.db.pool())
+                .await
+                .unwrap();
+        let ago_forty = (now - jiff::SignedDuration::from_mins(40)).as_millisecond();
+        assert!(
+            (forty - ago_forty).abs() < 60_000,
+            "{label}: {forty} vs {ago_forty}"
+        );
         assert_eq!(
             a.rollup("events", "minute", forty, "").await.0,
             1,

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
-use gateway_core::routing::{normalize_path, request_host, RequestView};
+use gateway_core::routing::RoutedRequest;
 use gateway_core::{FilterRegistry, Gateway, Snapshot};
 
 /// Gatehouse: an edge API gateway on Pingora.
@@ -168,22 +168,9 @@ fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow
                 .with_context(|| format!("bad header value in {h:?}"))?,
         );
     }
-    let host = uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            header_map
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .and_then(request_host);
-    let path = normalize_path(uri.path()).map_err(|e| anyhow!("{e}: {}", uri.path()))?;
-    let view = RequestView {
-        method: &method,
-        host: host.as_deref(),
-        path: &path,
-        headers: &header_map,
-    };
+    let routed = RoutedRequest::new(&method, &uri, &header_map, true)
+        .map_err(|e| anyhow!("{e}: {}", uri.path()))?;
+    let view = routed.view();
     let explanation = snapshot.router.explain(&view);
     println!("{explanation}");
     if let Some(route) = explanation
@@ -194,7 +181,7 @@ fn explain(config: &Path, method: &str, url: &str, headers: &[String]) -> anyhow
         println!(
             "   upstream {:?}, forwarded path {:?}",
             &**route.upstream.name(),
-            route.upstream_path(&path)
+            route.upstream_path(&routed.path)
         );
     }
     Ok(())

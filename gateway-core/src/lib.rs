@@ -18,8 +18,10 @@
 //! Modules, one noun each: [`config`] (the TOML model and `validate()`), [`routing`] (the
 //! compiled route table and path normalization), [`upstream`] (pools, selection, health),
 //! [`snapshot`] (one built config), [`reload`] (the `ConfigStore` and its sources),
-//! [`observe`] (metrics), [`proxy`] (the Pingora glue), [`admin`] (the admin listener) and
-//! `server` ([`Gateway`], [`GatewayHandle`]).
+//! [`observe`] (metrics, request ids, traces, the access log), [`forwarding`] (client
+//! address, `X-Forwarded-*`, hop-by-hop fields), [`problem`] (the gateway's own error answers),
+//! [`proxy`] (the Pingora glue, wiring only), [`admin`] (the admin listener) and `server`
+//! ([`Gateway`], [`GatewayHandle`]).
 //!
 //! ```no_run
 //! let handle = gateway_core::Gateway::builder()
@@ -36,6 +38,7 @@ pub mod config;
 pub mod error;
 mod fields;
 pub mod filter;
+pub mod forwarding;
 mod keyed;
 pub mod observe;
 pub mod problem;

@@ -1,8 +1,11 @@
 //! `application/problem+json` (RFC 9457) answers the gateway writes itself: no route, bad
-//! request path, upstream failures. Each carries the request id so a user can quote it.
+//! request path, upstream failures, and which failure is answered with which status. Each
+//! body carries the request id so a user can quote it (the `x-request-id` field is the
+//! proxy's to add, as on every response).
 
 use bytes::Bytes;
 use http::StatusCode;
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use serde::Serialize;
 
@@ -34,10 +37,51 @@ pub fn render(status: u16, detail: &str, request_id: &str) -> (ResponseHeader, B
     };
     let body = Bytes::from(serde_json::to_vec(&problem).unwrap_or_default());
     let mut header = ResponseHeader::build(code, Some(5)).expect("static status");
-    // Header values come from our own code or from a validated request id.
+    // Header values come from our own code.
     let _ = header.insert_header("content-type", "application/problem+json");
     let _ = header.insert_header("content-length", body.len().to_string());
     let _ = header.insert_header("cache-control", "no-store");
-    let _ = header.insert_header("x-request-id", request_id);
     (header, body)
+}
+
+/// The status a failed request is answered with, and what to tell the client; 0 when there
+/// is no one to answer (the client hung up).
+pub fn for_failure(e: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(503) => (503, "no healthy backend is available for this route"),
+        HTTPStatus(code) => (*code, "the request could not be served"),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            (504, "the upstream did not answer in time")
+        }
+        ConnectRefused | ConnectError | ConnectNoRoute | ConnectProxyFailure | SocketError => {
+            (502, "the upstream could not be reached")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "the upstream failed to answer"),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (0, ""),
+                _ => (400, "the request could not be read"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                (500, "the gateway failed to serve the request")
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_statuses() {
+        let timeout = Error::new(ErrorType::ConnectTimedout);
+        assert_eq!(for_failure(&timeout).0, 504);
+        let mut refused = Error::new(ErrorType::ConnectRefused);
+        refused.esource = ErrorSource::Upstream;
+        assert_eq!(for_failure(&refused).0, 502);
+        let none = Error::new(ErrorType::HTTPStatus(503));
+        assert_eq!(for_failure(&none).0, 503);
+    }
 }

@@ -1,39 +1,34 @@
-//! The `ProxyHttp` implementation. Thin on purpose: it wires the snapshot's router and pools,
-//! the forwarding headers and the error answers into Pingora's phases.
+//! The `ProxyHttp` implementation: wiring only. Each of Pingora's phases below, in the
+//! order a request meets them, takes the snapshot's router and pools, the forwarding fields
+//! ([`crate::forwarding`]), the request's id and trace ([`crate::observe::request_id`]) and
+//! the problem answers ([`crate::problem`]) and puts them together; what they do lives there.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use smallvec::SmallVec;
 
-use crate::fields::{self, Fields};
+use crate::fields;
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
+use crate::forwarding::{self, ClientAddr, FORWARDING_FIELDS};
+use crate::observe::request_id::{self, request_ids, trace_fields, RequestId};
 use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
 use crate::problem;
 use crate::reload::ConfigStore;
-use crate::routing::{normalize_path, request_host, RequestView, Route};
+use crate::routing::{raw_host, Route, RoutedRequest};
 use crate::snapshot::Snapshot;
-use crate::upstream::{HashKey, InFlight};
+use crate::upstream::InFlight;
 
-/// The fields the gateway sets itself, parsed once.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
-
-/// The only protocol the listeners speak (no TLS termination yet); static, so never copied.
-const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// The gateway's proxy logic; one instance serves every request of a [`crate::Gateway`].
 pub struct GatewayProxy {
@@ -57,143 +52,6 @@ impl GatewayProxy {
     }
 }
 
-impl GatewayProxy {
-    /// Run the route's request filters in order; the first answer wins.
-    async fn run_request_filters(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route,
-    ) -> Option<Reply> {
-        if route.filters.is_empty() {
-            return None;
-        }
-        let mut info = RequestInfo {
-            header: session.req_header_mut(),
-            client_ip: ctx.client_ip,
-            route: &route.name,
-            request_id: ctx.request_id.as_str(),
-        };
-        for f in &route.filters {
-            let decision = match f.filter.decide_now(&mut info, &mut ctx.filters) {
-                Some(decision) => decision,
-                None => f.filter.on_request(&mut info, &mut ctx.filters).await,
-            };
-            match decision {
-                Decision::Continue => self.metrics.filter_continued(f),
-                Decision::Respond(reply) => {
-                    self.metrics
-                        .filter_decision(&f.name, "respond", reply.reason);
-                    return Some(reply);
-                }
-            }
-        }
-        None
-    }
-
-    /// The header and body of a filter's answer, after every filter's response phase.
-    fn render_reply(
-        &self,
-        ctx: &mut RequestCtx,
-        route: &Route,
-        reply: Reply,
-    ) -> (ResponseHeader, Bytes) {
-        let (mut header, body) = match reply.body {
-            ReplyBody::Problem(detail) => {
-                problem::render(reply.status.as_u16(), &detail, ctx.request_id.as_str())
-            }
-            ReplyBody::Raw {
-                content_type,
-                bytes,
-            } => {
-                let mut h = ResponseHeader::build(reply.status, Some(4)).expect("valid status");
-                let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
-                let _ = h.insert_header(http::header::CONTENT_LENGTH, bytes.len());
-                (h, bytes)
-            }
-            ReplyBody::Empty => {
-                let mut h = ResponseHeader::build(reply.status, Some(2)).expect("valid status");
-                // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
-                if !(reply.status.is_informational()
-                    || reply.status == http::StatusCode::NO_CONTENT)
-                {
-                    let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
-                }
-                (h, Bytes::new())
-            }
-        };
-        for (name, value) in reply.headers {
-            let _ = header.append_header(name, value);
-        }
-        self.finish_gateway_answer(ctx, route, &mut header);
-        (header, body)
-    }
-
-    /// Every filter's response phase and queued headers, on an answer the gateway writes
-    /// itself (a filter's reply or a failure), as on a proxied one.
-    fn finish_gateway_answer(
-        &self,
-        ctx: &mut RequestCtx,
-        route: &Route,
-        header: &mut ResponseHeader,
-    ) {
-        for f in &route.filters {
-            f.filter.on_response(header, &mut ctx.filters);
-        }
-        // A header of the gateway's own: whatever the upstream's had, this one needs the id.
-        ctx.id_in_response = false;
-        self.add_response_fields(ctx, header);
-    }
-
-    /// What every response gets after the filters' response phase: the fields they queued,
-    /// the request id (unless the upstream's response already has it) and, when configured,
-    /// `Server-Timing`. Nothing to add costs nothing.
-    fn add_response_fields(&self, ctx: &mut RequestCtx, header: &mut ResponseHeader) {
-        let snapshot = ctx.snapshot.as_deref();
-        let timing = snapshot
-            .is_some_and(|s| s.config.observability.server_timing)
-            .then(|| server_timing(ctx));
-        let id = !std::mem::take(&mut ctx.id_in_response);
-        // Exactly what is added: a parsed response's map often has room for one more field,
-        // and reserving beyond it would regrow it for nothing.
-        let extra =
-            ctx.filters.response_headers.len() + usize::from(id) + usize::from(timing.is_some());
-        if extra == 0 {
-            return;
-        }
-        fields::edit_response(header, preserve_case(snapshot), extra, |f| {
-            for (name, value) in ctx.filters.response_headers.drain(..) {
-                f.append(&name, value);
-            }
-            if id {
-                f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
-            }
-            if let Some(timing) = timing {
-                f.insert(&SERVER_TIMING, timing);
-            }
-        });
-    }
-
-    /// Answer with a filter's reply, keeping the connection open.
-    async fn write_reply(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route,
-        reply: Reply,
-    ) -> Result<()> {
-        let (header, body) = self.render_reply(ctx, route, reply);
-        let empty = body.is_empty();
-        session
-            .write_response_header(Box::new(header), empty)
-            .await?;
-        if !empty {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
-    }
-}
-
 /// Per-request state, carried through Pingora's phases.
 pub struct RequestCtx {
     started: Instant,
@@ -210,13 +68,8 @@ pub struct RequestCtx {
     /// The normalized request path (what routing and path hashing see) when normalizing
     /// changed it; `None` when it is the request's own path (no copy made).
     path: Option<String>,
-    /// The address that connected to us.
-    peer_ip: Option<IpAddr>,
-    /// That address is a trusted proxy, whose forwarding fields are extended, not replaced.
-    peer_trusted: bool,
-    /// The client as far as we can trust: the peer, or, when the peer is a trusted proxy, the
-    /// nearest untrusted hop of `X-Forwarded-For`.
-    client_ip: Option<IpAddr>,
+    /// Who connected, and the client behind it as far as we trust.
+    addr: ClientAddr,
     /// Backends already tried by this request (a retry picks another). Inline: nearly every
     /// request makes one attempt, and this saves it an allocation.
     tried: SmallVec<[SocketAddr; 2]>,
@@ -263,337 +116,6 @@ impl RequestCtx {
     }
 }
 
-/// A request's id, held as the header value it is sent as: echoing it upstream and to the
-/// client clones a reference count instead of copying the text each time.
-#[derive(Clone)]
-struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// No id yet (the request failed before `request_filter`).
-    const NONE: RequestId = RequestId(HeaderValue::from_static(""));
-
-    /// A client's own id, kept when it is short printable ASCII (else the gateway mints one).
-    fn given(header: Option<&HeaderValue>) -> Option<RequestId> {
-        header
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= 128
-                    && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
-            })
-            .map(|id| RequestId(id.clone()))
-    }
-
-    /// A new random (v4) UUID.
-    fn mint() -> RequestId {
-        RequestId(shared_value(crate::observe::trace::uuid_text()))
-    }
-
-    fn as_str(&self) -> &str {
-        // Only printable ASCII is ever stored, which `to_str` accepts.
-        self.0.to_str().unwrap_or_default()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn header_value(&self) -> HeaderValue {
-        self.0.clone()
-    }
-}
-
-/// The request's id (the client's usable one, or a new one) and the `traceparent` value to
-/// send upstream; when both are new they share one allocation.
-fn request_ids(given: Option<&HeaderValue>, trace: &TraceContext) -> (RequestId, HeaderValue) {
-    if let Some(id) = RequestId::given(given) {
-        return (id, shared_value(trace.header_bytes()));
-    }
-    let mut both = [0u8; 36 + 55];
-    both[..36].copy_from_slice(&crate::observe::trace::uuid_text());
-    both[36..].copy_from_slice(&trace.header_bytes());
-    let both = Bytes::from_owner(both);
-    (
-        RequestId(own_value(both.slice(..36))),
-        own_value(both.slice(36..)),
-    )
-}
-
-/// The client's `traceparent` and `x-request-id` (the first of each, as `get` finds them). A
-/// short header is read in one pass: comparing a handful of names costs less than two hashed
-/// lookups of names `http` does not know. A long one is looked up.
-fn trace_fields(fields: &http::HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
-    if fields.keys_len() > 8 {
-        return (fields.get(&TRACEPARENT), fields.get(&X_REQUEST_ID));
-    }
-    let (mut trace, mut id) = (None, None);
-    for (name, value) in fields {
-        if *name == TRACEPARENT {
-            trace = trace.or(Some(value));
-        } else if *name == X_REQUEST_ID {
-            id = id.or(Some(value));
-        }
-    }
-    (trace, id)
-}
-
-/// A header value of bytes the gateway wrote itself (hex, digits, dashes). `from_owner` makes
-/// one allocation that every clone shares, where a value copied from a slice is reallocated
-/// as shared storage on its first clone.
-fn shared_value<const N: usize>(ascii: [u8; N]) -> HeaderValue {
-    own_value(Bytes::from_owner(ascii))
-}
-
-/// A header value of the gateway's own printable ASCII, shared as it is.
-fn own_value(ascii: Bytes) -> HeaderValue {
-    HeaderValue::from_maybe_shared(ascii).expect("the gateway's own ids are printable ASCII")
-}
-
-/// An address as text; IPv4 without `fmt`, which costs ~1k instructions on every request.
-fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(15);
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
-            out
-        }
-        IpAddr::V6(_) => ip.to_string(),
-    }
-}
-
-/// An address as a header value. Consecutive requests on a worker thread mostly come from one
-/// address (a keep-alive connection, or the load balancer in front of the gateway), so each
-/// thread keeps the last one, shared by reference count, instead of formatting it again.
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((cached, value)) = &*last {
-            if *cached == ip {
-                return value.clone();
-            }
-        }
-        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(ip_text(ip)))
-            .expect("an address's text is a valid value");
-        *last = Some((ip, value.clone()));
-        value
-    })
-}
-
-fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
-/// Walk `X-Forwarded-For` from the nearest hop outwards while the hops are trusted proxies;
-/// the first untrusted hop is the client. A malformed hop ends the walk at the last trusted one.
-/// `trusted`: the peer is a trusted proxy.
-fn resolve_client_ip(
-    snapshot: &Snapshot,
-    peer: Option<IpAddr>,
-    trusted: bool,
-    req: &RequestHeader,
-) -> Option<IpAddr> {
-    let mut client = peer?;
-    if !trusted {
-        return Some(client);
-    }
-    let lines: Vec<&str> = req
-        .headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !snapshot.is_trusted_proxy(ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    Some(client)
-}
-
-/// The host the client asked for, as sent (`:authority` for HTTP/2, else `Host`).
-fn raw_host(req: &RequestHeader) -> Option<&str> {
-    req.uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
-}
-
-/// The host the client asked for as a header value: `Host` is shared rather than copied.
-fn raw_host_value(req: &RequestHeader) -> Option<HeaderValue> {
-    match req.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req
-            .headers
-            .get(HOST)
-            .filter(|h| h.to_str().is_ok())
-            .cloned(),
-    }
-}
-
-/// The host for matching: lower case, no port.
-fn host_of(req: &RequestHeader) -> Option<Cow<'_, str>> {
-    raw_host(req).and_then(request_host)
-}
-
-fn path_and_query(path: &str, query: Option<&str>) -> String {
-    let Some(query) = query else {
-        return path.to_string();
-    };
-    let mut out = String::with_capacity(path.len() + 1 + query.len());
-    out.push_str(path);
-    out.push('?');
-    out.push_str(query);
-    out
-}
-
-fn has_body(req: &RequestHeader) -> bool {
-    let length = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    length.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
-}
-
-/// Fields `set_forwarding` may add to a request.
-const FORWARDING_FIELDS: usize = 5;
-
-/// Whether header names keep the peer's spelling (`server.preserve_header_case`).
-fn preserve_case(snapshot: Option<&Snapshot>) -> bool {
-    snapshot.is_some_and(|s| s.config.server.preserve_header_case)
-}
-
-/// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up
-/// (a trusted proxy's forwarding fields are extended, not replaced); `host` is the host the
-/// client asked for.
-fn set_forwarding(f: &mut dyn Fields, ctx: &RequestCtx, host: Option<HeaderValue>) {
-    let trusted = ctx.peer_trusted;
-    let client = ctx.peer_ip.map(ip_value);
-    // Several X-Forwarded-For lines are one list (a proxy may add its own line rather than
-    // extend the client's): keep every hop, in order.
-    let prior: Option<Vec<&str>> = if trusted {
-        f.map()
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.to_str().ok())
-            .collect()
-    } else {
-        None
-    };
-    let forwarded_for = match (prior, client) {
-        (Some(lines), client) if !lines.is_empty() => {
-            let client = client.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("");
-            // Printable hops joined by ", ": always a valid value.
-            HeaderValue::try_from(format!("{}, {client}", lines.join(", "))).ok()
-        }
-        (_, client) => client,
-    };
-    match forwarded_for {
-        Some(value) => f.insert(&X_FORWARDED_FOR, value),
-        None => f.remove(&X_FORWARDED_FOR),
-    }
-    if !(trusted && f.map().contains_key(&X_FORWARDED_PROTO)) {
-        f.insert(&X_FORWARDED_PROTO, HTTP);
-    }
-    if !(trusted && f.map().contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(host) => f.insert(&X_FORWARDED_HOST, host),
-            None => f.remove(&X_FORWARDED_HOST),
-        }
-    }
-    f.insert(&X_REQUEST_ID, ctx.request_id.header_value());
-    if let Some(traceparent) = &ctx.traceparent {
-        f.insert(&TRACEPARENT, traceparent.clone());
-    }
-}
-
-async fn respond_problem(
-    session: &mut Session,
-    status: u16,
-    detail: &str,
-    request_id: &str,
-) -> Result<()> {
-    let (header, body) = problem::render(status, detail, request_id);
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
-}
-
-fn hash_input(session: &Session, ctx: &RequestCtx, key: Option<&HashKey>) -> Vec<u8> {
-    let req = session.req_header();
-    match key {
-        None => Vec::new(),
-        Some(HashKey::ClientIp) => ctx
-            .client_ip
-            .map(|ip| ip.to_string().into_bytes())
-            .unwrap_or_default(),
-        Some(HashKey::Path) => ctx.path(req).as_bytes().to_vec(),
-        Some(HashKey::Header(name)) => req
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-        Some(HashKey::Cookie(name)) => cookie(req, name)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-    }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The status a failed request is answered with, and what to tell the client.
-fn failure_status(e: &Error) -> (u16, &'static str) {
-    use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(503) => (503, "no healthy backend is available for this route"),
-        HTTPStatus(code) => (*code, "the request could not be served"),
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-            (504, "the upstream did not answer in time")
-        }
-        ConnectRefused | ConnectError | ConnectNoRoute | ConnectProxyFailure | SocketError => {
-            (502, "the upstream could not be reached")
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, "the upstream failed to answer"),
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => (0, ""),
-                _ => (400, "the request could not be read"),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => {
-                (500, "the gateway failed to serve the request")
-            }
-        },
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -607,9 +129,7 @@ impl ProxyHttp for GatewayProxy {
             request_id: RequestId::NONE,
             upstream_path: None,
             path: None,
-            peer_ip: None,
-            peer_trusted: false,
-            client_ip: None,
+            addr: ClientAddr::default(),
             tried: SmallVec::new(),
             in_flight: None,
             filters: FilterState::default(),
@@ -632,63 +152,28 @@ impl ProxyHttp for GatewayProxy {
             // Spellings are not kept: forget them before anything edits or copies the request.
             fields::forget_request_case(session.req_header_mut());
         }
-        ctx.peer_ip = peer_ip(session);
         let req = session.req_header();
-        ctx.peer_trusted = ctx.peer_ip.is_some_and(|ip| snapshot.is_trusted_proxy(ip));
-        ctx.client_ip = resolve_client_ip(&snapshot, ctx.peer_ip, ctx.peer_trusted, req);
-        let (given_trace, given_id) = trace_fields(&req.headers);
-        let trace = TraceContext::from_header(given_trace.map(|v| v.as_bytes()));
-        ctx.span = tracing::debug_span!(
-            "request",
-            request_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            method = %req.method,
-            route = tracing::field::Empty,
-            upstream = tracing::field::Empty,
-            status = tracing::field::Empty,
-            duration_us = tracing::field::Empty,
-            upstream_us = tracing::field::Empty,
-        );
-        #[cfg(feature = "otlp")]
-        let trace = crate::observe::otlp::join_trace(&ctx.span, trace);
-        let (request_id, traceparent) = request_ids(given_id, &trace);
-        ctx.request_id = request_id;
-        if !ctx.span.is_disabled() {
-            ctx.span.record("request_id", ctx.request_id.as_str());
-            ctx.span.record("trace_id", trace.trace_id_hex());
-        }
-        ctx.trace = Some(trace);
-        ctx.traceparent = Some(traceparent);
-        let path = match normalize_path(req.uri.path()) {
-            Ok(p) => p,
+        ctx.addr = ClientAddr::of(session, &snapshot, req);
+        identify(ctx, req);
+        let hosts = snapshot.router.matches_hosts();
+        let routed = match RoutedRequest::new(&req.method, &req.uri, &req.headers, hosts) {
+            Ok(routed) => routed,
             Err(e) => {
-                let id = ctx.request_id.clone();
-                respond_problem(session, 400, &e.to_string(), id.as_str()).await?;
+                let detail = e.to_string();
+                self.respond_problem(session, ctx, 400, &detail).await?;
                 return Ok(true);
             }
         };
-        let host = if snapshot.router.matches_hosts() {
-            host_of(req)
-        } else {
-            None
-        };
-        let view = RequestView {
-            method: &req.method,
-            host: host.as_deref(),
-            path: &path,
-            headers: &req.headers,
-        };
-        let Some(route) = snapshot.router.find(&view).cloned() else {
-            let detail = format!("no route matches {} {}", req.method, path);
-            let id = ctx.request_id.clone();
-            respond_problem(session, 404, &detail, id.as_str()).await?;
+        let Some(route) = snapshot.router.find(&routed.view()).cloned() else {
+            let detail = format!("no route matches {} {}", req.method, routed.path);
+            self.respond_problem(session, ctx, 404, &detail).await?;
             return Ok(true);
         };
-        ctx.upstream_path = match (route.upstream_path(&path), req.uri.query()) {
-            (Cow::Borrowed(same), None) if same == path => None,
+        ctx.upstream_path = match (route.upstream_path(&routed.path), req.uri.query()) {
+            (Cow::Borrowed(same), None) if same == routed.path => None,
             (target, query) => Some(path_and_query(&target, query)),
         };
-        if let Cow::Owned(normalized) = path {
+        if let Cow::Owned(normalized) = routed.path {
             ctx.path = Some(normalized);
         }
         ctx.snapshot = Some(snapshot);
@@ -734,7 +219,10 @@ impl ProxyHttp for GatewayProxy {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
         let upstream = &route.upstream;
-        let key = hash_input(session, ctx, upstream.hash_key());
+        let req = session.req_header();
+        let key = upstream
+            .hash_key()
+            .map_or_else(Vec::new, |k| k.input(req, ctx.addr.client, ctx.path(req)));
         let Some(addr) = upstream.select(&key, &ctx.tried) else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
@@ -771,12 +259,15 @@ impl ProxyHttp for GatewayProxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        let host = raw_host_value(session.req_header());
+        let host = forwarding::host_value(session.req_header());
         fields::edit_request(
             upstream_request,
             preserve_case(ctx.snapshot.as_deref()),
             FORWARDING_FIELDS,
-            |f| set_forwarding(f, ctx, host),
+            |f| {
+                let traceparent = ctx.traceparent.as_ref();
+                forwarding::set_forwarding(f, &ctx.addr, host, &ctx.request_id, traceparent)
+            },
         );
         Ok(())
     }
@@ -802,9 +293,9 @@ impl ProxyHttp for GatewayProxy {
         let request_id = &ctx.request_id;
         fields::edit_response(upstream_response, preserve, 1 + queued.len(), |f| {
             if strip {
-                strip_response_hop_by_hop(f);
+                forwarding::strip_response_hop_by_hop(f);
             }
-            f.insert(&X_REQUEST_ID, request_id.header_value());
+            request_id::stamp(f, request_id);
             for (name, value) in queued.drain(..) {
                 f.append(&name, value);
             }
@@ -868,7 +359,7 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (status, detail) = failure_status(e);
+        let (status, detail) = problem::for_failure(e);
         if status > 0 && session.response_written().is_none() {
             if ctx.request_id.is_empty() {
                 ctx.request_id = RequestId::mint();
@@ -880,9 +371,7 @@ impl ProxyHttp for GatewayProxy {
                 (_, route) => {
                     let (mut header, body) =
                         problem::render(status, detail, ctx.request_id.as_str());
-                    if let Some(route) = route {
-                        self.finish_gateway_answer(ctx, route, &mut header);
-                    }
+                    self.finish_gateway_answer(ctx, route, &mut header);
                     (header, body)
                 }
             };
@@ -917,11 +406,11 @@ impl ProxyHttp for GatewayProxy {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
-            .or_else(|| e.map(|e| failure_status(e).0))
+            .or_else(|| e.map(|e| problem::for_failure(e).0))
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         self.metrics.observe_request(
-            ctx.route.as_deref(),
+            ctx.route.as_deref().map(|r| (&*r.name, &r.metrics)),
             &session.req_header().method,
             status,
             elapsed.as_secs_f64(),
@@ -933,6 +422,215 @@ impl ProxyHttp for GatewayProxy {
             log.log(access_record(session, ctx, status, elapsed));
         }
     }
+}
+
+impl GatewayProxy {
+    /// Run the route's request filters in order; the first answer wins.
+    async fn run_request_filters(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Option<Reply> {
+        if route.filters.is_empty() {
+            return None;
+        }
+        let mut info = RequestInfo {
+            header: session.req_header_mut(),
+            client_ip: ctx.addr.client,
+            route: &route.name,
+            request_id: ctx.request_id.as_str(),
+        };
+        for f in &route.filters {
+            let decision = match f.filter.decide_now(&mut info, &mut ctx.filters) {
+                Some(decision) => decision,
+                None => f.filter.on_request(&mut info, &mut ctx.filters).await,
+            };
+            match decision {
+                Decision::Continue => self.metrics.filter_continued(f),
+                Decision::Respond(reply) => {
+                    self.metrics
+                        .filter_decision(&f.name, "respond", reply.reason);
+                    return Some(reply);
+                }
+            }
+        }
+        None
+    }
+
+    /// The header and body of a filter's answer, after every filter's response phase.
+    fn render_reply(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        reply: Reply,
+    ) -> (ResponseHeader, Bytes) {
+        let (mut header, body) = match reply.body {
+            ReplyBody::Problem(detail) => {
+                problem::render(reply.status.as_u16(), &detail, ctx.request_id.as_str())
+            }
+            ReplyBody::Raw {
+                content_type,
+                bytes,
+            } => {
+                let mut h = ResponseHeader::build(reply.status, Some(4)).expect("valid status");
+                let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, bytes.len());
+                (h, bytes)
+            }
+            ReplyBody::Empty => {
+                let mut h = ResponseHeader::build(reply.status, Some(2)).expect("valid status");
+                // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
+                if !(reply.status.is_informational()
+                    || reply.status == http::StatusCode::NO_CONTENT)
+                {
+                    let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
+                }
+                (h, Bytes::new())
+            }
+        };
+        for (name, value) in reply.headers {
+            let _ = header.append_header(name, value);
+        }
+        self.finish_gateway_answer(ctx, Some(route), &mut header);
+        (header, body)
+    }
+
+    /// Every filter's response phase (once a route is chosen) and the response fields, on an
+    /// answer the gateway writes itself (a filter's reply, a failure, no route), as on a
+    /// proxied one.
+    fn finish_gateway_answer(
+        &self,
+        ctx: &mut RequestCtx,
+        route: Option<&Route>,
+        header: &mut ResponseHeader,
+    ) {
+        for f in route.iter().flat_map(|r| &r.filters) {
+            f.filter.on_response(header, &mut ctx.filters);
+        }
+        // A header of the gateway's own: whatever the upstream's had, this one needs the id.
+        ctx.id_in_response = false;
+        self.add_response_fields(ctx, header);
+    }
+
+    /// What every response gets after the filters' response phase: the fields they queued,
+    /// the request id (unless the upstream's response already has it: proxied responses get
+    /// it in `upstream_response_filter`'s one edit) and, when configured, `Server-Timing`.
+    /// Nothing to add costs nothing.
+    fn add_response_fields(&self, ctx: &mut RequestCtx, header: &mut ResponseHeader) {
+        let snapshot = ctx.snapshot.as_deref();
+        let timing = snapshot
+            .is_some_and(|s| s.config.observability.server_timing)
+            .then(|| server_timing(ctx));
+        let id = !std::mem::take(&mut ctx.id_in_response);
+        // Exactly what is added: a parsed response's map often has room for one more field,
+        // and reserving beyond it would regrow it for nothing.
+        let extra =
+            ctx.filters.response_headers.len() + usize::from(id) + usize::from(timing.is_some());
+        if extra == 0 {
+            return;
+        }
+        fields::edit_response(header, preserve_case(snapshot), extra, |f| {
+            for (name, value) in ctx.filters.response_headers.drain(..) {
+                f.append(&name, value);
+            }
+            if id {
+                request_id::stamp(f, &ctx.request_id);
+            }
+            if let Some(timing) = timing {
+                f.insert(&SERVER_TIMING, timing);
+            }
+        });
+    }
+
+    /// Answer with a filter's reply, keeping the connection open.
+    async fn write_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        reply: Reply,
+    ) -> Result<()> {
+        let (header, body) = self.render_reply(ctx, route, reply);
+        let empty = body.is_empty();
+        session
+            .write_response_header(Box::new(header), empty)
+            .await?;
+        if !empty {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers with a problem of the gateway's own before a route is chosen (a path that
+    /// does not normalize, no route).
+    async fn respond_problem(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        detail: &str,
+    ) -> Result<()> {
+        let (mut header, body) = problem::render(status, detail, ctx.request_id.as_str());
+        self.finish_gateway_answer(ctx, None, &mut header);
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+/// Gives the request its id and trace (the client's usable ones, or new ones) and its
+/// debug span.
+fn identify(ctx: &mut RequestCtx, req: &RequestHeader) {
+    let (given_trace, given_id) = trace_fields(&req.headers);
+    let trace = TraceContext::from_header(given_trace.map(|v| v.as_bytes()));
+    ctx.span = tracing::debug_span!(
+        "request",
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        method = %req.method,
+        route = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+        status = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+        upstream_us = tracing::field::Empty,
+    );
+    #[cfg(feature = "otlp")]
+    let trace = crate::observe::otlp::join_trace(&ctx.span, trace);
+    let (request_id, traceparent) = request_ids(given_id, &trace);
+    ctx.request_id = request_id;
+    if !ctx.span.is_disabled() {
+        ctx.span.record("request_id", ctx.request_id.as_str());
+        ctx.span.record("trace_id", trace.trace_id_hex());
+    }
+    ctx.trace = Some(trace);
+    ctx.traceparent = Some(traceparent);
+}
+
+fn path_and_query(path: &str, query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return path.to_string();
+    };
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    out.push_str(query);
+    out
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Whether header names keep the peer's spelling (`server.preserve_header_case`).
+fn preserve_case(snapshot: Option<&Snapshot>) -> bool {
+    snapshot.is_some_and(|s| s.config.server.preserve_header_case)
 }
 
 /// `Server-Timing` of a response: the upstream's time to header and the gateway's own share.
@@ -978,9 +676,9 @@ fn access_record(
         time: std::time::SystemTime::now() - elapsed,
         request_id: ctx.request_id.as_str().to_string(),
         trace_id: ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
-        client_ip: ctx.client_ip,
+        client_ip: ctx.addr.client,
         method: req.method.to_string(),
-        host: raw_host(req).map(str::to_string),
+        host: raw_host(&req.uri, &req.headers).map(str::to_string),
         path: ctx.path(req).to_string(),
         route: ctx.route.as_ref().map(|r| r.name.to_string()),
         upstream: ctx.tried.last().copied(),
@@ -988,164 +686,5 @@ fn access_record(
         status,
         duration_us: elapsed.as_micros() as u64,
         upstream_us: ctx.upstream_elapsed.map(|d| d.as_micros() as u64),
-    }
-}
-
-/// Hop-by-hop fields of a response (RFC 9110 §7.6.1) that must not be relayed: `Connection`
-/// itself (Pingora writes its own for the client's connection), the fields it nominates, and
-/// the fields that are hop-by-hop wherever they appear.
-fn strip_response_hop_by_hop(f: &mut dyn Fields) {
-    static ALWAYS: [HeaderName; 5] = [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        http::header::TE,
-        http::header::TRAILER,
-        http::header::UPGRADE,
-    ];
-    // One pass over the names (a response has a handful), by length first, tells what there
-    // is to do; a lookup per name would cost more than the pass.
-    let mut present = [false; 5];
-    let mut connection = false;
-    for name in f.map().keys() {
-        let found = match name.as_str() {
-            "connection" => {
-                connection = true;
-                continue;
-            }
-            n if !matches!(n.len(), 2 | 7 | 10 | 16) => continue,
-            "keep-alive" => 0,
-            "proxy-connection" => 1,
-            "te" => 2,
-            "trailer" => 3,
-            "upgrade" => 4,
-            _ => continue,
-        };
-        present[found] = true;
-    }
-    // The usual value, one `Connection: keep-alive` or `close`, nominates nothing.
-    let nominates = connection
-        && f.map().get_all(http::header::CONNECTION).iter().any(|v| {
-            let v = v.as_bytes();
-            !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
-        });
-    if nominates {
-        let nominated: Vec<HeaderName> = f
-            .map()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in &nominated {
-            f.remove(name);
-        }
-    }
-    if connection {
-        // Pingora writes its own for the client's connection. Removing the upstream's first
-        // also keeps the map from growing twice: the response reaches us in an exactly-sized
-        // copy, and `http` grows a full map's index on any insert, even one that replaces
-        // (Pingora's `Date`), so the request id taking that room would cost a second growth.
-        f.remove(&http::header::CONNECTION);
-    }
-    for (name, _) in ALWAYS.iter().zip(present).filter(|(_, p)| *p) {
-        f.remove(name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_kept_or_minted() {
-        let trace = TraceContext::from_header(None);
-        let traceparent = trace.header_value();
-        let kept = HeaderValue::from_static("abc-123");
-        let (id, up) = request_ids(Some(&kept), &trace);
-        assert_eq!(
-            (id.as_str(), up.to_str().unwrap()),
-            ("abc-123", &*traceparent)
-        );
-        let spaced = HeaderValue::from_static("a b");
-        assert_ne!(request_ids(Some(&spaced), &trace).0.as_str(), "a b");
-        let (minted, up) = request_ids(None, &trace);
-        assert_eq!(up, &*traceparent);
-        assert_eq!(minted.as_str().len(), 36);
-        assert_eq!(minted.header_value(), minted.as_str());
-        assert!(uuid::Uuid::parse_str(minted.as_str()).is_ok());
-        assert_ne!(request_ids(None, &trace).0.as_str(), minted.as_str());
-    }
-
-    #[test]
-    fn trace_fields_find_the_first_of_each_in_short_and_long_headers() {
-        let mut fields = http::HeaderMap::new();
-        fields.append(&X_REQUEST_ID, HeaderValue::from_static("first"));
-        fields.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
-        fields.append(&TRACEPARENT, HeaderValue::from_static("tp"));
-        let owned = |(t, i): (Option<&HeaderValue>, Option<&HeaderValue>)| (t.cloned(), i.cloned());
-        let short = owned(trace_fields(&fields));
-        assert_eq!(short.0.as_ref().unwrap(), "tp");
-        assert_eq!(short.1.as_ref().unwrap(), "first");
-        for i in 0..10 {
-            fields.insert(
-                format!("x-pad-{i}").parse::<HeaderName>().unwrap(),
-                i.into(),
-            );
-        }
-        assert!(fields.keys_len() > 8);
-        assert_eq!(owned(trace_fields(&fields)), short);
-        assert_eq!(trace_fields(&http::HeaderMap::new()), (None, None));
-    }
-
-    #[test]
-    fn failures_map_to_statuses() {
-        let timeout = Error::new(ErrorType::ConnectTimedout);
-        assert_eq!(failure_status(&timeout).0, 504);
-        let mut refused = Error::new(ErrorType::ConnectRefused);
-        refused.esource = ErrorSource::Upstream;
-        assert_eq!(failure_status(&refused).0, 502);
-        let none = Error::new(ErrorType::HTTPStatus(503));
-        assert_eq!(failure_status(&none).0, 503);
-    }
-
-    #[test]
-    fn ip_text_is_display() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.200.3.45",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
-        }
-    }
-
-    #[test]
-    fn response_hop_by_hop_fields_are_stripped() {
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        for (name, value) in [
-            ("Connection", "keep-alive, X-Private"),
-            ("X-Private", "1"),
-            ("Keep-Alive", "timeout=5"),
-            ("Upgrade", "h2c"),
-            ("Content-Type", "text/plain"),
-        ] {
-            resp.append_header(name, value).unwrap();
-        }
-        strip_response_hop_by_hop(&mut resp);
-        for gone in ["x-private", "keep-alive", "upgrade", "connection"] {
-            assert!(!resp.headers.contains_key(gone), "{gone}");
-        }
-        assert!(resp.headers.contains_key("content-type"));
     }
 }

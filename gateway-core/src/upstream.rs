@@ -21,6 +21,18 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
 
+/// The value of the cookie `name` in `req`'s `Cookie` fields.
+fn cookie<'a>(req: &'a pingora_http::RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// What a `consistent_hash` pool hashes to pick a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
@@ -48,6 +60,30 @@ impl HashKey {
                 .map_err(|_| bad()),
             Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
             _ => Err(bad()),
+        }
+    }
+
+    /// What a request hashes to under this key: the client's address, its normalized
+    /// `path`, a header's or a cookie's value (empty when the request has none).
+    pub fn input(
+        &self,
+        req: &pingora_http::RequestHeader,
+        client: Option<std::net::IpAddr>,
+        path: &str,
+    ) -> Vec<u8> {
+        match self {
+            HashKey::ClientIp => client
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default(),
+            HashKey::Path => path.as_bytes().to_vec(),
+            HashKey::Header(name) => req
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+            HashKey::Cookie(name) => cookie(req, name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
         }
     }
 }

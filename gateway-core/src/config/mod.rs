@@ -5,6 +5,7 @@
 //! [`Config`] into something that serves traffic is [`crate::snapshot`]'s job.
 
 pub(crate) mod duration;
+mod error;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -13,10 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::ConfigError;
 pub(crate) use validate::parse_cidr;
 pub use validate::ConfigIssue;
-
-use crate::error::ConfigError;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]

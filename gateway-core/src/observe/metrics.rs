@@ -6,7 +6,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::routing::Route;
 use crate::upstream::Upstream;
 
 /// Every metric the gateway exports.
@@ -203,12 +202,12 @@ impl Metrics {
     /// Record one finished request.
     pub fn observe_request(
         &self,
-        route: Option<&Route>,
+        route: Option<(&str, &RouteMetrics)>,
         method: &http::Method,
         status: u16,
         seconds: f64,
     ) {
-        let name = route.map_or("(none)", |r| &*r.name);
+        let name = route.map_or("(none)", |(name, _)| name);
         // The labels are only formatted when a series is looked up, not on a cached one.
         let counter = || {
             let mut status_text = itoa::Buffer::new();
@@ -219,14 +218,11 @@ impl Metrics {
             ])
         };
         match route.filter(|_| status == 200) {
-            Some(r) => r.metrics.ok[method_index(method)]
-                .get_or_init(counter)
-                .inc(),
+            Some((_, series)) => series.ok[method_index(method)].get_or_init(counter).inc(),
             None => counter().inc(),
         }
         match route {
-            Some(r) => r
-                .metrics
+            Some((_, series)) => series
                 .duration
                 .get_or_init(|| self.duration.with_label_values(&[name]))
                 .observe(seconds),

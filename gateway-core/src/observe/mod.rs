@@ -5,6 +5,7 @@ pub mod access_log;
 mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod request_id;
 pub mod trace;
 
 pub use access_log::{AccessLog, AccessRecord};

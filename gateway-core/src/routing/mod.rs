@@ -23,6 +23,7 @@ pub use path::{has_segment_prefix, normalize_path, PathError};
 
 use crate::config::{RouteConfig, Timeouts};
 use crate::filter::NamedFilter;
+use crate::observe::RouteMetrics;
 use crate::upstream::Upstream;
 
 /// How a route matches the request's host.
@@ -140,6 +141,66 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// A request as routing reads it from its parts — the host it names, lower case without a
+/// port, and its path normalized — made the same way for the proxy and `gateway explain`.
+/// Borrowed from the request where nothing needed changing.
+#[derive(Debug, Clone)]
+pub struct RoutedRequest<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The host for matching, when the request named one (and the table matches hosts).
+    pub host: Option<std::borrow::Cow<'a, str>>,
+    /// The path after [`normalize_path`].
+    pub path: std::borrow::Cow<'a, str>,
+    /// All request headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RoutedRequest<'a> {
+    /// Of a request's parts. `hosts`: whether the host is wanted (a table with no host
+    /// conditions does not need it, and the proxy skips reading it). A path that cannot be
+    /// normalized is refused.
+    pub fn new(
+        method: &'a Method,
+        uri: &'a http::Uri,
+        headers: &'a HeaderMap,
+        hosts: bool,
+    ) -> Result<RoutedRequest<'a>, PathError> {
+        let path = normalize_path(uri.path())?;
+        let host = if hosts {
+            raw_host(uri, headers).and_then(request_host)
+        } else {
+            None
+        };
+        Ok(RoutedRequest {
+            method,
+            host,
+            path,
+            headers,
+        })
+    }
+
+    /// What the router matches on.
+    pub fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: self.method,
+            host: self.host.as_deref(),
+            path: &self.path,
+            headers: self.headers,
+        }
+    }
+}
+
+/// The host a request names, as sent: `:authority` (HTTP/2, or an absolute-form target),
+/// else `Host`.
+pub fn raw_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -164,7 +225,7 @@ pub struct Route {
     /// The filter chain: `default_filters` then the route's own, in order.
     pub filters: Vec<NamedFilter>,
     /// This route's metric series, resolved on first use.
-    pub(crate) metrics: crate::observe::RouteMetrics,
+    pub(crate) metrics: RouteMetrics,
 }
 
 impl Route {

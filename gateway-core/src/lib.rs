@@ -39,6 +39,7 @@ pub mod error;
 mod fields;
 pub mod filter;
 pub mod forwarding;
+mod framing;
 mod keyed;
 pub mod observe;
 pub mod problem;

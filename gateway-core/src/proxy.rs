@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use crate::fields;
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
 use crate::forwarding::{self, ClientAddr, FORWARDING_FIELDS};
+use crate::framing;
 use crate::observe::request_id::{self, request_ids, trace_fields, RequestId};
 use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
 use crate::problem;
@@ -152,9 +153,23 @@ impl ProxyHttp for GatewayProxy {
             // Spellings are not kept: forget them before anything edits or copies the request.
             fields::forget_request_case(session.req_header_mut());
         }
+        // RFC 9112 §9.3.2: a client may send its next request before reading this answer;
+        // it is served after this one (Pingora would otherwise close and drop it). Once on, a
+        // reused connection keeps it on.
+        if !session.as_downstream().pipelining_enabled() {
+            session.as_downstream_mut().set_pipelining_enabled(true);
+        }
+        ctx.addr = ClientAddr::of(session, &snapshot, session.req_header());
+        identify(ctx, session.req_header());
+        if let Err(refused) = framing::check(session, snapshot.config.server.header_underscores) {
+            if refused.close {
+                session.set_keepalive(None);
+            }
+            self.respond_problem(session, ctx, 400, refused.detail)
+                .await?;
+            return Ok(true);
+        }
         let req = session.req_header();
-        ctx.addr = ClientAddr::of(session, &snapshot, req);
-        identify(ctx, req);
         let hosts = snapshot.router.matches_hosts();
         let routed = match RoutedRequest::new(&req.method, &req.uri, &req.headers, hosts) {
             Ok(routed) => routed,

@@ -129,6 +129,24 @@ pub struct ServerConfig {
     /// RFC 9110 §5.1) reads names case-sensitively.
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// What to do with a request header whose name has an underscore (`X_User_Id`), which
+    /// some frameworks fold into the dashed name (`X-User-Id`) a filter may have vetted:
+    /// `drop` it (the default, as nginx does), `reject` the request with 400, or `allow` it.
+    #[serde(default)]
+    pub header_underscores: HeaderUnderscores,
+}
+
+/// What the gateway does with request header names that contain `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderUnderscores {
+    /// Remove such fields before anything reads the request.
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
+    /// Forward them as they are.
+    Allow,
 }
 
 /// Admin listener settings.
@@ -376,6 +394,7 @@ impl Default for ServerConfig {
             grace_period: Duration::ZERO,
             shutdown_timeout: default_shutdown_timeout(),
             preserve_header_case: false,
+            header_underscores: HeaderUnderscores::Drop,
         }
     }
 }

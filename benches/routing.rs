@@ -2,9 +2,12 @@
 //!
 //! `find` on route tables of 10, 1 000 and 10 000 routes built like an operator would write
 //! them: distinct path prefixes (`/svc{i}/v1`), every 10th route also bound to a host, every
-//! 7th limited to some methods, every 50th a regex. Measured: a prefix hit near the end of the
-//! table, a host-bound hit near the end, a regex hit near the end, and a miss (which walks
-//! every route that cannot be skipped by the first-segment index: the regexes).
+//! 7th limited to some methods, every 50th a regex anchored on a literal first segment
+//! (`^/re{i}/items/[0-9]+$`). Measured: a prefix hit near the end of the table, a host-bound
+//! hit near the end, a regex hit near the end, and a miss. Regexes like these are indexed by
+//! their first segment as literal paths are, so none of the four walks the table: a miss
+//! costs ~20 ns and a regex hit ~55 ns at 10, 1 000 and 10 000 routes (before the index took
+//! regexes: 31 ns / 298 ns / 4.4 µs for a miss, 44 ns / 77 ns / 5.4 µs for a regex hit).
 //!
 //! `cargo bench --bench routing -- --quick`
 

@@ -6,9 +6,11 @@
 //! and method conditions beat fewer), then by file order. A request takes the first route in
 //! that order whose every condition holds.
 //!
-//! Matching does not scan the whole table: routes whose path starts with a literal first
-//! segment (`/api/...`) are indexed by it, so a request only looks at routes that share its
-//! first segment plus the few that do not have one (regexes, `/`, host-only routes).
+//! Matching does not scan the whole table: routes whose paths start with a literal first
+//! segment are indexed by it — literal paths (`/api/...`) and regexes anchored at the start
+//! whose alternatives all begin with a whole literal segment (`^/orders/[0-9]+$`) — so a
+//! request only looks at routes that share its first segment plus the few that cannot be
+//! indexed (other regexes, `/`, host-only routes).
 
 mod path;
 
@@ -111,18 +113,22 @@ impl PathMatch {
         }
     }
 
-    /// The literal first segment every matching path starts with, if there is one.
-    fn index_key(&self) -> Option<&str> {
+    /// The literal first segments every matching path starts with (one of them), if the
+    /// match says: a literal path's own, or those of a regex anchored at the start whose
+    /// every alternative begins with a whole literal segment (`^/orders/[0-9]+$` → `orders`).
+    /// `None` when a matching path may start with anything.
+    fn index_keys(&self) -> Option<Vec<String>> {
         let literal = match self {
             PathMatch::Exact(p) => p.as_str(),
             PathMatch::Prefix(p) => p.as_str(),
-            _ => return None,
+            PathMatch::Regex(r) => return regex_first_segments(r.as_str()),
+            PathMatch::Any => return None,
         };
         let rest = &literal[1..];
         match rest.find('/') {
-            Some(end) => Some(&rest[..end]),
+            Some(end) => Some(vec![rest[..end].to_owned()]),
             // `/api` as a prefix also takes `/api/x`: the first segment is still `api`.
-            None if !rest.is_empty() => Some(rest),
+            None if !rest.is_empty() => Some(vec![rest.to_owned()]),
             None => None,
         }
     }
@@ -401,6 +407,42 @@ impl fmt::Display for PathMatch {
     }
 }
 
+/// The whole first segments a regex's matches start with, when it is anchored at the start
+/// and each of its literal prefixes holds a complete segment (`/name/`, or all of an exact
+/// `^/name$`); `None` otherwise.
+/// Paths are normalized before matching and regexes run on them as they are, so a match's
+/// first segment is exactly one of these.
+fn regex_first_segments(pattern: &str) -> Option<Vec<String>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::Look;
+    let hir = regex_syntax::parse(pattern).ok()?;
+    if !hir.properties().look_set_prefix().contains(Look::Start) {
+        return None;
+    }
+    // Anchored at the end too, an exact literal is the whole path.
+    let whole = hir.properties().look_set_suffix().contains(Look::End);
+    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let literals = prefixes.literals()?;
+    if literals.is_empty() {
+        return None;
+    }
+    let mut keys = Vec::with_capacity(literals.len());
+    for literal in literals {
+        let text = std::str::from_utf8(literal.as_bytes()).ok()?;
+        let rest = text.strip_prefix('/')?;
+        // An exact literal of a pattern anchored at both ends is the whole path
+        // (`^/health$`): its rest is the segment.
+        let end = rest
+            .find('/')
+            .or_else(|| (whole && literal.is_exact()).then_some(rest.len()))
+            .filter(|&end| end > 0)?;
+        keys.push(rest[..end].to_owned());
+    }
+    keys.sort();
+    keys.dedup();
+    Some(keys)
+}
+
 /// The compiled, ranked route table of one snapshot.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -425,12 +467,16 @@ impl Router {
         });
         let mut router = Router::default();
         for (rank, route) in routes.into_iter().enumerate() {
-            match route.path.index_key() {
-                Some(key) => router
-                    .by_first_segment
-                    .entry(key.into())
-                    .or_default()
-                    .push(rank),
+            match route.path.index_keys() {
+                Some(keys) => {
+                    for key in keys {
+                        router
+                            .by_first_segment
+                            .entry(key.into())
+                            .or_default()
+                            .push(rank);
+                    }
+                }
                 None => router.unindexed.push(rank),
             }
             router.matches_hosts |= !matches!(route.host, HostMatch::Any);
@@ -575,5 +621,76 @@ pub fn request_host(authority: &str) -> Option<std::borrow::Cow<'_, str>> {
         Some(host.to_ascii_lowercase().into())
     } else {
         Some(host.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchored_regexes_with_whole_literal_first_segments_are_indexed() {
+        let keys = |p: &str| regex_first_segments(p);
+        assert_eq!(keys("^/orders/[0-9]+$"), Some(vec!["orders".into()]));
+        assert_eq!(keys("^/health$"), Some(vec!["health".into()]));
+        assert_eq!(
+            keys("^/(v1|v2)/items"),
+            Some(vec!["v1".into(), "v2".into()])
+        );
+        // Not anchored, no whole segment, or no literal start: a path may start otherwise.
+        for open in [
+            "/orders/[0-9]+$",
+            "^/orders",
+            "^/ord.*/x",
+            "^/[a-z]+/x",
+            r"\.php$",
+            "(?m)^/orders/",
+            "^//x/",
+        ] {
+            assert_eq!(keys(open), None, "{open}");
+        }
+    }
+
+    fn router(routes: &str) -> crate::snapshot::Snapshot {
+        let text = format!("[[upstreams]]\nname = \"u\"\nbackends = [\"127.0.0.1:9\"]\n{routes}");
+        crate::snapshot::Snapshot::from_source(
+            &crate::config::Source::inline(text),
+            1,
+            None,
+            &crate::filter::FilterRegistry::builtin(),
+        )
+        .expect("routes build")
+    }
+
+    fn found(router: &Router, path: &str) -> Option<String> {
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            host: None,
+            path,
+            headers: &headers,
+        };
+        router.find(&view).map(|r| r.name.to_string())
+    }
+
+    /// Indexing a regex under its first segment keeps the table's order: a regex still
+    /// loses to a literal path of its segment and beats it with a higher priority, and a
+    /// regex that cannot be indexed is still tried for every path.
+    #[test]
+    fn indexed_regexes_keep_their_rank() {
+        let snapshot = router(
+            "[[routes]]\nname = \"re\"\nupstream = \"u\"\nmatch = { path_regex = '^/orders/[0-9]+$' }\n\
+             [[routes]]\nname = \"prefix\"\nupstream = \"u\"\nmatch = { path_prefix = \"/orders\" }\n\
+             [[routes]]\nname = \"php\"\nupstream = \"u\"\nmatch = { path_regex = '\\.php$' }\n\
+             [[routes]]\nname = \"first\"\nupstream = \"u\"\npriority = 10\nmatch = { path_regex = '^/first/[a-z]+$' }\n\
+             [[routes]]\nname = \"first-prefix\"\nupstream = \"u\"\nmatch = { path_prefix = \"/first\" }\n",
+        );
+        let r = &snapshot.router;
+        assert_eq!(found(r, "/orders/42").as_deref(), Some("prefix"));
+        assert_eq!(found(r, "/first/abc").as_deref(), Some("first"));
+        assert_eq!(found(r, "/first/123").as_deref(), Some("first-prefix"));
+        assert_eq!(found(r, "/orders/x.php").as_deref(), Some("prefix"));
+        assert_eq!(found(r, "/shop/index.php").as_deref(), Some("php"));
+        assert_eq!(found(r, "/shop/index.html"), None);
     }
 }

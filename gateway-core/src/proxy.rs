@@ -159,6 +159,12 @@ impl ProxyHttp for GatewayProxy {
         if !session.as_downstream().pipelining_enabled() {
             session.as_downstream_mut().set_pipelining_enabled(true);
         }
+        // The idle limit between this request and the next on a kept-alive connection (not
+        // on one the client or HTTP/1.0 closes).
+        if session.as_downstream().get_keepalive().is_some() {
+            let idle = snapshot.config.server.keepalive_timeout;
+            session.set_keepalive(Some(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)));
+        }
         ctx.addr = ClientAddr::of(session, &snapshot, session.req_header());
         identify(ctx, session.req_header());
         if let Err(refused) = framing::check(session, snapshot.config.server.header_underscores) {

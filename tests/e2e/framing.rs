@@ -205,3 +205,34 @@ async fn underscore_header_names_are_rejected_or_allowed_when_configured() {
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen[0].header("x_user_id"), Some("admin"));
 }
+
+/// A kept-alive connection left idle is closed after `server.keepalive_timeout`, and not
+/// before.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let up = Upstream::start("up").await;
+    let gw = support::gateway(&format!(
+        "[server]\nkeepalive_timeout = \"1s\"\n\n[[upstreams]]\nname = \"up\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"up\"\n",
+        up.addr
+    ))
+    .await;
+    let mut stream = TcpStream::connect(gw.local_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /idle HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    let idle = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, not {read:?} after {idle:?}"
+    );
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
+        "closed after {idle:?}"
+    );
+    support::stop(gw).await;
+}

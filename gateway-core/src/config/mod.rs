@@ -134,6 +134,10 @@ pub struct ServerConfig {
     /// `drop` it (the default, as nginx does), `reject` the request with 400, or `allow` it.
     #[serde(default)]
     pub header_underscores: HeaderUnderscores,
+    /// How long a kept-alive client connection may sit idle between requests before the
+    /// gateway closes it (whole seconds, rounded up; `"0s"`: no limit).
+    #[serde(default = "default_keepalive_timeout", with = "duration")]
+    pub keepalive_timeout: Duration,
 }
 
 /// What the gateway does with request header names that contain `_`.
@@ -395,6 +399,7 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             preserve_header_case: false,
             header_underscores: HeaderUnderscores::Drop,
+            keepalive_timeout: default_keepalive_timeout(),
         }
     }
 }
@@ -419,6 +424,10 @@ fn default_true() -> bool {
 fn default_max_retries() -> usize {
     3
 }
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }

@@ -75,7 +75,7 @@ pub struct ItemRequest {
 
 /// Whether the caller may see (and cancel) `order`: its owner, or an admin.
 fn may_see(id: &Identity, order: &Order) -> bool {
-    id.user_id == order.customer_id || id.has_role("admin") || id.has_permission("orders:admin")
+    id.user_id == order.customer_id || is_staff(id)
 }
 
 fn validate(body: &PlaceOrder) -> Result<(), Error> {

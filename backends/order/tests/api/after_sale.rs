@@ -56,18 +56,7 @@ async fn refund_lines(w: &RealWorld, token: &str, id: &str, key: &str, body: Val
 
 /// The balance of `account` at the payment service's ledger.
 async fn account(w: &RealWorld, account: &str) -> i64 {
-    let r = w
-        .payment_app
-        .as_ref()
-        .unwrap()
-        .client
-        .get(w.payment_app.as_ref().unwrap().url("/ledger/balance"))
-        .bearer_auth(w.admin())
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    v["accounts"]
+    w.ledger().await["accounts"]
         .as_array()
         .unwrap()
         .iter()

@@ -18,11 +18,23 @@ use crate::real::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// A world whose order service stops before recording `before`.
+/// A world whose order service stops before recording `before`, with MUG (700, 3 in
+/// stock) and a customer paying with `card` who ordered `qty` of it.
+struct Crashing {
+    w: RealWorld,
+    sim: Arc<SimulatedProcessor>,
+    hit: Arc<AtomicBool>,
+    label: String,
+    customer: String,
+    order: String,
+}
+
 async fn crashing(
     db: kit::testing::TestDb,
     before: &'static str,
-) -> (RealWorld, Arc<SimulatedProcessor>, Arc<AtomicBool>) {
+    card: &str,
+    qty: i64,
+) -> Crashing {
     let hit = Arc::new(AtomicBool::new(false));
     let saga = SagaSettings {
         lease: Duration::from_secs(1),
@@ -35,7 +47,18 @@ async fn crashing(
     let settings = payment_settings();
     let sim = Arc::new(SimulatedProcessor::new(settings.simulator_hang));
     let w = RealWorld::with_processor(db, settings, sim.clone(), saga).await;
-    (w, sim, hit)
+    let label = format!("{} {before}", w.label());
+    w.product("MUG", 700, 3).await;
+    let (customer, pm) = w.shopper("ann", card).await;
+    let order = w.order(&customer, "MUG", qty, &pm).await;
+    Crashing {
+        w,
+        sim,
+        hit,
+        label,
+        customer,
+        order,
+    }
 }
 
 /// Waits for the crash point, then stops the order service and starts it again without
@@ -82,11 +105,14 @@ async fn real_a_crash_before_each_record_of_placement_still_confirms_once() {
     ];
     for before in STEPS {
         for db in kit::testing::databases().await {
-            let (mut w, sim, hit) = crashing(db, before).await;
-            let label = format!("{} {before}", w.label());
-            w.product("MUG", 700, 3).await;
-            let (ann, pm) = w.shopper("ann", APPROVE).await;
-            let id = w.order(&ann, "MUG", 1, &pm).await;
+            let Crashing {
+                mut w,
+                sim,
+                hit,
+                label,
+                order: id,
+                ..
+            } = crashing(db, before, APPROVE, 1).await;
             crash_and_restart(&mut w, &hit, before).await;
             let done = w.settled(&id, SETTLE).await;
             assert_eq!(done["status"], "confirmed", "{label}: {done}");
@@ -132,11 +158,14 @@ async fn real_a_crash_before_each_record_of_compensation_still_cancels_cleanly()
     ];
     for before in STEPS {
         for db in kit::testing::databases().await {
-            let (mut w, sim, hit) = crashing(db, before).await;
-            let label = format!("{} {before}", w.label());
-            w.product("MUG", 700, 3).await;
-            let (ann, pm) = w.shopper("ann", DECLINE).await;
-            let id = w.order(&ann, "MUG", 1, &pm).await;
+            let Crashing {
+                mut w,
+                sim,
+                hit,
+                label,
+                order: id,
+                ..
+            } = crashing(db, before, DECLINE, 1).await;
             crash_and_restart(&mut w, &hit, before).await;
             let done = w.settled(&id, SETTLE).await;
             assert_eq!(done["status"], "cancelled", "{label}: {done}");
@@ -160,11 +189,14 @@ async fn real_a_crash_before_each_record_of_a_refund_still_refunds_once() {
     const STEPS: [&str; 3] = ["RefundPaid", "StockReturned", "RefundCompleted"];
     for before in STEPS {
         for db in kit::testing::databases().await {
-            let (mut w, sim, hit) = crashing(db, before).await;
-            let label = format!("{} {before}", w.label());
-            w.product("MUG", 700, 3).await;
-            let (ann, pm) = w.shopper("ann", APPROVE).await;
-            let id = w.order(&ann, "MUG", 2, &pm).await;
+            let Crashing {
+                mut w,
+                sim,
+                hit,
+                label,
+                customer: ann,
+                order: id,
+            } = crashing(db, before, APPROVE, 2).await;
             let confirmed = w.settled(&id, SETTLE).await;
             assert_eq!(confirmed["status"], "confirmed", "{label}: {confirmed}");
             let r = w.post(&ann, &format!("/orders/{id}/cancel")).await;

@@ -260,11 +260,16 @@ impl RealWorld {
         v["items"].as_array().unwrap().clone()
     }
 
-    /// The ledger balances to zero overall and in every transaction.
-    pub async fn assert_ledger_balances(&self) {
+    /// `GET /ledger/balance` of the payment service.
+    pub async fn ledger(&self) -> Value {
         let r = self.ask(self.payment_app(), "/ledger/balance").await;
         assert_eq!(r.status(), StatusCode::OK, "{}: ledger", self.label());
-        let v: Value = r.json().await.unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// The ledger balances to zero overall and in every transaction.
+    pub async fn assert_ledger_balances(&self) {
+        let v = self.ledger().await;
         assert_eq!(v["sum"], 0, "{}: ledger {v}", self.label());
         assert_eq!(
             v["unbalanced_transactions"],

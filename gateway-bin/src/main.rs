@@ -126,6 +126,9 @@ fn check(config: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let c = &snapshot.config;
+            for warning in c.warnings() {
+                println!("{}: warning: {warning}", config.display());
+            }
             println!(
                 "{}: ok ({}, {})",
                 config.display(),

@@ -768,3 +768,43 @@ upstream = "bulk"
         "the gateway exited during the transfers"
     );
 }
+
+#[test]
+fn check_warns_about_an_upstream_whose_certificate_is_not_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_port();
+    let path = write_config(
+        dir.path(),
+        "insecure.toml",
+        &format!(
+            r#"
+[server]
+listen = ["127.0.0.1:{listen}"]
+
+[[upstreams]]
+name = "legacy"
+backends = ["127.0.0.1:8443"]
+tls = {{ sni = "legacy.internal", verify = false }}
+
+[[routes]]
+name = "all"
+upstream = "legacy"
+"#
+        ),
+    );
+    let path = path.to_str().expect("utf-8 path");
+    let out = gateway(&["check", "--config", path]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", describe(&out));
+    assert!(
+        lines[0].contains("warning: upstreams[0].tls.verify: is false"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        lines[1].ends_with("ok (1 upstream, 1 route)"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -36,7 +36,7 @@ impl AdminApp {
                     .into_iter()
                     .map(|(addr, healthy)| json!({"addr": addr.to_string(), "healthy": healthy}))
                     .collect();
-                json!({"name": &**u.name(), "backends": backends})
+                json!({"name": &**u.name(), "backends": backends, "tls": u.tls().is_some()})
             })
             .collect();
         json!({
@@ -46,6 +46,7 @@ impl AdminApp {
             "path": self.store.path().map(|p| p.display().to_string()),
             "routes": s.router.routes().len(),
             "upstreams": upstreams,
+            "certificates": s.certificates.as_ref().map(|c| c.info()),
         })
     }
 

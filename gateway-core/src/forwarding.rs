@@ -17,8 +17,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The only protocol the listeners speak (no TLS termination yet); static, so never copied.
+/// `X-Forwarded-Proto` values; static, so never copied.
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Fields [`set_forwarding`] may add to a request.
 pub(crate) const FORWARDING_FIELDS: usize = 5;
@@ -33,6 +34,8 @@ pub struct ClientAddr {
     /// The client: the peer, or, when the peer is a trusted proxy, the nearest untrusted hop
     /// of `X-Forwarded-For`.
     pub client: Option<IpAddr>,
+    /// The connection came in over TLS (an HTTPS listener).
+    pub secure: bool,
 }
 
 impl ClientAddr {
@@ -47,6 +50,10 @@ impl ClientAddr {
             peer,
             peer_trusted,
             client: resolve_client_ip(snapshot, peer, peer_trusted, req),
+            secure: session
+                .as_downstream()
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some()),
         }
     }
 }
@@ -137,6 +144,25 @@ pub(crate) fn host_value(req: &RequestHeader) -> Option<HeaderValue> {
     }
 }
 
+/// Where a plain request is sent when plain listeners redirect to HTTPS: the same host and
+/// target on `https_port` (left out when it is 443). `None` when the request names no host.
+pub(crate) fn https_location(req: &RequestHeader, https_port: u16) -> Option<HeaderValue> {
+    let host = host_value(req)?;
+    let host = host.to_str().ok()?;
+    // Drop the plain port: `[v6]:80` or `name:80` (a v6 literal keeps its brackets).
+    let name = match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{name}{target}")
+    } else {
+        format!("https://{name}:{https_port}{target}")
+    };
+    HeaderValue::try_from(location).ok()
+}
+
 /// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up
 /// (a trusted proxy's forwarding fields are extended, not replaced); `host` is the host the
 /// client asked for.
@@ -173,7 +199,7 @@ pub(crate) fn set_forwarding(
         None => f.remove(&X_FORWARDED_FOR),
     }
     if !(trusted && f.map().contains_key(&X_FORWARDED_PROTO)) {
-        f.insert(&X_FORWARDED_PROTO, HTTP);
+        f.insert(&X_FORWARDED_PROTO, if addr.secure { HTTPS } else { HTTP });
     }
     if !(trusted && f.map().contains_key(&X_FORWARDED_HOST)) {
         match host {

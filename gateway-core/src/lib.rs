@@ -47,6 +47,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 mod server;

@@ -57,6 +57,10 @@ pub fn for_failure(e: &Error) -> (u16, &'static str) {
         ConnectRefused | ConnectError | ConnectNoRoute | ConnectProxyFailure | SocketError => {
             (502, "the upstream could not be reached")
         }
+        TLSHandshakeFailure | InvalidCert | HandshakeError => (
+            502,
+            "the TLS handshake with the upstream failed (see the gateway's log for why)",
+        ),
         _ => match e.esource() {
             ErrorSource::Upstream => (502, "the upstream failed to answer"),
             ErrorSource::Downstream => match e.etype() {

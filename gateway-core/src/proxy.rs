@@ -36,6 +36,8 @@ pub struct GatewayProxy {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    /// The first HTTPS listener's port, for `redirect_plain`.
+    https_port: Option<u16>,
 }
 
 impl GatewayProxy {
@@ -49,7 +51,14 @@ impl GatewayProxy {
             store,
             metrics,
             access_log,
+            https_port: None,
         }
+    }
+
+    /// The port plain requests are redirected to when `[server.tls] redirect_plain` is on.
+    pub fn with_https_port(mut self, port: Option<u16>) -> GatewayProxy {
+        self.https_port = port;
+        self
     }
 }
 
@@ -91,6 +100,8 @@ pub struct RequestCtx {
     upstream_elapsed: Option<std::time::Duration>,
     /// The upstream's response header already carries the request id.
     id_in_response: bool,
+    /// `Strict-Transport-Security` to add (HTTPS connections, when configured).
+    hsts: Option<HeaderValue>,
 }
 
 impl RequestCtx {
@@ -141,6 +152,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_started: None,
             upstream_elapsed: None,
             id_in_response: false,
+            hsts: None,
         }
     }
 
@@ -167,6 +179,12 @@ impl ProxyHttp for GatewayProxy {
         }
         ctx.addr = ClientAddr::of(session, &snapshot, session.req_header());
         identify(ctx, session.req_header());
+        if ctx.addr.secure {
+            ctx.hsts.clone_from(&snapshot.hsts);
+        } else if let Some(port) = self.redirect_port(&snapshot) {
+            self.redirect_to_https(session, ctx, port).await?;
+            return Ok(true);
+        }
         if let Err(refused) = framing::check(session, snapshot.config.server.header_underscores) {
             if refused.close {
                 session.set_keepalive(None);
@@ -546,8 +564,10 @@ impl GatewayProxy {
         let id = !std::mem::take(&mut ctx.id_in_response);
         // Exactly what is added: a parsed response's map often has room for one more field,
         // and reserving beyond it would regrow it for nothing.
-        let extra =
-            ctx.filters.response_headers.len() + usize::from(id) + usize::from(timing.is_some());
+        let extra = ctx.filters.response_headers.len()
+            + usize::from(id)
+            + usize::from(timing.is_some())
+            + usize::from(ctx.hsts.is_some());
         if extra == 0 {
             return;
         }
@@ -560,6 +580,9 @@ impl GatewayProxy {
             }
             if let Some(timing) = timing {
                 f.insert(&SERVER_TIMING, timing);
+            }
+            if let Some(hsts) = ctx.hsts.take() {
+                f.insert(&http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
         });
     }
@@ -581,6 +604,31 @@ impl GatewayProxy {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
+    }
+
+    /// The HTTPS port plain requests go to, when `redirect_plain` is on.
+    fn redirect_port(&self, snapshot: &Snapshot) -> Option<u16> {
+        let tls = snapshot.config.server.tls.as_ref()?;
+        tls.redirect_plain.then_some(self.https_port).flatten()
+    }
+
+    /// Answers a plain request with a permanent redirect to the same URL over HTTPS (308
+    /// keeps the method and body, unlike 301).
+    async fn redirect_to_https(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        port: u16,
+    ) -> Result<()> {
+        let Some(location) = forwarding::https_location(session.req_header(), port) else {
+            let detail = "the request names no host to redirect to over HTTPS";
+            return self.respond_problem(session, ctx, 400, detail).await;
+        };
+        let mut header = ResponseHeader::build(308, Some(3))?;
+        header.insert_header(http::header::LOCATION, location)?;
+        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        self.finish_gateway_answer(ctx, None, &mut header);
+        session.write_response_header(Box::new(header), true).await
     }
 
     /// Answers with a problem of the gateway's own before a route is chosen (a path that

@@ -20,7 +20,7 @@ use crate::config::Source;
 use crate::error::ConfigError;
 use crate::filter::FilterRegistry;
 use crate::observe::Metrics;
-use crate::snapshot::{content_hash, Snapshot};
+use crate::snapshot::{Prepared, Snapshot};
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,7 @@ impl ConfigStore {
         registry: FilterRegistry,
     ) -> ConfigStore {
         metrics.generation.set(initial.generation as i64);
+        log_warnings(&initial);
         ConfigStore {
             current: ArcSwap::from_pointee(initial),
             path,
@@ -103,21 +104,25 @@ impl ConfigStore {
                 }],
             });
         }
-        if content_hash(&source.text) == old.content_hash {
+        let prepared = Prepared::read(source).inspect_err(|_| self.metrics.reload("failed"))?;
+        if prepared.content_hash == old.content_hash {
             self.metrics.reload("unchanged");
             return Ok(ReloadOutcome::Unchanged {
                 generation: old.generation,
             });
         }
-        let next =
-            match Snapshot::from_source(source, old.generation + 1, Some(&old), &self.registry) {
-                Ok(next) => next,
-                Err(e) => {
-                    self.metrics.reload("failed");
-                    return Err(e);
-                }
-            };
+        let next = match Snapshot::build(prepared, old.generation + 1, Some(&old), &self.registry) {
+            Ok(next) => next,
+            Err(issues) => {
+                self.metrics.reload("failed");
+                return Err(ConfigError::Invalid {
+                    path: source.path.clone(),
+                    issues,
+                });
+            }
+        };
         warn_restart_only_changes(&old, &next);
+        log_warnings(&next);
         let generation = next.generation;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
@@ -150,8 +155,24 @@ impl ConfigStore {
     }
 }
 
+fn log_warnings(snapshot: &Snapshot) {
+    for warning in snapshot.config.warnings() {
+        tracing::warn!(field = %warning.field, "{}", warning.message);
+    }
+}
+
 fn warn_restart_only_changes(old: &Snapshot, next: &Snapshot) {
-    if old.config.server != next.config.server {
+    // Certificates reload; only the rest of `[server]` waits for a restart.
+    let restart_only = |s: &Snapshot| {
+        let mut server = s.config.server.clone();
+        if let Some(tls) = server.tls.as_mut() {
+            tls.certificates.clear();
+            tls.redirect_plain = false;
+            tls.hsts.clear();
+        }
+        server
+    };
+    if restart_only(old) != restart_only(next) {
         tracing::warn!(
             "[server] changed: listeners, threads and shutdown settings apply after a restart"
         );
@@ -161,14 +182,15 @@ fn warn_restart_only_changes(old: &Snapshot, next: &Snapshot) {
     }
 }
 
-/// Background service: reloads when the config file changes, and on SIGHUP when asked to.
+/// Background service: reloads when the config file, or a file it names (a certificate, a
+/// key), changes, and on SIGHUP when asked to.
 pub(crate) struct ReloadService {
     store: Arc<ConfigStore>,
     sighup: bool,
     /// File-change notifications; taken by `start`.
     changes: Mutex<Option<UnboundedReceiver<()>>>,
     /// Kept alive for as long as the service: dropping it stops the watch.
-    _watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    watch: Mutex<Option<FileWatch>>,
 }
 
 impl ReloadService {
@@ -176,9 +198,15 @@ impl ReloadService {
     /// not missed.
     pub fn new(store: Arc<ConfigStore>, watch_file: bool, sighup: bool) -> ReloadService {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = match (watch_file, store.path()) {
-            (true, Some(path)) => match watch_parent(path, tx) {
-                Ok(w) => Some(w),
+        let watch = match (watch_file, store.path()) {
+            (true, Some(path)) => match FileWatch::new(tx) {
+                Ok(mut w) => {
+                    w.follow(path);
+                    for file in &store.load().files {
+                        w.follow(file);
+                    }
+                    Some(w)
+                }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
                     None
@@ -190,11 +218,20 @@ impl ReloadService {
             store,
             sighup,
             changes: Mutex::new(Some(rx)),
-            _watcher: Mutex::new(watcher),
+            watch: Mutex::new(watch),
+        }
+    }
+
+    /// Watch the files the serving config names (a reload may have named new ones).
+    fn follow_files(&self) {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(watch) = watch.as_mut() {
+            for file in &self.store.load().files {
+                watch.follow(file);
+            }
         }
     }
 }
-
 /// Editors save in bursts (truncate + write, or write temp + rename): a reload waits until
 /// the file has been quiet this long, but never longer than [`DEBOUNCE_MAX`].
 const DEBOUNCE: Duration = Duration::from_millis(75);
@@ -240,37 +277,69 @@ impl BackgroundService for ReloadService {
             };
             let store = Arc::clone(&self.store);
             let _ = tokio::task::spawn_blocking(move || store.reload_logged(cause)).await;
+            self.follow_files();
         }
     }
 }
 
-/// Watch the file's directory: editors replace files by rename, which a watch on the file
-/// itself would lose.
-fn watch_parent(
-    path: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let file_name = path.file_name().map(|n| n.to_os_string());
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
+/// Watches the directories of the files a config depends on: editors, `cp` and certificate
+/// renewers replace files by rename, which a watch on the file itself would lose. An event for
+/// any watched name asks for a reload; one that changed nothing is a cheap no-op (same hash).
+struct FileWatch {
+    watcher: notify::RecommendedWatcher,
+    dirs: std::collections::HashSet<PathBuf>,
+    names: Arc<Mutex<std::collections::HashSet<std::ffi::OsString>>>,
+}
+
+impl FileWatch {
+    fn new(tx: tokio::sync::mpsc::UnboundedSender<()>) -> notify::Result<FileWatch> {
+        let names: Arc<Mutex<std::collections::HashSet<std::ffi::OsString>>> = Arc::default();
+        let watched = Arc::clone(&names);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let watched = watched.lock().unwrap_or_else(|e| e.into_inner());
+            let ours = event.paths.is_empty()
+                || event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| watched.contains(n)));
+            if ours {
+                let _ = tx.send(());
+            }
+        })?;
+        Ok(FileWatch {
+            watcher,
+            dirs: Default::default(),
+            names,
+        })
+    }
+
+    /// Also reload when `path` changes.
+    fn follow(&mut self, path: &Path) {
+        let Some(name) = path.file_name() else { return };
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_os_string());
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if self.dirs.contains(&dir) {
             return;
         }
-        let ours = event.paths.is_empty()
-            || event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
-        if ours {
-            let _ = tx.send(());
+        match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.dirs.insert(dir);
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot watch a directory of the configuration's files; reload with SIGHUP or POST /admin/reload")
+            }
         }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+    }
 }
 
 /// Background service: runs each pool's active health checks when they are due, including

@@ -161,13 +161,17 @@ impl Gateway {
             .map_err(|e| GatewayError::Start(format!("cannot start the server thread: {e}")))?;
         let mut handle = GatewayHandle {
             listen: addrs.listen,
+            tls: addrs.tls,
             admin: addrs.admin,
             store,
             metrics,
             stop: Some(tx),
             thread: Some(thread),
         };
-        let all: Vec<SocketAddr> = handle.listen.iter().copied().chain(handle.admin).collect();
+        let all: Vec<SocketAddr> = (handle.listen.iter().chain(&handle.tls))
+            .copied()
+            .chain(handle.admin)
+            .collect();
         for addr in all {
             if let Err(e) = wait_until_accepting(addr, Duration::from_secs(10)) {
                 handle.stop_with(ShutdownSignal::FastShutdown);
@@ -204,7 +208,8 @@ impl Gateway {
             Arc::clone(&self.store),
             Arc::clone(&self.metrics),
             access_log,
-        );
+        )
+        .with_https_port(addrs.tls.first().map(SocketAddr::port));
         let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             proxy,
@@ -212,6 +217,11 @@ impl Gateway {
         );
         for addr in &addrs.listen {
             proxy_service.add_tcp(&addr.to_string());
+        }
+        for addr in &addrs.tls {
+            let settings = crate::tls::listener_settings(&self.store)
+                .map_err(|e| GatewayError::Start(format!("cannot set up TLS on {addr}: {e}")))?;
+            proxy_service.add_tls_with_settings(&addr.to_string(), None, settings);
         }
         if let Some(app) = proxy_service.app_logic_mut() {
             let mut options = HttpServerOptions::default();
@@ -246,6 +256,7 @@ impl Gateway {
 /// Listener addresses with every port 0 replaced by a free port.
 struct BoundAddrs {
     listen: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
 }
 
@@ -257,11 +268,18 @@ impl BoundAddrs {
             .iter()
             .map(|a| reserve(a, "server.listen"))
             .collect::<Result<_, _>>()?;
+        let tls = config
+            .server
+            .tls
+            .iter()
+            .flat_map(|t| &t.listen)
+            .map(|a| reserve(a, "server.tls.listen"))
+            .collect::<Result<_, _>>()?;
         let admin = match config.admin.listen.as_str() {
             "" => None,
             a => Some(reserve(a, "admin.listen")?),
         };
-        Ok(BoundAddrs { listen, admin })
+        Ok(BoundAddrs { listen, tls, admin })
     }
 }
 
@@ -310,6 +328,7 @@ impl ShutdownSignalWatch for HandleSignal {
 /// stops it gracefully.
 pub struct GatewayHandle {
     listen: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
@@ -318,14 +337,26 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
-    /// The first proxy listener's address.
+    /// The first plain proxy listener's address (the first HTTPS one when there is none).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listen[0]
+        self.listen
+            .first()
+            .or(self.tls.first())
+            .copied()
+            .unwrap_or_else(|| {
+                // Validation asks for at least one listener.
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
     }
 
     /// Every proxy listener's address.
     pub fn listen_addrs(&self) -> &[SocketAddr] {
         &self.listen
+    }
+
+    /// Every HTTPS listener's address (`[server.tls] listen`).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls
     }
 
     /// The admin listener's address, unless disabled.

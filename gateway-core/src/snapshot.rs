@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigIssue, FilterConfig, Source};
 use crate::error::ConfigError;
 use crate::filter::{FilterRegistry, FilterSpec, NamedFilter};
 use crate::routing::{Route, Router};
+use crate::tls::{Certificates, Files, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// One built configuration.
@@ -34,14 +35,60 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// Built filters by name, with the declaration each was built from (for carry-over).
     pub filters: BTreeMap<String, (FilterConfig, NamedFilter)>,
+    /// The edge certificates, when `[server.tls]` declares HTTPS listeners.
+    pub certificates: Option<Certificates>,
+    /// `Strict-Transport-Security` for HTTPS responses, when configured.
+    pub hsts: Option<http::HeaderValue>,
+    /// The files the config names (certificates, keys, CAs), which a reload also watches.
+    pub files: Vec<std::path::PathBuf>,
 }
 
-/// SHA-256 of a config's text, as lower-case hex.
-pub fn content_hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A config parsed and validated, with every file it names read: what a snapshot is built
+/// from. Its hash covers those files too, so changing a certificate is a change to reload.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The validated config.
+    pub config: Config,
+    /// The files it names, read.
+    pub files: Files,
+    /// Directory that relative file names in the config start from.
+    pub base: std::path::PathBuf,
+    /// SHA-256 (hex) of the config text and of every file it names.
+    pub content_hash: String,
+}
+
+impl Prepared {
+    /// Parse and validate `source`, and read the files it names (relative to its directory).
+    pub fn read(source: &Source) -> Result<Prepared, ConfigError> {
+        let config = Config::load(source)?;
+        let base = source
+            .path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let files = Files::read(&config, &base).map_err(|issues| ConfigError::Invalid {
+            path: source.path.clone(),
+            issues,
+        })?;
+        let mut hasher = Sha256::new();
+        hasher.update(source.text.as_bytes());
+        for (path, bytes) in files.iter() {
+            hasher.update(b"\0");
+            hasher.update(path.as_os_str().as_encoded_bytes());
+            hasher.update(b"\0");
+            hasher.update(bytes);
+        }
+        Ok(Prepared {
+            config,
+            files,
+            base,
+            content_hash: hex(&hasher.finalize()),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Snapshot {
@@ -55,38 +102,60 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         registry: &FilterRegistry,
     ) -> Result<Snapshot, ConfigError> {
-        let config = Config::load(source)?;
-        Snapshot::build(
-            config,
-            content_hash(&source.text),
-            generation,
-            previous,
-            registry,
-        )
-        .map_err(|issues| ConfigError::Invalid {
-            path: source.path.clone(),
-            issues,
+        let prepared = Prepared::read(source)?;
+        Snapshot::build(prepared, generation, previous, registry).map_err(|issues| {
+            ConfigError::Invalid {
+                path: source.path.clone(),
+                issues,
+            }
         })
     }
 
-    /// Build from an already validated config; every problem found is returned at once.
+    /// Build from a prepared config; every problem found is returned at once.
     pub fn build(
-        config: Config,
-        content_hash: String,
+        prepared: Prepared,
         generation: u64,
         previous: Option<&Snapshot>,
         registry: &FilterRegistry,
     ) -> Result<Snapshot, Vec<ConfigIssue>> {
+        let Prepared {
+            config,
+            files,
+            base,
+            content_hash,
+        } = prepared;
         let mut issues = Vec::new();
+        let certificates = match &config.server.tls {
+            None => None,
+            Some(tls) => match Certificates::build(tls, &files, &base) {
+                Ok(c) => Some(c),
+                Err(found) => {
+                    issues.extend(found);
+                    None
+                }
+            },
+        };
         let mut upstreams = BTreeMap::new();
         for (i, cfg) in config.upstreams.iter().enumerate() {
+            let tls = match cfg
+                .tls
+                .as_ref()
+                .map(|t| UpstreamTls::build(t, &files, &base))
+            {
+                None => None,
+                Some(Ok(tls)) => Some(tls),
+                Some(Err((field, e))) => {
+                    issues.push(issue(format!("upstreams[{i}].tls.{field}"), e));
+                    continue;
+                }
+            };
             let reused = previous
                 .and_then(|p| p.upstreams.get(&cfg.name))
-                .filter(|u| u.config() == cfg)
+                .filter(|u| u.config() == cfg && u.tls() == tls.as_ref())
                 .cloned();
             match reused
                 .map(Ok)
-                .unwrap_or_else(|| Upstream::new(cfg).map(Arc::new))
+                .unwrap_or_else(|| Upstream::new(cfg, tls).map(Arc::new))
             {
                 Ok(pool) => {
                     upstreams.insert(cfg.name.clone(), pool);
@@ -139,6 +208,11 @@ impl Snapshot {
             upstreams,
             trusted_proxies,
             filters,
+            hsts: (config.server.tls.as_ref())
+                .filter(|t| !t.hsts.is_empty())
+                .and_then(|t| http::HeaderValue::from_str(&t.hsts).ok()),
+            certificates,
+            files: files.paths().map(std::path::Path::to_path_buf).collect(),
             config: Arc::new(config),
         })
     }

@@ -20,6 +20,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
+use crate::tls::UpstreamTls;
 
 /// The value of the cookie `name` in `req`'s `Cookie` fields.
 fn cookie<'a>(req: &'a pingora_http::RequestHeader, name: &str) -> Option<&'a str> {
@@ -113,6 +114,8 @@ pub struct Upstream {
     /// The same backends as Pingora knows them (health is keyed by these).
     members: Vec<Backend>,
     hash_key: Option<HashKey>,
+    /// TLS to the backends, when the pool says `tls`.
+    tls: Option<UpstreamTls>,
     last_check: Mutex<Option<Instant>>,
     checking: AtomicBool,
     /// This pool's `gatehouse_upstream_duration_seconds` series, resolved on first use.
@@ -140,8 +143,8 @@ pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 const MAX_SELECT_ITERATIONS: usize = 256;
 
 impl Upstream {
-    /// Build a pool from a validated config.
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+    /// Build a pool from a validated config, with its TLS material when it has `tls`.
+    pub fn new(config: &UpstreamConfig, tls: Option<UpstreamTls>) -> Result<Upstream, String> {
         let mut set = BTreeSet::new();
         let mut addrs = Vec::new();
         let mut members = Vec::new();
@@ -157,11 +160,10 @@ impl Upstream {
             set.insert(backend);
         }
         let backends = Backends::new(Static::new(set));
+        let check = config.health_check.as_ref();
         let selector = match config.balance {
-            Balance::ConsistentHash => {
-                Selector::Ketama(build_lb(backends, config.health_check.as_ref())?)
-            }
-            _ => Selector::RoundRobin(build_lb(backends, config.health_check.as_ref())?),
+            Balance::ConsistentHash => Selector::Ketama(build_lb(backends, check, tls.as_ref())?),
+            _ => Selector::RoundRobin(build_lb(backends, check, tls.as_ref())?),
         };
         let hash_key = config.hash_key.as_deref().map(HashKey::parse).transpose()?;
         Ok(Upstream {
@@ -172,6 +174,7 @@ impl Upstream {
             config: config.clone(),
             selector,
             hash_key,
+            tls,
             last_check: Mutex::new(None),
             checking: AtomicBool::new(false),
             duration_metric: Default::default(),
@@ -186,6 +189,11 @@ impl Upstream {
     /// The config this pool was built from (a reload reuses the pool when it is unchanged).
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// The pool's TLS to its backends, if it uses TLS.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
     }
 
     /// What consistent hashing hashes, if this pool hashes.
@@ -311,7 +319,10 @@ impl Upstream {
     /// Build the peer for one attempt. Deterministic for the same backend and route settings,
     /// so Pingora's connection pool reuses upstream connections.
     pub fn peer(&self, addr: SocketAddr, timeouts: &Timeouts) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => tls.peer(addr),
+        };
         peer.options.connection_timeout = timeouts.connect;
         peer.options.read_timeout = timeouts.read;
         peer.options.write_timeout = timeouts.write;
@@ -344,6 +355,7 @@ fn inet(b: &Backend) -> SocketAddr {
 fn build_lb<S>(
     backends: Backends,
     hc: Option<&HealthCheckConfig>,
+    tls: Option<&UpstreamTls>,
 ) -> Result<LoadBalancer<S>, String>
 where
     S: pingora_load_balancing::selection::BackendSelection + 'static,
@@ -351,7 +363,7 @@ where
 {
     let mut lb = LoadBalancer::<S>::from_backends(backends);
     if let Some(hc) = hc {
-        lb.set_health_check(health_check(hc));
+        lb.set_health_check(health_check(hc, tls));
     }
     lb.update()
         .now_or_never()
@@ -360,12 +372,25 @@ where
     Ok(lb)
 }
 
+/// The pool's health check; over TLS when the pool is (a TCP check then completes the
+/// handshake, so a backend with a certificate the gateway rejects counts as down).
 fn health_check(
     cfg: &HealthCheckConfig,
+    tls: Option<&UpstreamTls>,
 ) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
     match cfg.kind {
         HealthCheckKind::Tcp => {
-            let mut check = TcpHealthCheck::new();
+            let mut check = match tls {
+                None => TcpHealthCheck::new(),
+                Some(tls) => {
+                    let mut check = TcpHealthCheck::new();
+                    tls.apply_options(
+                        &mut check.peer_template.sni,
+                        &mut check.peer_template.options,
+                    );
+                    check
+                }
+            };
             check.consecutive_failure = cfg.unhealthy_after;
             check.consecutive_success = cfg.healthy_after;
             check.peer_template.options.connection_timeout = Some(cfg.timeout);
@@ -373,7 +398,10 @@ fn health_check(
         }
         HealthCheckKind::Http => {
             let host = cfg.host.as_deref().unwrap_or("localhost");
-            let mut check = HttpHealthCheck::new(host, false);
+            let mut check = HttpHealthCheck::new(host, tls.is_some());
+            if let Some(tls) = tls {
+                tls.apply(&mut check.peer_template);
+            }
             check.consecutive_failure = cfg.unhealthy_after;
             check.consecutive_success = cfg.healthy_after;
             check.peer_template.options.connection_timeout = Some(cfg.timeout);

@@ -12,3 +12,4 @@ mod ratelimit;
 mod raw;
 mod reload;
 mod support;
+mod tls;

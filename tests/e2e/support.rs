@@ -215,10 +215,17 @@ pub fn with_test_listeners(toml: &str) -> String {
     server
         .entry("shutdown_timeout")
         .or_insert_with(|| "1s".into());
-    let listens: Vec<String> = match &server["listen"] {
+    let mut listens: Vec<String> = match &server["listen"] {
         toml::Value::Array(items) => items.iter().map(listen_text).collect(),
         other => vec![listen_text(other)],
     };
+    if let Some(toml::Value::Array(items)) = server
+        .get("tls")
+        .and_then(|t| t.as_table())
+        .and_then(|t| t.get("listen"))
+    {
+        listens.extend(items.iter().map(listen_text));
+    }
     let admin = section(&mut table, "admin");
     admin
         .entry("listen")

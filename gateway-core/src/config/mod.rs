@@ -138,6 +138,69 @@ pub struct ServerConfig {
     /// gateway closes it (whole seconds, rounded up; `"0s"`: no limit).
     #[serde(default = "default_keepalive_timeout", with = "duration")]
     pub keepalive_timeout: Duration,
+    /// HTTPS listeners and their certificates (`[server.tls]`). The listeners apply at start;
+    /// the certificates, and the files they are read from, reload like routes do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// TLS termination at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Addresses that speak HTTPS (`ip:port`; port 0 picks a free port). TLS 1.2 and 1.3;
+    /// ALPN offers `h2` then `http/1.1`.
+    pub listen: Vec<String>,
+    /// Certificates, picked per handshake by the name the client asks for (SNI).
+    pub certificates: Vec<CertificateConfig>,
+    /// Plain listeners answer every request with a redirect (308) to the same URL on HTTPS.
+    #[serde(default)]
+    pub redirect_plain: bool,
+    /// `Strict-Transport-Security` value added to every HTTPS response (`""`: none), e.g.
+    /// `"max-age=31536000; includeSubDomains"`.
+    #[serde(default)]
+    pub hsts: String,
+}
+
+/// One certificate with its private key, PEM files (paths relative to the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Server names it answers for: `shop.example` or `*.shop.example` (one label). Empty:
+    /// the DNS names the certificate itself carries.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Served when the client's name matches no certificate, or it sends none (default: the
+    /// first certificate).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// The client side of TLS to an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Name sent as SNI and checked against the backends' certificate (backends are
+    /// addresses, so it cannot come from them).
+    pub sni: String,
+    /// PEM file of the CA(s) that sign the backends' certificates (default: the system's
+    /// roots). Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Verify the backends' certificate and name. Turning it off is allowed only explicitly,
+    /// and `gateway check` warns about it.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Client certificate chain (PEM) presented to backends that ask for one (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// What the gateway does with request header names that contain `_`.
@@ -183,6 +246,9 @@ pub struct UpstreamConfig {
     /// Default timeouts for routes to this upstream (a route's own `timeouts` win).
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Reach the backends over TLS (`tls = { sni = "api.internal" }`); health checks too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// One backend of a pool.
@@ -400,6 +466,7 @@ impl Default for ServerConfig {
             preserve_header_case: false,
             header_underscores: HeaderUnderscores::Drop,
             keepalive_timeout: default_keepalive_timeout(),
+            tls: None,
         }
     }
 }

@@ -88,24 +88,48 @@ impl Config {
         issues.0
     }
 
+    /// What this config allows but an operator should know is risky (`gateway check` prints
+    /// these as warnings; the gateway logs them at start and on reload).
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        let mut warnings = Issues::default();
+        for (i, up) in self.upstreams.iter().enumerate() {
+            if up.tls.as_ref().is_some_and(|t| !t.verify) {
+                warnings.add(
+                    format!("upstreams[{i}].tls.verify"),
+                    "is false: the backends' certificate is not checked, so anyone on the path can pose as them",
+                );
+            }
+        }
+        warnings.0
+    }
+
     fn validate_server(&self, issues: &mut Issues) {
-        if self.server.listen.is_empty() {
+        let tls = self.server.tls.as_ref();
+        if self.server.listen.is_empty() && tls.is_none_or(|t| t.listen.is_empty()) {
             issues.add("server.listen", "at least one listen address is needed");
         }
         // Port 0 picks a free port each time, so only fixed ports can collide.
         let mut bound: Vec<SocketAddr> = Vec::new();
-        for (i, addr) in self.server.listen.iter().enumerate() {
+        let plain = self.server.listen.iter().map(|a| ("server.listen", a));
+        let secure = tls
+            .iter()
+            .flat_map(|t| &t.listen)
+            .map(|a| ("server.tls.listen", a));
+        let mut index = std::collections::HashMap::new();
+        for (field, addr) in plain.chain(secure) {
+            let i = index.entry(field).or_insert(0usize);
+            let at = format!("{field}[{i}]");
+            *i += 1;
             match addr.parse::<SocketAddr>() {
-                Err(_) => issues.add(
-                    format!("server.listen[{i}]"),
-                    format!("{addr:?} is not an ip:port address"),
-                ),
-                Ok(a) if a.port() != 0 && bound.contains(&a) => issues.add(
-                    format!("server.listen[{i}]"),
-                    format!("{a} is listed twice"),
-                ),
+                Err(_) => issues.add(at, format!("{addr:?} is not an ip:port address")),
+                Ok(a) if a.port() != 0 && bound.contains(&a) => {
+                    issues.add(at, format!("{a} is listed twice"))
+                }
                 Ok(a) => bound.push(a),
             }
+        }
+        if let Some(tls) = tls {
+            validate_server_tls(tls, !self.server.listen.is_empty(), issues);
         }
         if self.server.threads == 0 {
             issues.add("server.threads", "must be at least 1");
@@ -131,6 +155,67 @@ impl Config {
             ),
             Ok(_) => {}
         }
+    }
+}
+
+fn validate_server_tls(tls: &super::ServerTlsConfig, has_plain: bool, issues: &mut Issues) {
+    if tls.listen.is_empty() {
+        issues.add(
+            "server.tls.listen",
+            "at least one HTTPS listen address is needed",
+        );
+    }
+    if tls.certificates.is_empty() {
+        issues.add(
+            "server.tls.certificates",
+            "at least one certificate is needed",
+        );
+    }
+    if tls.certificates.iter().filter(|c| c.default).count() > 1 {
+        issues.add(
+            "server.tls.certificates",
+            "only one certificate can be the default",
+        );
+    }
+    for (i, cert) in tls.certificates.iter().enumerate() {
+        let at = format!("server.tls.certificates[{i}]");
+        for (field, path) in [("cert", &cert.cert), ("key", &cert.key)] {
+            if path.trim().is_empty() {
+                issues.add(format!("{at}.{field}"), "must name a PEM file");
+            }
+        }
+        for (j, name) in cert.names.iter().enumerate() {
+            if let Err(e) = crate::tls::ServerName::parse(name) {
+                issues.add(format!("{at}.names[{j}]"), e);
+            }
+        }
+    }
+    if tls.redirect_plain && !has_plain {
+        issues.add(
+            "server.tls.redirect_plain",
+            "there is no plain listener to redirect (server.listen is empty)",
+        );
+    }
+    if !tls.hsts.is_empty() && http::HeaderValue::from_str(&tls.hsts).is_err() {
+        issues.add("server.tls.hsts", "is not a valid header value");
+    }
+}
+
+fn validate_upstream_tls(tls: &super::UpstreamTlsConfig, at: &str, issues: &mut Issues) {
+    if tls.verify && crate::tls::ServerName::parse(&tls.sni).is_err() {
+        issues.add(
+            format!("{at}.tls.sni"),
+            format!(
+                "{:?} is not a host name; the backends' certificate is checked against it",
+                tls.sni
+            ),
+        );
+    }
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        issues.add(
+            format!("{at}.tls"),
+            "client_cert and client_key go together (mTLS needs both)",
+        );
     }
 }
 
@@ -179,6 +264,9 @@ fn validate_upstream(up: &UpstreamConfig, at: &str, issues: &mut Issues) {
     }
     if up.backends.is_empty() {
         issues.add(format!("{at}.backends"), "at least one backend is needed");
+    }
+    if let Some(tls) = &up.tls {
+        validate_upstream_tls(tls, at, issues);
     }
     let mut seen = HashSet::new();
     for (j, b) in up.backends.iter().enumerate() {

@@ -10,6 +10,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::drain::Drain;
 use crate::observe::Metrics;
 use crate::reload::{ConfigStore, ReloadOutcome};
 
@@ -17,12 +18,23 @@ use crate::reload::{ConfigStore, ReloadOutcome};
 pub struct AdminApp {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
 }
 
 impl AdminApp {
     /// An admin app over a gateway's store and metrics.
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> AdminApp {
-        AdminApp { store, metrics }
+        AdminApp {
+            store,
+            metrics,
+            drain: Arc::default(),
+        }
+    }
+
+    /// Answer `/ready` with 503 once `drain` says the gateway is terminating.
+    pub fn with_drain(mut self, drain: Arc<Drain>) -> AdminApp {
+        self.drain = drain;
+        self
     }
 
     fn config_info(&self) -> serde_json::Value {
@@ -31,10 +43,21 @@ impl AdminApp {
             .upstreams
             .values()
             .map(|u| {
+                let ejections = u.ejections();
                 let backends: Vec<_> = u
                     .health()
                     .into_iter()
-                    .map(|(addr, healthy)| json!({"addr": addr.to_string(), "healthy": healthy}))
+                    .map(|(addr, healthy)| {
+                        let mut backend = json!({"addr": addr.to_string(), "healthy": healthy});
+                        let ejection = ejections.iter().flatten().find(|(a, ..)| *a == addr);
+                        if let Some((_, out_for, times)) = ejection {
+                            backend["ejected"] = json!(out_for.is_some());
+                            backend["ejected_for_ms"] =
+                                json!(out_for.map(|d| d.as_millis() as u64));
+                            backend["ejections"] = json!(times);
+                        }
+                        backend
+                    })
                     .collect();
                 json!({"name": &**u.name(), "backends": backends, "tls": u.tls().is_some()})
             })
@@ -137,15 +160,22 @@ impl ServeHttp for AdminApp {
         let get = method == Method::GET || method == Method::HEAD;
         match path.as_str() {
             "/health" if get => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/ready" if get && self.drain.is_draining() => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining", "generation": self.store.load().generation}),
+            ),
             "/ready" if get => json_response(
                 StatusCode::OK,
                 &json!({"status": "ready", "generation": self.store.load().generation}),
             ),
-            "/metrics" if get => response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(),
-            ),
+            "/metrics" if get => {
+                self.metrics.publish_ejections(&self.store.load());
+                response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
             "/admin/config" if get => json_response(StatusCode::OK, &self.config_info()),
             "/admin/reload" if method == Method::POST => self.reload().await,
             "/health" | "/ready" | "/metrics" | "/admin/config" => not_allowed("GET"),

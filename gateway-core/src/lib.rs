@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod drain;
 pub mod error;
 mod fields;
 pub mod filter;
@@ -42,6 +43,7 @@ pub mod forwarding;
 mod framing;
 mod keyed;
 pub mod observe;
+pub mod outlier;
 pub mod problem;
 pub mod proxy;
 pub mod reload;

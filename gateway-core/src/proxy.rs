@@ -17,12 +17,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use smallvec::SmallVec;
 
+use crate::drain::Drain;
 use crate::fields;
 use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
 use crate::forwarding::{self, ClientAddr, FORWARDING_FIELDS};
 use crate::framing;
 use crate::observe::request_id::{self, request_ids, trace_fields, RequestId};
 use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
+use crate::outlier::{BudgetToken, Outcome};
 use crate::problem;
 use crate::reload::ConfigStore;
 use crate::routing::{raw_host, Route, RoutedRequest};
@@ -38,6 +40,8 @@ pub struct GatewayProxy {
     access_log: Option<AccessLog>,
     /// The first HTTPS listener's port, for `redirect_plain`.
     https_port: Option<u16>,
+    /// Shutdown state: while draining, every answer closes its connection.
+    drain: Arc<Drain>,
 }
 
 impl GatewayProxy {
@@ -52,7 +56,14 @@ impl GatewayProxy {
             metrics,
             access_log,
             https_port: None,
+            drain: Arc::default(),
         }
+    }
+
+    /// Close each connection after its answer once `drain` says the gateway is terminating.
+    pub fn with_drain(mut self, drain: Arc<Drain>) -> GatewayProxy {
+        self.drain = drain;
+        self
     }
 
     /// The port plain requests are redirected to when `[server.tls] redirect_plain` is on.
@@ -102,6 +113,10 @@ pub struct RequestCtx {
     id_in_response: bool,
     /// `Strict-Transport-Security` to add (HTTPS connections, when configured).
     hsts: Option<HeaderValue>,
+    /// This request counted in flight to its pool, for the pool's retry budget.
+    budget: Option<BudgetToken>,
+    /// A retry was not made for the budget (counted when the request ends).
+    over_budget: bool,
 }
 
 impl RequestCtx {
@@ -121,10 +136,30 @@ impl RequestCtx {
         )
     }
 
-    fn attempts_left(&self) -> bool {
-        self.route
-            .as_ref()
-            .is_some_and(|r| self.tried.len() < r.attempts.min(r.upstream.len()))
+    /// Whether another attempt may be made: attempts left on the route, and room in the
+    /// pool's retry budget.
+    fn may_retry(&mut self) -> bool {
+        let Some(route) = &self.route else {
+            return false;
+        };
+        if self.tried.len() >= route.attempts.min(route.upstream.len()) {
+            return false;
+        }
+        let allowed = self
+            .budget
+            .as_mut()
+            .is_some_and(|token| route.upstream.allow_retry(token));
+        if !allowed {
+            self.over_budget = true;
+        }
+        allowed
+    }
+
+    /// Tell the pool how the current attempt went (for outlier ejection).
+    fn observe_attempt(&self, outcome: Outcome) {
+        if let (Some(route), Some(addr)) = (&self.route, self.tried.last()) {
+            route.upstream.observe(*addr, outcome);
+        }
     }
 }
 
@@ -153,6 +188,8 @@ impl ProxyHttp for GatewayProxy {
             upstream_elapsed: None,
             id_in_response: false,
             hsts: None,
+            budget: None,
+            over_budget: false,
         }
     }
 
@@ -174,8 +211,12 @@ impl ProxyHttp for GatewayProxy {
         // The idle limit between this request and the next on a kept-alive connection (not
         // on one the client or HTTP/1.0 closes).
         if session.as_downstream().get_keepalive().is_some() {
-            let idle = snapshot.config.server.keepalive_timeout;
-            session.set_keepalive(Some(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)));
+            if self.drain.is_draining() {
+                session.set_keepalive(None);
+            } else {
+                let idle = snapshot.config.server.keepalive_timeout;
+                session.set_keepalive(Some(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)));
+            }
         }
         ctx.addr = ClientAddr::of(session, &snapshot, session.req_header());
         identify(ctx, session.req_header());
@@ -269,6 +310,9 @@ impl ProxyHttp for GatewayProxy {
             );
         };
         ctx.tried.push(addr);
+        if ctx.budget.is_none() {
+            ctx.budget = Some(upstream.enter());
+        }
         ctx.upstream_started = Some(Instant::now());
         ctx.in_flight = upstream.track(addr);
         Ok(Box::new(upstream.peer(addr, &route.timeouts)))
@@ -323,6 +367,11 @@ impl ProxyHttp for GatewayProxy {
             self.metrics
                 .observe_upstream(&route.upstream, elapsed.as_secs_f64());
         }
+        ctx.observe_attempt(if upstream_response.status.is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
         // One edit of the upstream's fields: its hop-by-hop ones out (not on a protocol switch,
         // which needs them), then the request id and what the request phase queued (rate-limit
         // fields), before the filters' response phase; room for all of them is made at once.
@@ -365,8 +414,9 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.observe_attempt(Outcome::Failure);
         // Nothing reached the backend: any method may go to another one.
-        e.set_retry(ctx.attempts_left());
+        e.set_retry(ctx.may_retry());
         e
     }
 
@@ -381,10 +431,13 @@ impl ProxyHttp for GatewayProxy {
         let mut e = e.more_context(format!("peer: {peer}"));
         // The backend may have acted on the request: only a bodiless idempotent request is
         // sent again, and never once its body is gone.
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.observe_attempt(Outcome::Failure);
+        }
         let safe = session.req_header().method.is_idempotent()
             && !has_body(session.req_header())
             && !session.as_ref().retry_buffer_truncated();
-        if safe && ctx.attempts_left() {
+        if safe && ctx.may_retry() {
             e.retry.decide_reuse(client_reused);
         } else {
             e.set_retry(false);
@@ -441,7 +494,13 @@ impl ProxyHttp for GatewayProxy {
             return;
         }
         ctx.in_flight = None;
+        ctx.budget = None;
         self.metrics.in_flight.dec();
+        if ctx.over_budget {
+            if let Some(route) = &ctx.route {
+                self.metrics.retry_over_budget(route.upstream.name());
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

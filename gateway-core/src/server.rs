@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::{Config, Source};
+use crate::config::{Config, Source as ConfigSource};
+use crate::drain::{Drain, DrainService, Source, Watch};
 use crate::error::{ConfigError, GatewayError};
 use crate::filter::{Filter, FilterRegistry, FilterSpec};
 use crate::observe::{AccessLog, Metrics};
@@ -88,8 +88,8 @@ impl GatewayBuilder {
     /// Load and validate the config and build the first snapshot. Binds nothing yet.
     pub fn build(self) -> Result<Gateway, GatewayError> {
         let (source, path) = match self.input {
-            Some(ConfigInput::File(path)) => (Source::read(&path)?, Some(path)),
-            Some(ConfigInput::Text(text)) => (Source::inline(text), None),
+            Some(ConfigInput::File(path)) => (ConfigSource::read(&path)?, Some(path)),
+            Some(ConfigInput::Text(text)) => (ConfigSource::inline(text), None),
             None => return Err(GatewayError::Start("no configuration given".into())),
         };
         let snapshot = Snapshot::from_source(&source, 1, None, &self.registry)?;
@@ -137,25 +137,40 @@ impl Gateway {
         &self.store
     }
 
-    /// Serve until SIGTERM (graceful), SIGINT (fast) or SIGQUIT. Blocks the calling thread.
+    /// Serve until SIGTERM or SIGQUIT (graceful: see [`crate::drain`]) or SIGINT (fast).
+    /// Blocks the calling thread; returns once the gateway has drained.
     pub fn run(self) -> Result<(), GatewayError> {
-        let (server, _addrs) = self.into_server()?;
-        server.run(RunArgs::default());
+        let mut handle = self.start(Source::Signals, None)?;
+        handle.wait_until_stopped();
         Ok(())
     }
 
     /// Serve on background threads; returns once every listener accepts connections.
     pub fn spawn(self) -> Result<GatewayHandle, GatewayError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let source = Source::Handle(tokio::sync::Mutex::new(Some(rx)));
+        self.start(source, Some(tx))
+    }
+
+    fn start(
+        self,
+        source: Source,
+        stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    ) -> Result<GatewayHandle, GatewayError> {
         let store = Arc::clone(&self.store);
         let metrics = Arc::clone(&self.metrics);
-        let (server, addrs) = self.into_server()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let signal = HandleSignal(tokio::sync::Mutex::new(Some(rx)));
+        let drain = Arc::new(Drain::default());
+        let watch = Watch {
+            source,
+            drain: Arc::clone(&drain),
+            grace: self.config.server.grace_period,
+        };
+        let (server, addrs) = self.into_server(&drain)?;
         let thread = std::thread::Builder::new()
             .name("gatehouse".into())
             .spawn(move || {
                 server.run(RunArgs {
-                    shutdown_signal: Box::new(signal),
+                    shutdown_signal: Box::new(watch),
                 })
             })
             .map_err(|e| GatewayError::Start(format!("cannot start the server thread: {e}")))?;
@@ -165,7 +180,8 @@ impl Gateway {
             admin: addrs.admin,
             store,
             metrics,
-            stop: Some(tx),
+            drain,
+            stop,
             thread: Some(thread),
         };
         let all: Vec<SocketAddr> = (handle.listen.iter().chain(&handle.tls))
@@ -181,16 +197,17 @@ impl Gateway {
         Ok(handle)
     }
 
-    fn into_server(self) -> Result<(Server, BoundAddrs), GatewayError> {
+    fn into_server(self, drain: &Arc<Drain>) -> Result<(Server, BoundAddrs), GatewayError> {
         let addrs = BoundAddrs::resolve(&self.config)?;
         let server_cfg = &self.config.server;
         let conf = ServerConf {
             threads: server_cfg.threads,
             max_retries: server_cfg.max_retries,
-            grace_period_seconds: Some(server_cfg.grace_period.as_secs_f64().ceil() as u64),
-            graceful_shutdown_timeout_seconds: Some(
-                server_cfg.shutdown_timeout.as_secs_f64().ceil() as u64,
-            ),
+            // Pingora's fixed wait between closing the listeners and dropping every task: the
+            // upper bound of the drain, which usually ends sooner (`DrainService`).
+            grace_period_seconds: Some(server_cfg.shutdown_timeout.as_secs_f64().ceil() as u64),
+            // Then how long blocking work (a reload being built) gets.
+            graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -209,7 +226,8 @@ impl Gateway {
             Arc::clone(&self.metrics),
             access_log,
         )
-        .with_https_port(addrs.tls.first().map(SocketAddr::port));
+        .with_https_port(addrs.tls.first().map(SocketAddr::port))
+        .with_drain(Arc::clone(drain));
         let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             proxy,
@@ -231,7 +249,8 @@ impl Gateway {
         server.add_service(proxy_service);
 
         if let Some(admin) = addrs.admin {
-            let app = AdminApp::new(Arc::clone(&self.store), Arc::clone(&self.metrics));
+            let app = AdminApp::new(Arc::clone(&self.store), Arc::clone(&self.metrics))
+                .with_drain(Arc::clone(drain));
             let mut admin_service =
                 Service::new("gatehouse admin".into(), HttpServer::new_app(app));
             admin_service.add_tcp(&admin.to_string());
@@ -241,6 +260,14 @@ impl Gateway {
         server.add_service(background_service(
             "gatehouse reload",
             ReloadService::new(Arc::clone(&self.store), self.watch_file, self.sighup),
+        ));
+        server.add_service(background_service(
+            "gatehouse drain",
+            DrainService {
+                drain: Arc::clone(drain),
+                metrics: Arc::clone(&self.metrics),
+                timeout: server_cfg.shutdown_timeout,
+            },
         ));
         server.add_service(background_service(
             "gatehouse health",
@@ -310,20 +337,6 @@ fn wait_until_accepting(addr: SocketAddr, limit: Duration) -> Result<(), Gateway
     )))
 }
 
-/// Shutdown requests from a [`GatewayHandle`].
-struct HandleSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
-
-#[async_trait]
-impl ShutdownSignalWatch for HandleSignal {
-    async fn recv(&self) -> ShutdownSignal {
-        let rx = self.0.lock().await.take();
-        match rx {
-            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
-            None => std::future::pending().await,
-        }
-    }
-}
-
 /// A running gateway. Dropping it stops the gateway at once; [`GatewayHandle::shutdown`]
 /// stops it gracefully.
 pub struct GatewayHandle {
@@ -332,6 +345,7 @@ pub struct GatewayHandle {
     admin: Option<SocketAddr>,
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
     stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -374,10 +388,34 @@ impl GatewayHandle {
         &self.metrics
     }
 
-    /// Stop accepting, let in-flight requests finish (within `server.shutdown_timeout`), and
-    /// wait until every thread has ended.
+    /// Terminate gracefully (see [`crate::drain`]): drain for `server.grace_period`, stop
+    /// accepting, and return once no request is in flight (at most `server.shutdown_timeout`
+    /// later). The listeners are closed by then; the runtimes wind down in the background.
     pub fn shutdown(mut self) {
-        self.stop_with(ShutdownSignal::GracefulTerminate);
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(ShutdownSignal::GracefulTerminate);
+        }
+        self.wait_until_stopped();
+    }
+
+    /// Where the gateway is in a shutdown (draining, drained).
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
+    }
+
+    /// Block until the gateway has drained after a graceful terminate, or its server thread
+    /// has ended (a fast shutdown).
+    fn wait_until_stopped(&mut self) {
+        while !self.drain.is_drained() && !self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A thread still running has only Pingora's fixed grace period left to sleep out
+        // before it drops its (idle) runtimes: it is left to finish on its own.
+        if let Some(thread) = self.thread.take() {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 
     fn stop_with(&mut self, signal: ShutdownSignal) {

@@ -149,13 +149,13 @@ impl Snapshot {
                     continue;
                 }
             };
-            let reused = previous
-                .and_then(|p| p.upstreams.get(&cfg.name))
+            let before = previous.and_then(|p| p.upstreams.get(&cfg.name));
+            let reused = before
                 .filter(|u| u.config() == cfg && u.tls() == tls.as_ref())
                 .cloned();
             match reused
                 .map(Ok)
-                .unwrap_or_else(|| Upstream::new(cfg, tls).map(Arc::new))
+                .unwrap_or_else(|| Upstream::new(cfg, tls, before.map(|b| &**b)).map(Arc::new))
             {
                 Ok(pool) => {
                     upstreams.insert(cfg.name.clone(), pool);

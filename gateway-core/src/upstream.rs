@@ -20,6 +20,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
+use crate::outlier::{BudgetToken, Outcome, Outliers, RetryBudget, Transition};
 use crate::tls::UpstreamTls;
 
 /// The value of the cookie `name` in `req`'s `Cookie` fields.
@@ -116,6 +117,10 @@ pub struct Upstream {
     hash_key: Option<HashKey>,
     /// TLS to the backends, when the pool says `tls`.
     tls: Option<UpstreamTls>,
+    /// Passive ejection of failing backends, when the pool asks for it.
+    outliers: Option<Outliers>,
+    /// Requests and retries in flight to the pool.
+    budget: Arc<RetryBudget>,
     last_check: Mutex<Option<Instant>>,
     checking: AtomicBool,
     /// This pool's `gatehouse_upstream_duration_seconds` series, resolved on first use.
@@ -143,8 +148,14 @@ pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 const MAX_SELECT_ITERATIONS: usize = 256;
 
 impl Upstream {
-    /// Build a pool from a validated config, with its TLS material when it has `tls`.
-    pub fn new(config: &UpstreamConfig, tls: Option<UpstreamTls>) -> Result<Upstream, String> {
+    /// Build a pool from a validated config, with its TLS material when it has `tls`. What
+    /// `previous` (the pool of that name before a reload) knew of the backends both have,
+    /// their ejections, carries over.
+    pub fn new(
+        config: &UpstreamConfig,
+        tls: Option<UpstreamTls>,
+        previous: Option<&Upstream>,
+    ) -> Result<Upstream, String> {
         let mut set = BTreeSet::new();
         let mut addrs = Vec::new();
         let mut members = Vec::new();
@@ -166,7 +177,18 @@ impl Upstream {
             _ => Selector::RoundRobin(build_lb(backends, check, tls.as_ref())?),
         };
         let hash_key = config.hash_key.as_deref().map(HashKey::parse).transpose()?;
+        let outliers = config.outlier_detection.as_ref().map(|o| {
+            let mut outliers = Outliers::new(o, addrs.len());
+            if let Some((old, old_addrs)) =
+                previous.and_then(|p| Some((p.outliers.as_ref()?, &p.addrs)))
+            {
+                outliers.carry_over(&addrs, old, old_addrs);
+            }
+            outliers
+        });
         Ok(Upstream {
+            outliers,
+            budget: Arc::new(RetryBudget::new(&config.retry_budget)),
             name: Arc::from(config.name.as_str()),
             in_flight: addrs.iter().map(|_| AtomicUsize::new(0)).collect(),
             addrs,
@@ -223,7 +245,13 @@ impl Upstream {
             // hash set of the backends it visits on each call.
             return (self.ready(0) && !exclude.contains(&only)).then_some(only);
         }
-        let accept = |b: &Backend, healthy: bool| healthy && !exclude.contains(&inet(b));
+        let now = self.outliers.as_ref().map(|_| Instant::now());
+        let accept = |b: &Backend, healthy: bool| {
+            let addr = inet(b);
+            healthy
+                && !exclude.contains(&addr)
+                && now.is_none_or(|now| !self.ejected(self.index(addr), now))
+        };
         let picked = match (&self.selector, self.config.balance) {
             (Selector::RoundRobin(_), Balance::LeastRequest) => return self.least_request(exclude),
             (Selector::RoundRobin(lb), _) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
@@ -257,11 +285,80 @@ impl Upstream {
         Some(self.addrs[pick])
     }
 
-    /// Whether the `i`th backend may be picked. Without a health check nothing ever marks a
-    /// backend down (Gatehouse does not disable backends by hand), so the lookup, which hashes
-    /// the backend, is skipped.
+    /// Whether the `i`th backend may be picked: healthy, and not ejected. Without a health
+    /// check nothing ever marks a backend down (Gatehouse does not disable backends by hand),
+    /// so the lookup, which hashes the backend, is skipped.
     fn ready(&self, i: usize) -> bool {
-        self.config.health_check.is_none() || self.selector.backends().ready(&self.members[i])
+        (self.config.health_check.is_none() || self.selector.backends().ready(&self.members[i]))
+            && (self.outliers.is_none() || !self.ejected(i, Instant::now()))
+    }
+
+    fn index(&self, addr: SocketAddr) -> usize {
+        self.addrs.iter().position(|a| *a == addr).unwrap_or(0)
+    }
+
+    fn ejected(&self, i: usize, now: Instant) -> bool {
+        let Some(outliers) = &self.outliers else {
+            return false;
+        };
+        let (out, transition) = outliers.is_ejected(i, now);
+        if transition == Some(Transition::Returned) {
+            tracing::info!(upstream = %self.name, backend = %self.addrs[i], "backend back in service after its ejection");
+        }
+        out
+    }
+
+    /// Record how an attempt on `addr` went, for outlier ejection (nothing to do unless the
+    /// pool has `outlier_detection`).
+    pub fn observe(&self, addr: SocketAddr, outcome: Outcome) {
+        let Some(outliers) = &self.outliers else {
+            return;
+        };
+        let i = self.index(addr);
+        if let Some(Transition::Ejected(time)) = outliers.record(i, outcome, Instant::now()) {
+            tracing::warn!(upstream = %self.name, backend = %addr, ejected_for = ?time, "backend ejected after consecutive failures");
+        }
+    }
+
+    /// Each backend's ejection: how much longer it is out (if it is) and how often it has
+    /// been ejected, in pool order; `None` without outlier detection.
+    pub fn ejections(&self) -> Option<Vec<(SocketAddr, Option<Duration>, u64)>> {
+        let outliers = self.outliers.as_ref()?;
+        let now = Instant::now();
+        Some(
+            (0..self.addrs.len())
+                .map(|i| {
+                    (
+                        self.addrs[i],
+                        outliers.ejected_for(i, now),
+                        outliers.ejections(i),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Ejections and returns per backend not yet published as metrics.
+    pub fn unpublished_ejections(&self) -> Vec<(SocketAddr, u64, u64)> {
+        let Some(outliers) = &self.outliers else {
+            return Vec::new();
+        };
+        (0..self.addrs.len())
+            .map(|i| {
+                let (ejections, returns) = outliers.unpublished(i);
+                (self.addrs[i], ejections, returns)
+            })
+            .collect()
+    }
+
+    /// Count a request in flight to this pool for its retry budget (once per request).
+    pub fn enter(&self) -> BudgetToken {
+        self.budget.enter()
+    }
+
+    /// Whether the request holding `token` may be retried within the pool's budget.
+    pub fn allow_retry(&self, token: &mut BudgetToken) -> bool {
+        self.budget.allow_retry(token)
     }
 
     /// Count a request in flight on `addr` until the guard is dropped; only least-request

@@ -7,6 +7,7 @@ mod examples;
 mod filters;
 mod framing;
 mod observe;
+mod outlier;
 mod proxy;
 mod ratelimit;
 mod raw;

@@ -246,9 +246,88 @@ pub struct UpstreamConfig {
     /// Default timeouts for routes to this upstream (a route's own `timeouts` win).
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Take a backend out of selection for a while after consecutive failed requests
+    /// (`outlier_detection = {}` for the defaults). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Retries in flight to this pool, as a share of its requests in flight.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
     /// Reach the backends over TLS (`tls = { sni = "api.internal" }`); health checks too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// Passive outlier ejection of a pool (see [`crate::outlier`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failed attempts in a row (connect failure, broken exchange, timeout or 5xx) that
+    /// eject a backend.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; the n-th lasts n times as long.
+    #[serde(default = "default_base_ejection_time", with = "duration")]
+    pub base_ejection_time: Duration,
+    /// The longest an ejection lasts.
+    #[serde(default = "default_max_ejection_time", with = "duration")]
+    pub max_ejection_time: Duration,
+    /// The most of the pool that may be out at once, in percent (one backend of a pool of two
+    /// or more may always be).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection_time: default_base_ejection_time(),
+            max_ejection_time: default_max_ejection_time(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection_time() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection_time() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// How many retries may be in flight to a pool (Envoy's retry budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries in flight as a share of the pool's requests in flight, in percent.
+    #[serde(default = "default_budget_percent")]
+    pub percent: u32,
+    /// Retries in flight always allowed, however little else is in flight.
+    #[serde(default = "default_budget_min")]
+    pub min_concurrency: usize,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: default_budget_percent(),
+            min_concurrency: default_budget_min(),
+        }
+    }
+}
+
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_budget_min() -> usize {
+    3
 }
 
 /// One backend of a pool.

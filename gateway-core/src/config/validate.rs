@@ -268,6 +268,33 @@ fn validate_upstream(up: &UpstreamConfig, at: &str, issues: &mut Issues) {
     if let Some(tls) = &up.tls {
         validate_upstream_tls(tls, at, issues);
     }
+    if let Some(o) = &up.outlier_detection {
+        let at = format!("{at}.outlier_detection");
+        if o.consecutive_failures == 0 {
+            issues.add(format!("{at}.consecutive_failures"), "must be at least 1");
+        }
+        if o.base_ejection_time.is_zero() {
+            issues.add(format!("{at}.base_ejection_time"), "must be longer than 0s");
+        }
+        if o.max_ejection_time < o.base_ejection_time {
+            issues.add(
+                format!("{at}.max_ejection_time"),
+                "must be at least base_ejection_time",
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            issues.add(
+                format!("{at}.max_ejection_percent"),
+                "is a percentage (0-100)",
+            );
+        }
+    }
+    if up.retry_budget.percent > 100 {
+        issues.add(
+            format!("{at}.retry_budget.percent"),
+            "is a percentage (0-100)",
+        );
+    }
     let mut seen = HashSet::new();
     for (j, b) in up.backends.iter().enumerate() {
         match b.addr().parse::<SocketAddr>() {

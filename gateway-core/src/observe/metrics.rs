@@ -30,6 +30,12 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     /// `gatehouse_access_log_dropped_total`: records the access-log writer could not keep up with.
     pub access_log_dropped: prometheus::IntCounter,
+    /// `gatehouse_upstream_ejections_total{upstream,backend}` and
+    /// `gatehouse_upstream_ejection_returns_total{upstream,backend}` (outlier detection).
+    ejections: IntCounterVec,
+    returns: IntCounterVec,
+    /// `gatehouse_retries_over_budget_total{upstream}`: retries not made for the budget.
+    over_budget: IntCounterVec,
 }
 
 /// Methods get their own label value; anything else is `OTHER` so clients cannot grow the
@@ -137,8 +143,29 @@ impl Metrics {
             "Access-log records dropped because the writer could not keep up.",
         )
         .expect("valid metric");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let ejections = counter(
+            "gatehouse_upstream_ejections_total",
+            "Backends taken out of selection after consecutive failures (outlier detection).",
+            &["upstream", "backend"],
+        );
+        let returns = counter(
+            "gatehouse_upstream_ejection_returns_total",
+            "Ejected backends back in service after their ejection time.",
+            &["upstream", "backend"],
+        );
+        let over_budget = counter(
+            "gatehouse_retries_over_budget_total",
+            "Retries not made because the pool's retry budget was spent.",
+            &["upstream"],
+        );
         for c in [
             Box::new(filter_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ejections.clone()),
+            Box::new(returns.clone()),
+            Box::new(over_budget.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(requests.clone()),
@@ -166,7 +193,31 @@ impl Metrics {
             filter_decisions,
             upstream_duration,
             access_log_dropped,
+            ejections,
+            returns,
+            over_budget,
         }
+    }
+
+    /// Publish the ejections and returns the pools counted since the last call.
+    pub fn publish_ejections(&self, snapshot: &crate::snapshot::Snapshot) {
+        for pool in snapshot.upstreams.values() {
+            for (addr, ejected, returned) in pool.unpublished_ejections() {
+                let backend = addr.to_string();
+                let labels = [&**pool.name(), backend.as_str()];
+                if ejected > 0 {
+                    self.ejections.with_label_values(&labels).inc_by(ejected);
+                }
+                if returned > 0 {
+                    self.returns.with_label_values(&labels).inc_by(returned);
+                }
+            }
+        }
+    }
+
+    /// Count a retry the pool's budget did not allow.
+    pub fn retry_over_budget(&self, upstream: &str) {
+        self.over_budget.with_label_values(&[upstream]).inc();
     }
 
     /// Record how long an upstream took to answer with its header. The pool keeps its series'

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Arguments: `h2c` accepts HTTP/2 prior knowledge next to HTTP/1.1 (as Gatehouse's default
-//! listener does); `timeouts` sets the peer timeouts Gatehouse sets by default. The
-//! variables `BARE_LISTEN` and `BARE_UPSTREAM` move it (`benches/notifications.sh` puts it in
+//! listener does); `timeouts` sets the peer timeouts Gatehouse sets by default; `tls` listens
+//! with TLS instead (the certificate and key in `BARE_CERT` and `BARE_KEY`, ALPN h2 and
+//! http/1.1, as Gatehouse's HTTPS listeners; `benches/tls.sh`). The variables `BARE_LISTEN` and
+//! `BARE_UPSTREAM` move it (`benches/notifications.sh` puts it in
 //! front of the notification service to compare memory per WebSocket).
 
 use std::time::Duration;
@@ -67,7 +69,19 @@ fn main() {
         timeouts: args.iter().any(|a| a == "timeouts"),
     };
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&std::env::var("BARE_LISTEN").unwrap_or_else(|_| LISTEN.into()));
+    let listen = std::env::var("BARE_LISTEN").unwrap_or_else(|_| LISTEN.into());
+    if args.iter().any(|a| a == "tls") {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("tls needs {name}"));
+        let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(
+            &var("BARE_CERT"),
+            &var("BARE_KEY"),
+        )
+        .expect("tls settings");
+        tls.enable_h2();
+        service.add_tls_with_settings(&listen, None, tls);
+    } else {
+        service.add_tcp(&listen);
+    }
     if h2c {
         if let Some(app) = service.app_logic_mut() {
             let mut options = HttpServerOptions::default();

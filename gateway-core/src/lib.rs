@@ -41,6 +41,8 @@ mod fields;
 pub mod filter;
 pub mod forwarding;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keyed;
 pub mod observe;
 pub mod outlier;

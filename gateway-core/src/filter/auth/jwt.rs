@@ -360,3 +360,41 @@ fn header_value(value: &Value) -> Option<HeaderValue> {
 #[cfg(test)]
 #[path = "jwt_tests.rs"]
 mod tests;
+
+/// Fuzz entry (see [`crate::fuzzing`]): the token extraction and the claim readers that run
+/// on what a client sends. Lines 1 to 3 are `Authorization`, `Upgrade` and
+/// `Sec-WebSocket-Protocol`; the rest is read as a JSON claim set.
+pub(crate) fn fuzz(data: &[u8]) {
+    let mut lines = data.splitn(4, |b| *b == b'\n');
+    let mut headers = HeaderMap::new();
+    for name in [
+        AUTHORIZATION,
+        http::header::UPGRADE,
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
+        if let Some(value) = lines.next().and_then(|l| HeaderValue::from_bytes(l).ok()) {
+            headers.append(name, value);
+        }
+    }
+    for token in [bearer_token(&headers, 8192), protocol_token(&headers, 8192)]
+        .into_iter()
+        .flatten()
+    {
+        assert!(
+            token.len() <= 8192,
+            "a token over the size limit was accepted"
+        );
+        if let Ok(header) = decode_header(token) {
+            let _ = header.kid.map(|k| k.len());
+        }
+    }
+    let Some(rest) = lines.next() else { return };
+    if let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(rest) {
+        for name in ["sub", "scope", "roles", "exp", "nbf"] {
+            let _ = claim_strings(&claims, name);
+            let _ = claims.get(name).and_then(seconds);
+            let _ = claims.get(name).and_then(header_value);
+            let _ = has_all(&claims, name, &["admin".to_string()]);
+        }
+    }
+}

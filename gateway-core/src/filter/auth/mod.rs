@@ -65,6 +65,7 @@ mod reject;
 use std::sync::Arc;
 
 pub use api_key::ApiKeyFilter;
+pub(crate) use jwt::fuzz as fuzz_token;
 pub use jwt::JwtFilter;
 pub use reject::Rejection;
 

@@ -121,6 +121,7 @@ pub use config::{
     ConcurrencyLimitConfig, KeyPart, OnMissingKey, OnStoreError, Rate, RateLimitConfig, StoreKind,
 };
 pub use gauge::RateLimitKeys;
+pub(crate) use key::fuzz as fuzz_key;
 pub use limit::{
     RateLimit, DEFAULT_CLEANUP_INTERVAL, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEYS,
     DEFAULT_REDIS_TIMEOUT,

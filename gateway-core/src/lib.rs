@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod downstream;
 pub mod drain;
 pub mod error;
 mod fields;

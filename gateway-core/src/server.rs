@@ -19,6 +19,7 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::{Config, Source as ConfigSource};
+use crate::downstream::Downstream;
 use crate::drain::{Drain, DrainService, Source, Watch};
 use crate::error::{ConfigError, GatewayError};
 use crate::filter::{Filter, FilterRegistry, FilterSpec};
@@ -228,11 +229,17 @@ impl Gateway {
         )
         .with_https_port(addrs.tls.first().map(SocketAddr::port))
         .with_drain(Arc::clone(drain));
-        let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            proxy,
-            "gatehouse proxy",
+        let mut http = pingora_proxy::http_proxy(&server.configuration, proxy);
+        let mut options = HttpServerOptions::default();
+        options.h2c = server_cfg.h2c;
+        http.server_options = Some(options);
+        let app = Downstream::new(
+            http,
+            server_cfg.header_timeout,
+            server_cfg.max_connections,
+            self.metrics.connections.clone(),
         );
+        let mut proxy_service = Service::new("gatehouse proxy".into(), app);
         for addr in &addrs.listen {
             proxy_service.add_tcp(&addr.to_string());
         }
@@ -240,11 +247,6 @@ impl Gateway {
             let settings = crate::tls::listener_settings(&self.store)
                 .map_err(|e| GatewayError::Start(format!("cannot set up TLS on {addr}: {e}")))?;
             proxy_service.add_tls_with_settings(&addr.to_string(), None, settings);
-        }
-        if let Some(app) = proxy_service.app_logic_mut() {
-            let mut options = HttpServerOptions::default();
-            options.h2c = server_cfg.h2c;
-            app.server_options = Some(options);
         }
         server.add_service(proxy_service);
 

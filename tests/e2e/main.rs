@@ -12,5 +12,6 @@ mod proxy;
 mod ratelimit;
 mod raw;
 mod reload;
+mod slow_clients;
 mod support;
 mod tls;

@@ -138,6 +138,15 @@ pub struct ServerConfig {
     /// gateway closes it (whole seconds, rounded up; `"0s"`: no limit).
     #[serde(default = "default_keepalive_timeout", with = "duration")]
     pub keepalive_timeout: Duration,
+    /// How long a client has from the first byte of a request head to its end before the
+    /// connection is closed (against slow clients; HAProxy's `timeout http-request`;
+    /// `"0s"`: no limit beyond Pingora's 60 s per read).
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// Client connections open at once; one more is closed as soon as it is accepted
+    /// (0: no cap).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// HTTPS listeners and their certificates (`[server.tls]`). The listeners apply at start;
     /// the certificates, and the files they are read from, reload like routes do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -545,6 +554,8 @@ impl Default for ServerConfig {
             preserve_header_case: false,
             header_underscores: HeaderUnderscores::Drop,
             keepalive_timeout: default_keepalive_timeout(),
+            header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
             tls: None,
         }
     }
@@ -572,6 +583,12 @@ fn default_max_retries() -> usize {
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_shutdown_timeout() -> Duration {

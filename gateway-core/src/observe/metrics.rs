@@ -36,6 +36,8 @@ pub struct Metrics {
     returns: IntCounterVec,
     /// `gatehouse_retries_over_budget_total{upstream}`: retries not made for the budget.
     over_budget: IntCounterVec,
+    /// `gatehouse_connections_open` and `gatehouse_connections_refused_total`.
+    pub connections: crate::downstream::ConnectionMetrics,
 }
 
 /// Methods get their own label value; anything else is `OTHER` so clients cannot grow the
@@ -161,8 +163,19 @@ impl Metrics {
             "Retries not made because the pool's retry budget was spent.",
             &["upstream"],
         );
+        let connections = crate::downstream::ConnectionMetrics {
+            open: IntGauge::new("gatehouse_connections_open", "Client connections open now.")
+                .expect("valid metric"),
+            refused: prometheus::IntCounter::new(
+                "gatehouse_connections_refused_total",
+                "Client connections closed at once because server.max_connections were open.",
+            )
+            .expect("valid metric"),
+        };
         for c in [
             Box::new(filter_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections.open.clone()),
+            Box::new(connections.refused.clone()),
             Box::new(ejections.clone()),
             Box::new(returns.clone()),
             Box::new(over_budget.clone()),
@@ -196,6 +209,7 @@ impl Metrics {
             ejections,
             returns,
             over_budget,
+            connections,
         }
     }
 

@@ -438,6 +438,22 @@ retry = {{ attempts = 1 }}
     support::gateway_from_file_unwatched(path).await
 }
 
+/// A front gateway reaching the edge's HTTPS listener with `tls`, and its answer to `path`.
+async fn via_front(
+    edge: &Edge,
+    tls: &str,
+    check: bool,
+    path: &str,
+) -> (gatehouse::GatewayHandle, reqwest::Response) {
+    let gateway = front(&edge.dir, edge.https(), tls, check).await;
+    let response = support::client()
+        .get(support::url(gateway.local_addr(), path))
+        .send()
+        .await
+        .unwrap();
+    (gateway, response)
+}
+
 #[tokio::test]
 async fn an_https_upstream_is_reached_through_a_private_ca_and_refused_with_the_wrong_one() {
     // The backend: a second gateway terminating TLS for `backend.internal` before the echo.
@@ -461,18 +477,8 @@ async fn an_https_upstream_is_reached_through_a_private_ca_and_refused_with_the_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let trusted = front(
-        &edge.dir,
-        edge.https(),
-        r#"{ sni = "backend.internal", ca_file = "ca.pem" }"#,
-        true,
-    )
-    .await;
-    let response = http
-        .get(support::url(trusted.local_addr(), "/over/tls"))
-        .send()
-        .await
-        .unwrap();
+    let tls = r#"{ sni = "backend.internal", ca_file = "ca.pem" }"#;
+    let (trusted, response) = via_front(&edge, tls, true, "/over/tls").await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["uri"], "/over/tls");
@@ -490,18 +496,8 @@ async fn an_https_upstream_is_reached_through_a_private_ca_and_refused_with_the_
     assert_eq!(config["upstreams"][0]["tls"], true);
     support::stop(trusted).await;
 
-    let untrusted = front(
-        &edge.dir,
-        edge.https(),
-        r#"{ sni = "backend.internal", ca_file = "other-ca.pem" }"#,
-        false,
-    )
-    .await;
-    let response = http
-        .get(support::url(untrusted.local_addr(), "/over/tls"))
-        .send()
-        .await
-        .unwrap();
+    let tls = r#"{ sni = "backend.internal", ca_file = "other-ca.pem" }"#;
+    let (untrusted, response) = via_front(&edge, tls, false, "/over/tls").await;
     assert_eq!(response.status(), 502);
     let problem: Value = response.json().await.unwrap();
     assert!(
@@ -514,18 +510,8 @@ async fn an_https_upstream_is_reached_through_a_private_ca_and_refused_with_the_
     support::stop(untrusted).await;
 
     // The right CA but the wrong name: refused as well.
-    let misnamed = front(
-        &edge.dir,
-        edge.https(),
-        r#"{ sni = "elsewhere.internal", ca_file = "ca.pem" }"#,
-        false,
-    )
-    .await;
-    let response = http
-        .get(support::url(misnamed.local_addr(), "/"))
-        .send()
-        .await
-        .unwrap();
+    let tls = r#"{ sni = "elsewhere.internal", ca_file = "ca.pem" }"#;
+    let (misnamed, response) = via_front(&edge, tls, false, "/").await;
     assert_eq!(response.status(), 502);
     support::stop(misnamed).await;
     support::stop(edge.gateway).await;
@@ -557,15 +543,10 @@ async fn bad_tls_settings_are_refused_with_the_field_at_fault() {
         ),
     ];
     for (certs, expected) in cases {
-        let text = format!("[server.tls]\nlisten = [\"127.0.0.1:0\"]\n{certs}\n");
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, support::with_test_listeners(&text)).unwrap();
-        let err = gatehouse::Gateway::builder()
-            .config_file(&path)
-            .build()
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {certs}"));
-        let text = err.to_string();
+        let text = refused(
+            dir.path(),
+            &format!("[server.tls]\nlisten = [\"127.0.0.1:0\"]\n{certs}\n"),
+        );
         assert!(text.contains(expected), "{certs}\n---\n{text}");
         assert!(text.contains("gateway.toml"), "{text}");
     }
@@ -585,15 +566,20 @@ async fn bad_tls_settings_are_refused_with_the_field_at_fault() {
         ("tls = { sni = \"\" }", "upstreams[0].tls.sni"),
     ];
     for (tls, expected) in upstream_cases {
-        let text = format!("[[upstreams]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n{tls}\n");
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, support::with_test_listeners(&text)).unwrap();
-        let err = gatehouse::Gateway::builder()
-            .config_file(&path)
-            .build()
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {tls}"));
-        let text = err.to_string();
+        let pool = format!("[[upstreams]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n{tls}\n");
+        let text = refused(dir.path(), &pool);
         assert!(text.contains(expected), "{tls}\n---\n{text}");
     }
+}
+
+/// Why a gateway refuses to build from `text` written as `dir/gateway.toml`.
+fn refused(dir: &Path, text: &str) -> String {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, support::with_test_listeners(text)).unwrap();
+    gatehouse::Gateway::builder()
+        .config_file(&path)
+        .build()
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {text}"))
+        .to_string()
 }

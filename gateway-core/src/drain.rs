@@ -103,13 +103,11 @@ impl ShutdownSignalWatch for Watch {
         self.drain.start();
         tracing::info!(grace = ?self.grace, "terminating: /ready answers 503 and connections close after each answer");
         if !self.grace.is_zero() {
-            if let Source::Signals = self.source {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.grace) => {}
-                    next = self.source.next() => return next,
-                }
-            } else {
-                tokio::time::sleep(self.grace).await;
+            // A handle's second wait never ends (its one signal is spent), so only signals
+            // can cut the grace short.
+            tokio::select! {
+                _ = tokio::time::sleep(self.grace) => {}
+                next = self.source.next() => return next,
             }
         }
         signal

@@ -181,6 +181,7 @@ impl Certificates {
         let mut wildcard = HashMap::new();
         let mut default = None;
         let mut info = Vec::new();
+        let default_index = tls.certificates.iter().position(|c| c.default).unwrap_or(0);
         for (i, c) in tls.certificates.iter().enumerate() {
             let at = format!("server.tls.certificates[{i}]");
             let loaded =
@@ -216,21 +217,15 @@ impl Certificates {
                     Err(_) => {}
                 }
             }
-            let is_default = c.default || (default.is_none() && i == 0);
-            if c.default || default.is_none() {
+            if i == default_index {
                 default = Some(Arc::clone(&key));
             }
             info.push(CertificateInfo {
                 file: c.cert.clone(),
                 names,
                 not_after,
-                default: is_default,
+                default: i == default_index,
             });
-        }
-        if let Some(default_index) = tls.certificates.iter().position(|c| c.default) {
-            for (i, entry) in info.iter_mut().enumerate() {
-                entry.default = i == default_index;
-            }
         }
         match default {
             Some(default) if issues.is_empty() => Ok(Certificates {

@@ -51,6 +51,7 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+mod secrets;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -66,10 +66,16 @@ impl Prepared {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let files = Files::read(&config, &base).map_err(|issues| ConfigError::Invalid {
+        let invalid = |issues| ConfigError::Invalid {
             path: source.path.clone(),
             issues,
-        })?;
+        };
+        let mut config = config;
+        let mut files = Files::read(&config, &base).map_err(invalid)?;
+        let issues = crate::secrets::resolve(config.filters.iter_mut(), &base, &mut files);
+        if !issues.is_empty() {
+            return Err(invalid(issues));
+        }
         let mut hasher = Sha256::new();
         hasher.update(source.text.as_bytes());
         for (path, bytes) in files.iter() {
@@ -87,7 +93,7 @@ impl Prepared {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -95,6 +95,18 @@ impl Files {
         }
     }
 
+    /// The text of the file at `path` (read once, then kept with the others) without one
+    /// trailing line break: a secret's value.
+    pub(crate) fn read_text(&mut self, path: &Path) -> Result<String, String> {
+        if !self.read.contains_key(path) {
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            self.read.insert(path.to_path_buf(), bytes);
+        }
+        let text = std::str::from_utf8(&self.read[path]).map_err(|_| "not UTF-8 text")?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+    }
+
     /// Each file's path and bytes, in path order (for the content hash).
     pub fn iter(&self) -> impl Iterator<Item = (&Path, &[u8])> {
         self.read.iter().map(|(p, b)| (p.as_path(), b.as_slice()))

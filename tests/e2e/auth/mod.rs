@@ -484,3 +484,88 @@ async fn api_keys_are_checked_and_not_forwarded() {
     }
     support::stop(gw).await;
 }
+
+/// The HS256 secret given by reference to a file, rotated by rename (as a renewer does):
+/// rotating the file reloads the filter, and tokens signed with the old secret are refused
+/// from then on, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_read_from_a_file_is_used_and_rotating_the_file_reloads_it() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let old = "the-first-secret-of-at-least-32-bytes";
+    let new = "the-second-secret-of-at-least-32-bytes";
+    std::fs::write(dir.path().join("hs.secret"), format!("{old}\n")).unwrap();
+    let text = format!(
+        r#"
+[filters.hs]
+kind = "jwt"
+secret = {{ from_file = "hs.secret" }}
+algorithms = ["HS256"]
+
+[[upstreams]]
+name = "app"
+backends = ["{}"]
+
+[[routes]]
+name = "hs"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+filters = ["hs"]
+"#,
+        up.addr
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, support::with_test_listeners(&text)).unwrap();
+    let gw = support::gateway_from_file(path).await;
+    let client = support::client();
+    let url = support::url(gw.local_addr(), "/x");
+    let token = |secret: &str| {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret.as_bytes()),
+            None,
+            &claims(json!({})),
+        )
+    };
+    let status = |token: String| {
+        let request = client.get(&url).bearer_auth(token).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    // The file's line break is not part of the secret.
+    assert_eq!(status(token(old)).await, 200);
+    assert_eq!(status(token(new)).await, 401);
+
+    let tmp = dir.path().join("hs.secret.tmp");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, dir.path().join("hs.secret")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status(token(new)).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new secret is not in use"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(token(old)).await, 401);
+    support::stop(gw).await;
+}
+
+#[test]
+fn a_secret_reference_that_cannot_be_resolved_is_refused_naming_the_field() {
+    let text = r#"
+[filters.hs]
+kind = "jwt"
+secret = { from_env = "GATEHOUSE_E2E_NEVER_SET" }
+algorithms = ["HS256"]
+"#;
+    let err = gatehouse::Gateway::builder()
+        .config_toml(support::with_test_listeners(text))
+        .build()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("filters.hs.secret.from_env: GATEHOUSE_E2E_NEVER_SET"),
+        "{err}"
+    );
+}

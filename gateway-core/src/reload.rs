@@ -14,13 +14,14 @@ use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::Source;
 use crate::error::ConfigError;
 use crate::filter::FilterRegistry;
 use crate::observe::Metrics;
-use crate::snapshot::{Prepared, Snapshot};
+use crate::snapshot::{hex, Prepared, Snapshot};
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +142,37 @@ impl ConfigStore {
 
     /// Reload from the file and log what happened (for the watch and signal sources).
     pub fn reload_logged(&self, cause: &str) {
-        match self.reload() {
+        log_outcome(cause, self.reload());
+    }
+
+    /// The periodic check behind the file watch: apply the file if what it holds (with the
+    /// files it names) differs from the serving config. Quiet when nothing changed, and a
+    /// rejected content is reported once, not at every check (`rejected` remembers it).
+    pub(crate) fn check(&self, rejected: &mut Option<String>) {
+        let Some(path) = &self.path else { return };
+        let Ok(source) = Source::read(path) else {
+            // Caught mid-swap, or gone: the watch or the next check sees the outcome.
+            return;
+        };
+        let text = hex(&Sha256::digest(source.text.as_bytes()));
+        match Prepared::read(&source) {
+            Ok(p) if p.content_hash == self.load().content_hash => {
+                *rejected = None;
+                return;
+            }
+            Err(_) if rejected.as_deref() == Some(&text) => return,
+            _ => {}
+        }
+        let outcome = self.apply(&source);
+        *rejected = outcome.is_err().then_some(text);
+        log_outcome(PERIODIC, outcome);
+    }
+}
+
+/// What a reload from `cause` came to, in the log.
+fn log_outcome(cause: &str, outcome: Result<ReloadOutcome, ConfigError>) {
+    {
+        match outcome {
             Ok(ReloadOutcome::Applied { generation }) => {
                 tracing::info!(cause, generation, "configuration reloaded")
             }
@@ -154,6 +185,9 @@ impl ConfigStore {
         }
     }
 }
+
+/// The cause of a reload the periodic check made: the watch missed the change.
+const PERIODIC: &str = "periodic check";
 
 fn log_warnings(snapshot: &Snapshot) {
     for warning in snapshot.config.warnings() {
@@ -222,6 +256,14 @@ impl ReloadService {
         }
     }
 
+    /// Whether the config file is watched (then the periodic check backs the watch up).
+    fn watching(&self) -> bool {
+        self.watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Watch the files the serving config names (a reload may have named new ones).
     fn follow_files(&self) {
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
@@ -266,6 +308,15 @@ impl BackgroundService for ReloadService {
         } else {
             None
         };
+        // The watch's back-up: a change it cannot see (a file reached through a link to
+        // another directory, a network file system) is found by its content hash.
+        let period = self.store.load().config.server.config_check_interval;
+        let mut check = (self.watching() && !period.is_zero()).then(|| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        let mut rejected = None;
         loop {
             let cause = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -274,9 +325,20 @@ impl BackgroundService for ReloadService {
                     "file change"
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                _ = async { match check.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } } => PERIODIC,
             };
             let store = Arc::clone(&self.store);
-            let _ = tokio::task::spawn_blocking(move || store.reload_logged(cause)).await;
+            if cause == PERIODIC {
+                let mut last = rejected.take();
+                rejected = tokio::task::spawn_blocking(move || {
+                    store.check(&mut last);
+                    last
+                })
+                .await
+                .unwrap_or_default();
+            } else {
+                let _ = tokio::task::spawn_blocking(move || store.reload_logged(cause)).await;
+            }
             self.follow_files();
         }
     }
@@ -317,13 +379,26 @@ impl FileWatch {
         })
     }
 
-    /// Also reload when `path` changes.
+    /// Also reload when `path` changes, or a link it is reached through in its directory:
+    /// Kubernetes mounts a ConfigMap's `gateway.toml` as a link to `..data/gateway.toml` and
+    /// updates it by renaming a new `..data` link over the old one, so only `..data` changes.
     fn follow(&mut self, path: &Path) {
         let Some(name) = path.file_name() else { return };
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_os_string());
+        let via =
+            std::fs::read_link(path)
+                .ok()
+                .and_then(|target| match target.components().next() {
+                    Some(std::path::Component::Normal(first))
+                        if target.components().count() > 1 =>
+                    {
+                        Some(first.to_os_string())
+                    }
+                    _ => None,
+                });
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.insert(name.to_os_string());
+        names.extend(via);
+        drop(names);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

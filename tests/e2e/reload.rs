@@ -557,3 +557,117 @@ backends = ["{}"]
     assert_eq!(slow.hits(), 1);
     support::stop(gw).await;
 }
+
+/// A directory laid out as the kubelet mounts a ConfigMap: `gateway.toml` is a link to
+/// `..data/gateway.toml`, `..data` a link to a timestamped directory holding the files.
+struct ConfigMapDir {
+    dir: tempfile::TempDir,
+    updates: u32,
+}
+
+impl ConfigMapDir {
+    fn new(text: &str) -> ConfigMapDir {
+        let mut mount = ConfigMapDir {
+            dir: tempfile::tempdir().expect("temp dir"),
+            updates: 0,
+        };
+        mount.update(text);
+        std::os::unix::fs::symlink("..data/gateway.toml", mount.path()).expect("link the file");
+        mount
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// The kubelet's atomic update: the new files in a new timestamped directory, a
+    /// `..data_tmp` link to it renamed over `..data`, then the old directory removed.
+    fn update(&mut self, text: &str) {
+        let root = self.dir.path();
+        let old = std::fs::read_link(root.join("..data")).ok();
+        self.updates += 1;
+        let fresh = format!("..2026_12_06_00_00_00.{}", 1000 + self.updates);
+        std::fs::create_dir(root.join(&fresh)).expect("timestamped dir");
+        std::fs::write(
+            root.join(&fresh).join("gateway.toml"),
+            support::with_test_listeners(text),
+        )
+        .expect("write config");
+        std::os::unix::fs::symlink(&fresh, root.join("..data_tmp")).expect("..data_tmp");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
+        if let Some(old) = old {
+            std::fs::remove_dir_all(root.join(old)).expect("remove the old dir");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_by_link_swap_serves_within_a_second_and_swaps_back() {
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    // No periodic check: the watch alone must see the swap.
+    let good = "[server]\nconfig_check_interval = \"0s\"\n".to_string() + &base(one.addr, two.addr);
+    let mut mount = ConfigMapDir::new(&good);
+    let gw = support::gateway_from_file(mount.path()).await;
+    let admin = gw.admin_addr().expect("admin listener");
+    let client = support::client();
+    // The watch is live once a swap to the same content counts as an unchanged reload.
+    let before = reloads(&client, admin, "unchanged").await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while reloads(&client, admin, "unchanged").await == before {
+        assert!(Instant::now() < deadline, "a ..data swap was never noticed");
+        mount.update(&good);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let b_url = support::url(gw.local_addr(), "/b");
+    assert_eq!(get(&client, &b_url).await.0, 404);
+    mount.update(&(good.clone() + &route("b", "two")));
+    until_served(&client, &b_url, "two", Duration::from_secs(1)).await;
+
+    // And back, as a rollback of the ConfigMap does.
+    mount.update(&good);
+    let start = Instant::now();
+    while get(&client, &b_url).await.0 != 404 {
+        assert!(start.elapsed() < Duration::from_secs(1), "/b still served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reloads(&client, admin, "failed").await, 0);
+    support::stop(gw).await;
+}
+
+/// A change the watch cannot see (the config is a link to a file in a directory it does not
+/// watch, edited in place there) is found by the periodic content-hash check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_check_finds_a_change_the_watch_cannot_see() {
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let target = elsewhere.path().join("real.toml");
+    let text = |interval: &str, extra: &str| {
+        format!("[server]\nconfig_check_interval = \"{interval}\"\n")
+            + &base(one.addr, two.addr)
+            + extra
+    };
+    for (interval, found) in [("0s", false), ("200ms", true)] {
+        std::fs::write(&target, support::with_test_listeners(&text(interval, ""))).unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gateway.toml");
+        std::os::unix::fs::symlink(&target, &path).expect("link");
+        let gw = support::gateway_from_file(path).await;
+        let client = support::client();
+        let b_url = support::url(gw.local_addr(), "/b");
+        write_in_place(&target, &text(interval, &route("b", "two")));
+        if found {
+            until_served(&client, &b_url, "two", Duration::from_secs(2)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(
+                get(&client, &b_url).await.0,
+                404,
+                "the watch saw it after all"
+            );
+        }
+        support::stop(gw).await;
+    }
+}

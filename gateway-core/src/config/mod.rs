@@ -122,6 +122,10 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight requests get to finish.
     #[serde(default = "default_shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
+    /// How often the config file (and the files it names) is hashed to catch a change the
+    /// file watch cannot see; `0s` turns the check off. Applies at start.
+    #[serde(default = "default_config_check_interval", with = "duration")]
+    pub config_check_interval: Duration,
     /// Send header names upstream and to clients spelled as the peer spelled them. Off by
     /// default: names the gateway forwards over HTTP/1 go out in lower case (a few common ones
     /// title-cased), as over HTTP/2 and as Envoy and HAProxy send them, which lets the gateway
@@ -551,6 +555,7 @@ impl Default for ServerConfig {
             max_retries: default_max_retries(),
             grace_period: Duration::ZERO,
             shutdown_timeout: default_shutdown_timeout(),
+            config_check_interval: default_config_check_interval(),
             preserve_header_case: false,
             header_underscores: HeaderUnderscores::Drop,
             keepalive_timeout: default_keepalive_timeout(),
@@ -593,6 +598,10 @@ fn default_max_connections() -> usize {
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_config_check_interval() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9090".to_string()

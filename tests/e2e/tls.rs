@@ -2,7 +2,8 @@
 //! by SNI (exact, wildcard, default), HTTP/2 by ALPN, a certificate replaced on disk served
 //! by new handshakes with no failed request, a mismatched key refused while the old one keeps
 //! serving, plain-to-HTTPS redirects, HSTS, `X-Forwarded-Proto`, and HTTPS upstreams (a
-//! second gateway terminating TLS is the backend) trusted through a private CA or refused.
+//! second gateway terminating TLS is the backend) trusted through a private CA or refused, and
+//! one demanding a client certificate (mTLS) given the gateway's and refusing none or a stranger's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -515,6 +516,106 @@ async fn an_https_upstream_is_reached_through_a_private_ca_and_refused_with_the_
     assert_eq!(response.status(), 502);
     support::stop(misnamed).await;
     support::stop(edge.gateway).await;
+}
+
+/// A backend that demands a client certificate issued by `clients` and answers 200 with the
+/// common name of the one it got; it serves `server` (certificate and key PEM).
+async fn mtls_backend(clients: &Ca, server: &(String, String)) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(clients.pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(server.0.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A handshake without an acceptable client certificate ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+                let (_, cert) = X509Certificate::from_der(&der).unwrap();
+                let name = cert.subject().iter_common_name().next().unwrap();
+                let name = name.as_str().unwrap().to_string();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_demanding_a_client_certificate_gets_the_configured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("internal CA");
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    write_pair(dir.path(), "gateway", &ca.issue(&["gateway.internal"]));
+    let stranger = Ca::new("someone else's CA");
+    write_pair(
+        dir.path(),
+        "stranger",
+        &stranger.issue(&["stranger.internal"]),
+    );
+    let backend = mtls_backend(&ca, &ca.issue(&["backend.internal"])).await;
+    let http = support::client();
+    let ask = |gateway: &gatehouse::GatewayHandle| {
+        http.get(support::url(gateway.local_addr(), "/who")).send()
+    };
+
+    let tls = r#"{ sni = "backend.internal", ca_file = "ca.pem", client_cert = "gateway.pem", client_key = "gateway.key" }"#;
+    let gateway = front(dir.path(), backend, tls, false).await;
+    let response = ask(&gateway).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The backend saw the gateway's own certificate.
+    assert_eq!(response.text().await.unwrap(), "gateway.internal");
+    support::stop(gateway).await;
+
+    // No client certificate, or one the backend does not trust: the handshake fails, 502.
+    for tls in [
+        r#"{ sni = "backend.internal", ca_file = "ca.pem" }"#,
+        r#"{ sni = "backend.internal", ca_file = "ca.pem", client_cert = "stranger.pem", client_key = "stranger.key" }"#,
+    ] {
+        let gateway = front(dir.path(), backend, tls, false).await;
+        let response = ask(&gateway).await.unwrap();
+        assert_eq!(response.status(), 502, "{tls}");
+        support::stop(gateway).await;
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use crate::fields::Fields;
@@ -144,9 +144,10 @@ pub(crate) fn host_value(req: &RequestHeader) -> Option<HeaderValue> {
     }
 }
 
-/// Where a plain request is sent when plain listeners redirect to HTTPS: the same host and
-/// target on `https_port` (left out when it is 443). `None` when the request names no host.
-pub(crate) fn https_location(req: &RequestHeader, https_port: u16) -> Option<HeaderValue> {
+/// The answer to a plain request when plain listeners redirect to HTTPS: a permanent redirect
+/// (308 keeps the method and body, unlike 301) to the same host and target on `https_port`
+/// (left out when it is 443). `None` when the request names no host.
+pub(crate) fn https_redirect(req: &RequestHeader, https_port: u16) -> Option<ResponseHeader> {
     let host = host_value(req)?;
     let host = host.to_str().ok()?;
     // Drop the plain port: `[v6]:80` or `name:80` (a v6 literal keeps its brackets).
@@ -160,7 +161,14 @@ pub(crate) fn https_location(req: &RequestHeader, https_port: u16) -> Option<Hea
     } else {
         format!("https://{name}:{https_port}{target}")
     };
-    HeaderValue::try_from(location).ok()
+    let mut header = ResponseHeader::build(308, Some(3)).ok()?;
+    header
+        .insert_header(http::header::LOCATION, location)
+        .ok()?;
+    header
+        .insert_header(http::header::CONTENT_LENGTH, "0")
+        .ok()?;
+    Some(header)
 }
 
 /// `X-Forwarded-For/-Proto/-Host`, `x-request-id` and `traceparent` on a request going up

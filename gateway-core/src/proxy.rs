@@ -4,32 +4,33 @@
 //! the problem answers ([`crate::problem`]) and puts them together; what they do lives there.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use smallvec::SmallVec;
 
 use crate::drain::Drain;
 use crate::fields;
-use crate::filter::{Decision, FilterState, Reply, ReplyBody, RequestInfo};
+use crate::filter::{Decision, Reply, RequestInfo};
 use crate::forwarding::{self, ClientAddr, FORWARDING_FIELDS};
 use crate::framing;
-use crate::observe::request_id::{self, request_ids, trace_fields, RequestId};
-use crate::observe::{AccessLog, AccessRecord, Metrics, TraceContext};
-use crate::outlier::{BudgetToken, Outcome};
+use crate::observe::request_id::{self, RequestId};
+use crate::observe::{AccessLog, Metrics};
+use crate::outlier::Outcome;
 use crate::problem;
 use crate::reload::ConfigStore;
-use crate::routing::{raw_host, Route, RoutedRequest};
+use crate::routing::{Route, RoutedRequest};
 use crate::snapshot::Snapshot;
-use crate::upstream::InFlight;
+
+mod ctx;
+
+pub use ctx::RequestCtx;
 
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
@@ -73,124 +74,12 @@ impl GatewayProxy {
     }
 }
 
-/// Per-request state, carried through Pingora's phases.
-pub struct RequestCtx {
-    started: Instant,
-    counted: bool,
-    /// The snapshot this request is served by, loaded once at its start.
-    snapshot: Option<Arc<Snapshot>>,
-    /// The route it took.
-    route: Option<Arc<Route>>,
-    /// Sent upstream and echoed to the client.
-    request_id: RequestId,
-    /// Path and query to send upstream (after normalization, strip_prefix and rewrite) when
-    /// that is not `path` itself, as it is for a query-less request the route does not rewrite.
-    upstream_path: Option<String>,
-    /// The normalized request path (what routing and path hashing see) when normalizing
-    /// changed it; `None` when it is the request's own path (no copy made).
-    path: Option<String>,
-    /// Who connected, and the client behind it as far as we trust.
-    addr: ClientAddr,
-    /// Backends already tried by this request (a retry picks another). Inline: nearly every
-    /// request makes one attempt, and this saves it an allocation.
-    tried: SmallVec<[SocketAddr; 2]>,
-    in_flight: Option<InFlight>,
-    /// State the route's filters share (claims, response headers to add).
-    filters: FilterState,
-    /// A filter's answer decided while the body streams, written by `fail_to_proxy`.
-    pending_reply: Option<Reply>,
-    /// The W3C trace this request belongs to and the gateway's span id in it.
-    trace: Option<TraceContext>,
-    /// That trace as the `traceparent` value sent upstream.
-    traceparent: Option<HeaderValue>,
-    /// A debug-level span for the request (disabled, and nearly free, unless enabled).
-    span: tracing::Span,
-    /// When the current attempt's backend was picked.
-    upstream_started: Option<Instant>,
-    /// How long the backend took to send its response header.
-    upstream_elapsed: Option<std::time::Duration>,
-    /// The upstream's response header already carries the request id.
-    id_in_response: bool,
-    /// `Strict-Transport-Security` to add (HTTPS connections, when configured).
-    hsts: Option<HeaderValue>,
-    /// This request counted in flight to its pool, for the pool's retry budget.
-    budget: Option<BudgetToken>,
-    /// A retry was not made for the budget (counted when the request ends).
-    over_budget: bool,
-}
-
-impl RequestCtx {
-    /// The normalized request path of `req`, this context's request.
-    fn path<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
-        self.path.as_deref().unwrap_or_else(|| req.uri.path())
-    }
-
-    /// Path and query to send upstream, once a route is chosen; `req` is the request as the
-    /// client sent it.
-    fn upstream_target<'a>(&'a self, req: &'a RequestHeader) -> Option<&'a str> {
-        self.route.as_ref()?;
-        Some(
-            self.upstream_path
-                .as_deref()
-                .unwrap_or_else(|| self.path(req)),
-        )
-    }
-
-    /// Whether another attempt may be made: attempts left on the route, and room in the
-    /// pool's retry budget.
-    fn may_retry(&mut self) -> bool {
-        let Some(route) = &self.route else {
-            return false;
-        };
-        if self.tried.len() >= route.attempts.min(route.upstream.len()) {
-            return false;
-        }
-        let allowed = self
-            .budget
-            .as_mut()
-            .is_some_and(|token| route.upstream.allow_retry(token));
-        if !allowed {
-            self.over_budget = true;
-        }
-        allowed
-    }
-
-    /// Tell the pool how the current attempt went (for outlier ejection).
-    fn observe_attempt(&self, outcome: Outcome) {
-        if let (Some(route), Some(addr)) = (&self.route, self.tried.last()) {
-            route.upstream.observe(*addr, outcome);
-        }
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            counted: false,
-            snapshot: None,
-            route: None,
-            request_id: RequestId::NONE,
-            upstream_path: None,
-            path: None,
-            addr: ClientAddr::default(),
-            tried: SmallVec::new(),
-            in_flight: None,
-            filters: FilterState::default(),
-            pending_reply: None,
-            trace: None,
-            traceparent: None,
-            span: tracing::Span::none(),
-            upstream_started: None,
-            upstream_elapsed: None,
-            id_in_response: false,
-            hsts: None,
-            budget: None,
-            over_budget: false,
-        }
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -219,7 +108,7 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         ctx.addr = ClientAddr::of(session, &snapshot, session.req_header());
-        identify(ctx, session.req_header());
+        ctx.identify(session.req_header());
         if ctx.addr.secure {
             ctx.hsts.clone_from(&snapshot.hsts);
         } else if let Some(port) = self.redirect_port(&snapshot) {
@@ -249,10 +138,7 @@ impl ProxyHttp for GatewayProxy {
             self.respond_problem(session, ctx, 404, &detail).await?;
             return Ok(true);
         };
-        ctx.upstream_path = match (route.upstream_path(&routed.path), req.uri.query()) {
-            (Cow::Borrowed(same), None) if same == routed.path => None,
-            (target, query) => Some(path_and_query(&target, query)),
-        };
+        ctx.upstream_path = route.upstream_target(&routed.path, req.uri.query());
         if let Cow::Owned(normalized) = routed.path {
             ctx.path = Some(normalized);
         }
@@ -303,18 +189,12 @@ impl ProxyHttp for GatewayProxy {
         let key = upstream
             .hash_key()
             .map_or_else(Vec::new, |k| k.input(req, ctx.addr.client, ctx.path(req)));
-        let Some(addr) = upstream.select(&key, &ctx.tried) else {
+        let Some(addr) = ctx.attempts.start(upstream, &key) else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("no healthy backend in upstream {:?}", upstream.name()),
             );
         };
-        ctx.tried.push(addr);
-        if ctx.budget.is_none() {
-            ctx.budget = Some(upstream.enter());
-        }
-        ctx.upstream_started = Some(Instant::now());
-        ctx.in_flight = upstream.track(addr);
         Ok(Box::new(upstream.peer(addr, &route.timeouts)))
     }
 
@@ -361,7 +241,7 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
+        if let (Some(started), Some(route)) = (ctx.attempts.started(), &ctx.route) {
             let elapsed = started.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
             self.metrics
@@ -435,7 +315,7 @@ impl ProxyHttp for GatewayProxy {
             ctx.observe_attempt(Outcome::Failure);
         }
         let safe = session.req_header().method.is_idempotent()
-            && !has_body(session.req_header())
+            && !framing::has_body(session.req_header())
             && !session.as_ref().retry_buffer_truncated();
         if safe && ctx.may_retry() {
             e.retry.decide_reuse(client_reused);
@@ -493,10 +373,8 @@ impl ProxyHttp for GatewayProxy {
         if !ctx.counted {
             return;
         }
-        ctx.in_flight = None;
-        ctx.budget = None;
         self.metrics.in_flight.dec();
-        if ctx.over_budget {
+        if ctx.attempts.finish() {
             if let Some(route) = &ctx.route {
                 self.metrics.retry_over_budget(route.upstream.name());
             }
@@ -514,10 +392,10 @@ impl ProxyHttp for GatewayProxy {
             elapsed.as_secs_f64(),
         );
         if !ctx.span.is_disabled() {
-            record_span(ctx, status, elapsed);
+            ctx.record_span(status, elapsed);
         }
         if let Some(log) = &self.access_log {
-            log.log(access_record(session, ctx, status, elapsed));
+            log.log(ctx.access_record(session, status, elapsed));
         }
     }
 }
@@ -563,30 +441,7 @@ impl GatewayProxy {
         route: &Route,
         reply: Reply,
     ) -> (ResponseHeader, Bytes) {
-        let (mut header, body) = match reply.body {
-            ReplyBody::Problem(detail) => {
-                problem::render(reply.status.as_u16(), &detail, ctx.request_id.as_str())
-            }
-            ReplyBody::Raw {
-                content_type,
-                bytes,
-            } => {
-                let mut h = ResponseHeader::build(reply.status, Some(4)).expect("valid status");
-                let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
-                let _ = h.insert_header(http::header::CONTENT_LENGTH, bytes.len());
-                (h, bytes)
-            }
-            ReplyBody::Empty => {
-                let mut h = ResponseHeader::build(reply.status, Some(2)).expect("valid status");
-                // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
-                if !(reply.status.is_informational()
-                    || reply.status == http::StatusCode::NO_CONTENT)
-                {
-                    let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
-                }
-                (h, Bytes::new())
-            }
-        };
+        let (mut header, body) = reply.body.render(reply.status, ctx.request_id.as_str());
         for (name, value) in reply.headers {
             let _ = header.append_header(name, value);
         }
@@ -619,7 +474,7 @@ impl GatewayProxy {
         let snapshot = ctx.snapshot.as_deref();
         let timing = snapshot
             .is_some_and(|s| s.config.observability.server_timing)
-            .then(|| server_timing(ctx));
+            .then(|| ctx.server_timing());
         let id = !std::mem::take(&mut ctx.id_in_response);
         // Exactly what is added: a parsed response's map often has room for one more field,
         // and reserving beyond it would regrow it for nothing.
@@ -671,21 +526,17 @@ impl GatewayProxy {
         tls.redirect_plain.then_some(self.https_port).flatten()
     }
 
-    /// Answers a plain request with a permanent redirect to the same URL over HTTPS (308
-    /// keeps the method and body, unlike 301).
+    /// Answers a plain request with a redirect to the same URL over HTTPS.
     async fn redirect_to_https(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         port: u16,
     ) -> Result<()> {
-        let Some(location) = forwarding::https_location(session.req_header(), port) else {
+        let Some(mut header) = forwarding::https_redirect(session.req_header(), port) else {
             let detail = "the request names no host to redirect to over HTTPS";
             return self.respond_problem(session, ctx, 400, detail).await;
         };
-        let mut header = ResponseHeader::build(308, Some(3))?;
-        header.insert_header(http::header::LOCATION, location)?;
-        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
         self.finish_gateway_answer(ctx, None, &mut header);
         session.write_response_header(Box::new(header), true).await
     }
@@ -708,111 +559,7 @@ impl GatewayProxy {
     }
 }
 
-/// Gives the request its id and trace (the client's usable ones, or new ones) and its
-/// debug span.
-fn identify(ctx: &mut RequestCtx, req: &RequestHeader) {
-    let (given_trace, given_id) = trace_fields(&req.headers);
-    let trace = TraceContext::from_header(given_trace.map(|v| v.as_bytes()));
-    ctx.span = tracing::debug_span!(
-        "request",
-        request_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        method = %req.method,
-        route = tracing::field::Empty,
-        upstream = tracing::field::Empty,
-        status = tracing::field::Empty,
-        duration_us = tracing::field::Empty,
-        upstream_us = tracing::field::Empty,
-    );
-    #[cfg(feature = "otlp")]
-    let trace = crate::observe::otlp::join_trace(&ctx.span, trace);
-    let (request_id, traceparent) = request_ids(given_id, &trace);
-    ctx.request_id = request_id;
-    if !ctx.span.is_disabled() {
-        ctx.span.record("request_id", ctx.request_id.as_str());
-        ctx.span.record("trace_id", trace.trace_id_hex());
-    }
-    ctx.trace = Some(trace);
-    ctx.traceparent = Some(traceparent);
-}
-
-fn path_and_query(path: &str, query: Option<&str>) -> String {
-    let Some(query) = query else {
-        return path.to_string();
-    };
-    let mut out = String::with_capacity(path.len() + 1 + query.len());
-    out.push_str(path);
-    out.push('?');
-    out.push_str(query);
-    out
-}
-
-fn has_body(req: &RequestHeader) -> bool {
-    let length = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    length.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
-}
-
 /// Whether header names keep the peer's spelling (`server.preserve_header_case`).
 fn preserve_case(snapshot: Option<&Snapshot>) -> bool {
     snapshot.is_some_and(|s| s.config.server.preserve_header_case)
-}
-
-/// `Server-Timing` of a response: the upstream's time to header and the gateway's own share.
-fn server_timing(ctx: &RequestCtx) -> HeaderValue {
-    let total = ctx.started.elapsed().as_secs_f64() * 1000.0;
-    let text = match ctx.upstream_elapsed {
-        Some(up) => {
-            let up = up.as_secs_f64() * 1000.0;
-            format!(
-                "upstream;dur={up:.3}, gateway;dur={:.3}",
-                (total - up).max(0.0)
-            )
-        }
-        None => format!("gateway;dur={total:.3}"),
-    };
-    HeaderValue::try_from(text).expect("digits and ASCII punctuation")
-}
-
-fn record_span(ctx: &RequestCtx, status: u16, elapsed: std::time::Duration) {
-    let span = &ctx.span;
-    if let Some(route) = &ctx.route {
-        span.record("route", &*route.name);
-    }
-    if let Some(addr) = ctx.tried.last() {
-        span.record("upstream", tracing::field::display(addr));
-    }
-    span.record("status", status);
-    span.record("duration_us", elapsed.as_micros() as u64);
-    if let Some(up) = ctx.upstream_elapsed {
-        span.record("upstream_us", up.as_micros() as u64);
-    }
-    tracing::debug!(parent: span, "request finished");
-}
-
-fn access_record(
-    session: &Session,
-    ctx: &RequestCtx,
-    status: u16,
-    elapsed: std::time::Duration,
-) -> AccessRecord {
-    let req = session.req_header();
-    AccessRecord {
-        time: std::time::SystemTime::now() - elapsed,
-        request_id: ctx.request_id.as_str().to_string(),
-        trace_id: ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
-        client_ip: ctx.addr.client,
-        method: req.method.to_string(),
-        host: raw_host(&req.uri, &req.headers).map(str::to_string),
-        path: ctx.path(req).to_string(),
-        route: ctx.route.as_ref().map(|r| r.name.to_string()),
-        upstream: ctx.tried.last().copied(),
-        attempts: ctx.tried.len(),
-        status,
-        duration_us: elapsed.as_micros() as u64,
-        upstream_us: ctx.upstream_elapsed.map(|d| d.as_micros() as u64),
-    }
 }

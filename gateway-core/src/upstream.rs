@@ -18,6 +18,7 @@ use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use smallvec::SmallVec;
 
 use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
 use crate::outlier::{BudgetToken, Outcome, Outliers, RetryBudget, Transition};
@@ -437,6 +438,77 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.in_flight[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request's attempts at its pool: the backends tried (a retry picks another), its place
+/// in the pool's retry budget, and the backend it is on now.
+#[derive(Default)]
+pub struct Attempts {
+    /// Inline: nearly every request makes one attempt, and this saves it an allocation.
+    tried: SmallVec<[SocketAddr; 2]>,
+    budget: Option<BudgetToken>,
+    over_budget: bool,
+    in_flight: Option<InFlight>,
+    started: Option<Instant>,
+}
+
+impl Attempts {
+    /// Pick a backend of `upstream` not tried yet (by `key` for hashing pools) and start an
+    /// attempt on it; `None` when no healthy one is left.
+    pub fn start(&mut self, upstream: &Arc<Upstream>, key: &[u8]) -> Option<SocketAddr> {
+        let addr = upstream.select(key, &self.tried)?;
+        self.tried.push(addr);
+        if self.budget.is_none() {
+            self.budget = Some(upstream.enter());
+        }
+        self.started = Some(Instant::now());
+        self.in_flight = upstream.track(addr);
+        Some(addr)
+    }
+
+    /// Whether another attempt may be made: fewer than `limit` made, a backend left to try,
+    /// and room in the pool's retry budget (a refusal is remembered for [`Attempts::finish`]).
+    pub fn may_retry(&mut self, upstream: &Upstream, limit: usize) -> bool {
+        if self.tried.len() >= limit.min(upstream.len()) {
+            return false;
+        }
+        let allowed = self
+            .budget
+            .as_mut()
+            .is_some_and(|token| upstream.allow_retry(token));
+        self.over_budget |= !allowed;
+        allowed
+    }
+
+    /// Tell the pool how the current attempt went (for outlier ejection).
+    pub fn observe(&self, upstream: &Upstream, outcome: Outcome) {
+        if let Some(addr) = self.tried.last() {
+            upstream.observe(*addr, outcome);
+        }
+    }
+
+    /// The backend of the current (last) attempt.
+    pub fn last(&self) -> Option<SocketAddr> {
+        self.tried.last().copied()
+    }
+
+    /// How many attempts were made.
+    pub fn count(&self) -> usize {
+        self.tried.len()
+    }
+
+    /// When the current attempt's backend was picked.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// The request is over: it leaves the pool's in-flight counts. Whether a retry was
+    /// refused for the budget.
+    pub fn finish(&mut self) -> bool {
+        self.in_flight = None;
+        self.budget = None;
+        self.over_budget
     }
 }
 

@@ -69,6 +69,35 @@ pub enum ReplyBody {
     },
 }
 
+impl ReplyBody {
+    /// The header and body of an answer of `status` with this body (a problem body carries
+    /// `request_id`).
+    pub fn render(self, status: StatusCode, request_id: &str) -> (ResponseHeader, Bytes) {
+        match self {
+            ReplyBody::Problem(detail) => {
+                crate::problem::render(status.as_u16(), &detail, request_id)
+            }
+            ReplyBody::Raw {
+                content_type,
+                bytes,
+            } => {
+                let mut h = ResponseHeader::build(status, Some(4)).expect("valid status");
+                let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, bytes.len());
+                (h, bytes)
+            }
+            ReplyBody::Empty => {
+                let mut h = ResponseHeader::build(status, Some(2)).expect("valid status");
+                // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
+                if !(status.is_informational() || status == StatusCode::NO_CONTENT) {
+                    let _ = h.insert_header(http::header::CONTENT_LENGTH, 0);
+                }
+                (h, Bytes::new())
+            }
+        }
+    }
+}
+
 impl Reply {
     /// A `problem+json` answer.
     pub fn problem(status: StatusCode, detail: impl Into<String>, reason: &'static str) -> Reply {

@@ -351,6 +351,21 @@ impl Route {
         self.methods.is_empty() || self.methods.contains(method)
     }
 
+    /// Path and query to send upstream for a request to `path` (normalized) with `query`, or
+    /// `None` when that is `path` itself: no query and nothing rewritten, as for most
+    /// requests, which then copy nothing.
+    pub fn upstream_target(&self, path: &str, query: Option<&str>) -> Option<String> {
+        let target = self.upstream_path(path);
+        let Some(query) = query else {
+            return (target != path).then(|| target.into_owned());
+        };
+        let mut out = String::with_capacity(target.len() + 1 + query.len());
+        out.push_str(&target);
+        out.push('?');
+        out.push_str(query);
+        Some(out)
+    }
+
     /// The path to send upstream: `strip_prefix`, then `rewrite`, applied to the normalized path.
     pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         use std::borrow::Cow;

@@ -126,7 +126,7 @@ fn check(config: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let c = &snapshot.config;
-            for warning in c.warnings() {
+            for warning in &snapshot.warnings {
                 println!("{}: warning: {warning}", config.display());
             }
             println!(

@@ -117,7 +117,7 @@ backends = ["127.0.0.1:3001"]
 
 [[upstreams]]
 name = "orders"
-backends = ["127.0.0.1:3002", "localhost:3003"]
+backends = ["127.0.0.1:3002", "local_host:3003"]
 balance = "consistent_hash"
 
 [[routes]]
@@ -147,7 +147,7 @@ retry = {{ attempts = 0 }}
     let expected: Vec<String> = [
         "server.threads: must be at least 1",
         r#"server.trusted_proxies[1]: "10.1.0.0/33" is not an IP address or CIDR (e.g. "10.0.0.0/8")"#,
-        r#"upstreams[1].backends[1]: "localhost:3003" is not an ip:port address"#,
+        r#"upstreams[1].backends[1]: "local_host:3003" is not an ip:port or host:port address"#,
         r#"upstreams[1].hash_key: consistent_hash needs a hash_key: client_ip, path, "header:NAME" or "cookie:NAME""#,
         r#"routes[1].upstream: no upstream named "userz" (did you mean "users"?)"#,
         r#"routes[1].match.path_regex: invalid regex "^/profiles/([0-9]+": unclosed group"#,

@@ -70,6 +70,11 @@ impl AdminApp {
             "routes": s.router.routes().len(),
             "upstreams": upstreams,
             "certificates": s.certificates.as_ref().map(|c| c.info()),
+            "names": s.names.known().into_iter().map(|(name, addrs, failing)| json!({
+                "name": name,
+                "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "failing": failing,
+            })).collect::<Vec<_>>(),
         })
     }
 

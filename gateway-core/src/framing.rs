@@ -81,6 +81,16 @@ fn names_content_length(raw: &[u8]) -> bool {
     })
 }
 
+/// Whether `req` declares a body (a non-zero `Content-Length` or any `Transfer-Encoding`).
+pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || req.headers.contains_key(TRANSFER_ENCODING)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,14 +102,4 @@ mod tests {
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncOnTeNt-LeNgTh: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(names_content_length(raw));
     }
-}
-
-/// Whether `req` declares a body (a non-zero `Content-Length` or any `Transfer-Encoding`).
-pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
-    let length = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    length.is_some_and(|n| n > 0) || req.headers.contains_key(TRANSFER_ENCODING)
 }

@@ -50,6 +50,7 @@ pub mod outlier;
 pub mod problem;
 pub mod proxy;
 pub mod reload;
+pub mod resolve;
 pub mod routing;
 mod secrets;
 pub mod snapshot;

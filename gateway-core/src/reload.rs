@@ -21,7 +21,8 @@ use crate::config::Source;
 use crate::error::ConfigError;
 use crate::filter::FilterRegistry;
 use crate::observe::Metrics;
-use crate::snapshot::{hex, Prepared, Snapshot};
+use crate::resolve::Lookup;
+use crate::snapshot::{content_hash, hex, Prepared, Snapshot};
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct ConfigStore {
     metrics: Arc<Metrics>,
     /// The filter kinds reloads build with (built-ins plus the embedder's).
     registry: FilterRegistry,
+    /// The config text serving now: a change of backend addresses rebuilds from it.
+    source: Mutex<Option<Source>>,
 }
 
 impl ConfigStore {
@@ -66,7 +69,14 @@ impl ConfigStore {
             reload_lock: Mutex::new(()),
             metrics,
             registry,
+            source: Mutex::new(None),
         }
+    }
+
+    /// The text the initial snapshot was built from (a change of backend addresses rebuilds
+    /// from it until a reload replaces it).
+    pub fn remember_source(&self, source: Source) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// The snapshot serving now.
@@ -124,6 +134,14 @@ impl ConfigStore {
         };
         warn_restart_only_changes(&old, &next);
         log_warnings(&next);
+        let generation = self.install(next);
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source.clone());
+        self.metrics.reload("applied");
+        Ok(ReloadOutcome::Applied { generation })
+    }
+
+    /// Serve `next` from now on; its generation.
+    fn install(&self, next: Snapshot) -> u64 {
         let generation = next.generation;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
@@ -136,8 +154,55 @@ impl ConfigStore {
                 self.metrics.record_health(pool);
             }
         }
-        self.metrics.reload("applied");
-        Ok(ReloadOutcome::Applied { generation })
+        generation
+    }
+
+    /// Look the serving config's backend names up again where due and, when one's addresses
+    /// changed, rebuild the snapshot from the same config so its pools use them (the health
+    /// and ejections of addresses that stay carry over). Not a reload: the config did not
+    /// change, and `gatehouse_dns_lookups_total` counts it instead. Blocks on lookups: run it
+    /// off the async runtime.
+    pub fn refresh_names(&self) {
+        let current = self.load();
+        if current.dns_names.is_empty() {
+            return;
+        }
+        let made = current
+            .names
+            .refresh(&current.dns_names, std::time::Instant::now());
+        let mut changed = false;
+        for (name, lookup) in &made {
+            self.metrics.dns_lookup(name, *lookup);
+            changed |= *lookup == Lookup::Changed;
+        }
+        if !changed {
+            return;
+        }
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(source) = source else { return };
+        let old = self.load();
+        let built = Prepared::read(&source).and_then(|prepared| {
+            Snapshot::build(prepared, old.generation + 1, Some(&old), &self.registry).map_err(
+                |issues| ConfigError::Invalid {
+                    path: source.path.clone(),
+                    issues,
+                },
+            )
+        });
+        match built {
+            Ok(next) => {
+                let generation = self.install(next);
+                tracing::info!(generation, "backend addresses changed; pools rebuilt");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "backend addresses changed but the config no longer builds; the previous pools keep serving")
+            }
+        }
     }
 
     /// Reload from the file and log what happened (for the watch and signal sources).
@@ -154,6 +219,21 @@ impl ConfigStore {
             // Caught mid-swap, or gone: the watch or the next check sees the outcome.
             return;
         };
+        // Cheap first: the same text and the same bytes in the files the serving config
+        // names hash to its content hash, and then nothing changed (no parse at all).
+        let serving = self.load();
+        let read: Option<Vec<(PathBuf, Vec<u8>)>> = serving
+            .files
+            .iter()
+            .map(|p| std::fs::read(p).ok().map(|bytes| (p.clone(), bytes)))
+            .collect();
+        if let Some(read) = read {
+            let files = read.iter().map(|(p, b)| (p.as_path(), b.as_slice()));
+            if content_hash(&source.text, files) == serving.content_hash {
+                *rejected = None;
+                return;
+            }
+        }
         let text = hex(&Sha256::digest(source.text.as_bytes()));
         match Prepared::read(&source) {
             Ok(p) if p.content_hash == self.load().content_hash => {
@@ -190,7 +270,7 @@ fn log_outcome(cause: &str, outcome: Result<ReloadOutcome, ConfigError>) {
 const PERIODIC: &str = "periodic check";
 
 fn log_warnings(snapshot: &Snapshot) {
-    for warning in snapshot.config.warnings() {
+    for warning in &snapshot.warnings {
         tracing::warn!(field = %warning.field, "{}", warning.message);
     }
 }
@@ -413,6 +493,35 @@ impl FileWatch {
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot watch a directory of the configuration's files; reload with SIGHUP or POST /admin/reload")
             }
+        }
+    }
+}
+
+/// Background service: looks backend names up again when their answers expire (see
+/// [`ConfigStore::refresh_names`]).
+pub(crate) struct DnsService {
+    pub store: Arc<ConfigStore>,
+}
+
+/// How often expired names are looked for; each name's own TTL and bounds decide when it is
+/// looked up.
+const DNS_TICK: Duration = Duration::from_millis(250);
+
+#[async_trait]
+impl BackgroundService for DnsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(DNS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            if self.store.load().dns_names.is_empty() {
+                continue;
+            }
+            let store = Arc::clone(&self.store);
+            let _ = tokio::task::spawn_blocking(move || store.refresh_names()).await;
         }
     }
 }

@@ -25,7 +25,8 @@ use crate::error::{ConfigError, GatewayError};
 use crate::filter::{Filter, FilterRegistry, FilterSpec};
 use crate::observe::{AccessLog, Metrics};
 use crate::proxy::GatewayProxy;
-use crate::reload::{ConfigStore, HealthService, ReloadService};
+use crate::reload::{ConfigStore, DnsService, HealthService, ReloadService};
+use crate::resolve::{Names, Resolve};
 use crate::snapshot::Snapshot;
 
 enum ConfigInput {
@@ -40,6 +41,7 @@ pub struct GatewayBuilder {
     registry: FilterRegistry,
     watch_file: bool,
     sighup: bool,
+    resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl GatewayBuilder {
@@ -86,6 +88,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Look backend names up with `resolver` instead of the system's (one that reports TTLs,
+    /// service discovery of your own, a table in a test).
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
     /// Load and validate the config and build the first snapshot. Binds nothing yet.
     pub fn build(self) -> Result<Gateway, GatewayError> {
         let (source, path) = match self.input {
@@ -93,7 +102,11 @@ impl GatewayBuilder {
             Some(ConfigInput::Text(text)) => (ConfigSource::inline(text), None),
             None => return Err(GatewayError::Start("no configuration given".into())),
         };
-        let snapshot = Snapshot::from_source(&source, 1, None, &self.registry)?;
+        let names = match self.resolver {
+            Some(resolver) => Arc::new(Names::new(resolver)),
+            None => Names::system(),
+        };
+        let snapshot = Snapshot::from_source_with(&source, 1, None, &self.registry, names)?;
         let config = Arc::clone(&snapshot.config);
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(ConfigStore::new(
@@ -102,6 +115,7 @@ impl GatewayBuilder {
             Arc::clone(&metrics),
             self.registry,
         ));
+        store.remember_source(source);
         Ok(Gateway {
             config,
             store,
@@ -130,6 +144,7 @@ impl Gateway {
             registry: FilterRegistry::builtin(),
             watch_file: true,
             sighup: false,
+            resolver: None,
         }
     }
 
@@ -276,6 +291,12 @@ impl Gateway {
             HealthService {
                 store: Arc::clone(&self.store),
                 metrics: Arc::clone(&self.metrics),
+            },
+        ));
+        server.add_service(background_service(
+            "gatehouse dns",
+            DnsService {
+                store: Arc::clone(&self.store),
             },
         ));
         Ok((server, addrs))

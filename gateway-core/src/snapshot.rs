@@ -3,15 +3,17 @@
 //! request and never re-reads it, so a reload never changes a request half-way.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, ConfigIssue, FilterConfig, Source};
+use crate::config::{Config, ConfigIssue, DnsConfig, FilterConfig, Source};
 use crate::error::ConfigError;
 use crate::filter::{FilterRegistry, FilterSpec, NamedFilter};
+use crate::resolve::Names;
 use crate::routing::{Route, Router};
 use crate::tls::{Certificates, Files, UpstreamTls};
 use crate::upstream::Upstream;
@@ -41,6 +43,14 @@ pub struct Snapshot {
     pub hsts: Option<http::HeaderValue>,
     /// The files the config names (certificates, keys, CAs), which a reload also watches.
     pub files: Vec<std::path::PathBuf>,
+    /// The gateway's resolved backend names, shared by its snapshots.
+    pub names: Arc<Names>,
+    /// The names this snapshot's pools use, with their refresh bounds (the background
+    /// refresh looks these up again).
+    pub dns_names: Vec<(String, u16, DnsConfig)>,
+    /// What serves but deserves a look: the config's own warnings, and backend names that
+    /// did not resolve.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// A config parsed and validated, with every file it names read: what a snapshot is built
@@ -76,21 +86,30 @@ impl Prepared {
         if !issues.is_empty() {
             return Err(invalid(issues));
         }
-        let mut hasher = Sha256::new();
-        hasher.update(source.text.as_bytes());
-        for (path, bytes) in files.iter() {
-            hasher.update(b"\0");
-            hasher.update(path.as_os_str().as_encoded_bytes());
-            hasher.update(b"\0");
-            hasher.update(bytes);
-        }
+        let content_hash = content_hash(&source.text, files.iter());
         Ok(Prepared {
             config,
             files,
             base,
-            content_hash: hex(&hasher.finalize()),
+            content_hash,
         })
     }
+}
+
+/// SHA-256 (hex) of a config's text and of the files it names, in path order.
+pub(crate) fn content_hash<'a>(
+    text: &str,
+    files: impl Iterator<Item = (&'a std::path::Path, &'a [u8])>,
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    for (path, bytes) in files {
+        hasher.update(b"\0");
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update(b"\0");
+        hasher.update(bytes);
+    }
+    hex(&hasher.finalize())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -102,14 +121,27 @@ impl Snapshot {
     ///
     /// Pools and filters whose config equals one in `previous` are reused as they are, so
     /// their state (health, limiter buckets, key caches) carries over a reload.
+    /// Backend names are resolved by the system's resolver, or as `previous` resolved them.
     pub fn from_source(
         source: &Source,
         generation: u64,
         previous: Option<&Snapshot>,
         registry: &FilterRegistry,
     ) -> Result<Snapshot, ConfigError> {
+        let names = previous.map_or_else(Names::system, |p| Arc::clone(&p.names));
+        Snapshot::from_source_with(source, generation, previous, registry, names)
+    }
+
+    /// [`Snapshot::from_source`] with backend names resolved through `names`.
+    pub fn from_source_with(
+        source: &Source,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        registry: &FilterRegistry,
+        names: Arc<Names>,
+    ) -> Result<Snapshot, ConfigError> {
         let prepared = Prepared::read(source)?;
-        Snapshot::build(prepared, generation, previous, registry).map_err(|issues| {
+        Snapshot::build_with(prepared, generation, previous, registry, names).map_err(|issues| {
             ConfigError::Invalid {
                 path: source.path.clone(),
                 issues,
@@ -117,12 +149,25 @@ impl Snapshot {
         })
     }
 
-    /// Build from a prepared config; every problem found is returned at once.
+    /// Build from a prepared config; every problem found is returned at once. Backend names
+    /// are resolved as `previous` resolved them (or by the system's resolver).
     pub fn build(
         prepared: Prepared,
         generation: u64,
         previous: Option<&Snapshot>,
         registry: &FilterRegistry,
+    ) -> Result<Snapshot, Vec<ConfigIssue>> {
+        let names = previous.map_or_else(Names::system, |p| Arc::clone(&p.names));
+        Snapshot::build_with(prepared, generation, previous, registry, names)
+    }
+
+    /// [`Snapshot::build`] with backend names resolved through `names`.
+    pub fn build_with(
+        prepared: Prepared,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        registry: &FilterRegistry,
+        names: Arc<Names>,
     ) -> Result<Snapshot, Vec<ConfigIssue>> {
         let Prepared {
             config,
@@ -142,6 +187,8 @@ impl Snapshot {
             },
         };
         let mut upstreams = BTreeMap::new();
+        let mut warnings = config.warnings();
+        let mut dns_names = Vec::new();
         for (i, cfg) in config.upstreams.iter().enumerate() {
             let tls = match cfg
                 .tls
@@ -155,14 +202,17 @@ impl Snapshot {
                     continue;
                 }
             };
+            let backends = expand_backends(i, cfg, &names, &mut dns_names, &mut warnings);
             let before = previous.and_then(|p| p.upstreams.get(&cfg.name));
             let reused = before
-                .filter(|u| u.config() == cfg && u.tls() == tls.as_ref())
+                .filter(|u| {
+                    u.config() == cfg && u.tls() == tls.as_ref() && u.backends() == backends
+                })
                 .cloned();
-            match reused
-                .map(Ok)
-                .unwrap_or_else(|| Upstream::new(cfg, tls, before.map(|b| &**b)).map(Arc::new))
-            {
+            let built = reused.map(Ok).unwrap_or_else(|| {
+                Upstream::new(cfg, &backends, tls, before.map(|b| &**b)).map(Arc::new)
+            });
+            match built {
                 Ok(pool) => {
                     upstreams.insert(cfg.name.clone(), pool);
                 }
@@ -220,6 +270,9 @@ impl Snapshot {
             certificates,
             files: files.paths().map(std::path::Path::to_path_buf).collect(),
             config: Arc::new(config),
+            names,
+            dns_names,
+            warnings,
         })
     }
 
@@ -227,6 +280,53 @@ impl Snapshot {
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
+}
+
+/// The addresses of pool `cfg` (the `i`th) with their weights: its `ip:port` backends, and
+/// every address of its named ones. A name that has no address yet is a warning (and the
+/// pool serves with the others, or answers 503 until it resolves); the names used are
+/// added to `dns_names`.
+fn expand_backends(
+    i: usize,
+    cfg: &crate::config::UpstreamConfig,
+    names: &Names,
+    dns_names: &mut Vec<(String, u16, DnsConfig)>,
+    warnings: &mut Vec<ConfigIssue>,
+) -> Vec<(SocketAddr, usize)> {
+    let mut out: Vec<(SocketAddr, usize)> = Vec::with_capacity(cfg.backends.len());
+    for (j, b) in cfg.backends.iter().enumerate() {
+        let found = match b.addr().parse::<SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => {
+                // Validation let only ip:port and host:port through.
+                let Some((host, port)) = crate::resolve::split_name(b.addr()) else {
+                    continue;
+                };
+                dns_names.push((host.to_string(), port, cfg.dns.clone()));
+                match names.addrs(host, port, &cfg.dns) {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
+                        warnings.push(issue(
+                            format!("upstreams[{i}].backends[{j}]"),
+                            format!(
+                                "{:?} does not resolve yet ({e}); it is looked up again every {:?}",
+                                b.addr(),
+                                cfg.dns.min_refresh
+                            ),
+                        ));
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        for addr in found {
+            // An address reached two ways (a name and a literal) is one backend.
+            if !out.iter().any(|(a, _)| *a == addr) {
+                out.push((addr, b.weight()));
+            }
+        }
+    }
+    out
 }
 
 fn issue(field: String, message: impl Into<String>) -> ConfigIssue {

@@ -17,7 +17,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use smallvec::SmallVec;
 
 use crate::config::{Balance, HealthCheckConfig, HealthCheckKind, Timeouts, UpstreamConfig};
@@ -113,6 +113,8 @@ pub struct Upstream {
     /// Requests in flight per backend, in the order of `addrs` (least-request reads these).
     in_flight: Vec<AtomicUsize>,
     addrs: Vec<SocketAddr>,
+    /// The configured weight of each of `addrs`.
+    weights: Vec<usize>,
     /// The same backends as Pingora knows them (health is keyed by these).
     members: Vec<Backend>,
     hash_key: Option<HashKey>,
@@ -120,6 +122,9 @@ pub struct Upstream {
     tls: Option<UpstreamTls>,
     /// Passive ejection of failing backends, when the pool asks for it.
     outliers: Option<Outliers>,
+    /// The backends' health, kept by Pingora; shared with the pool this one replaced when
+    /// they are checked the same way, so a backend that stays keeps its health.
+    health: Arc<HealthRegistry>,
     /// Requests and retries in flight to the pool.
     budget: Arc<RetryBudget>,
     last_check: Mutex<Option<Instant>>,
@@ -152,30 +157,50 @@ impl Upstream {
     /// Build a pool from a validated config, with its TLS material when it has `tls`. What
     /// `previous` (the pool of that name before a reload) knew of the backends both have,
     /// their ejections, carries over.
+    ///
+    /// `backends` are the pool's addresses with their weights (a name's addresses resolved,
+    /// see [`crate::resolve`]). The health of the backends both have carries over from
+    /// `previous` too when the way it is checked did not change: they share its health
+    /// registry, and its schedule.
     pub fn new(
         config: &UpstreamConfig,
+        backends: &[(SocketAddr, usize)],
         tls: Option<UpstreamTls>,
         previous: Option<&Upstream>,
     ) -> Result<Upstream, String> {
         let mut set = BTreeSet::new();
         let mut addrs = Vec::new();
         let mut members = Vec::new();
-        for b in &config.backends {
+        let weights: Vec<usize> = backends.iter().map(|(_, w)| *w).collect();
+        for &(addr, weight) in backends {
             let weight = match config.balance {
                 Balance::RoundRobin | Balance::LeastRequest => 1,
-                Balance::Weighted | Balance::ConsistentHash => b.weight(),
+                Balance::Weighted | Balance::ConsistentHash => weight,
             };
-            let backend = Backend::new_with_weight(b.addr(), weight)
-                .map_err(|e| format!("backend {:?}: {e}", b.addr()))?;
-            addrs.push(b.addr().parse::<SocketAddr>().map_err(|e| e.to_string())?);
+            let backend = Backend::new_with_weight(&addr.to_string(), weight)
+                .map_err(|e| format!("backend {addr}: {e}"))?;
+            addrs.push(addr);
             members.push(backend.clone());
             set.insert(backend);
         }
-        let backends = Backends::new(Static::new(set));
-        let check = config.health_check.as_ref();
+        let same_checks = previous
+            .filter(|p| p.config.health_check == config.health_check && p.config.tls == config.tls);
+        let health = match same_checks {
+            Some(p) => Arc::clone(&p.health),
+            None => {
+                let registry = HealthRegistry::new();
+                if let Some(hc) = &config.health_check {
+                    registry.set_health_check(health_check(hc, tls.as_ref()));
+                }
+                Arc::new(registry)
+            }
+        };
+        let last_check =
+            same_checks.and_then(|p| *p.last_check.lock().unwrap_or_else(|e| e.into_inner()));
+        let backends = Backends::new_with_health_registry(Static::new(set), Arc::clone(&health));
         let selector = match config.balance {
-            Balance::ConsistentHash => Selector::Ketama(build_lb(backends, check, tls.as_ref())?),
-            _ => Selector::RoundRobin(build_lb(backends, check, tls.as_ref())?),
+            Balance::ConsistentHash => Selector::Ketama(build_lb(backends)?),
+            _ => Selector::RoundRobin(build_lb(backends)?),
         };
         let hash_key = config.hash_key.as_deref().map(HashKey::parse).transpose()?;
         let outliers = config.outlier_detection.as_ref().map(|o| {
@@ -192,16 +217,27 @@ impl Upstream {
             budget: Arc::new(RetryBudget::new(&config.retry_budget)),
             name: Arc::from(config.name.as_str()),
             in_flight: addrs.iter().map(|_| AtomicUsize::new(0)).collect(),
+            weights,
             addrs,
             members,
             config: config.clone(),
             selector,
             hash_key,
             tls,
-            last_check: Mutex::new(None),
+            health,
+            last_check: Mutex::new(last_check),
             checking: AtomicBool::new(false),
             duration_metric: Default::default(),
         })
+    }
+
+    /// The pool's addresses with their configured weights, as it was built from.
+    pub fn backends(&self) -> Vec<(SocketAddr, usize)> {
+        self.addrs
+            .iter()
+            .copied()
+            .zip(self.weights.iter().copied())
+            .collect()
     }
 
     /// The pool's name.
@@ -521,19 +557,12 @@ fn inet(b: &Backend) -> SocketAddr {
     }
 }
 
-fn build_lb<S>(
-    backends: Backends,
-    hc: Option<&HealthCheckConfig>,
-    tls: Option<&UpstreamTls>,
-) -> Result<LoadBalancer<S>, String>
+fn build_lb<S>(backends: Backends) -> Result<LoadBalancer<S>, String>
 where
     S: pingora_load_balancing::selection::BackendSelection + 'static,
     S::Iter: pingora_load_balancing::selection::BackendIter,
 {
-    let mut lb = LoadBalancer::<S>::from_backends(backends);
-    if let Some(hc) = hc {
-        lb.set_health_check(health_check(hc, tls));
-    }
+    let lb = LoadBalancer::<S>::from_backends(backends);
     lb.update()
         .now_or_never()
         .ok_or("static discovery blocked")?

@@ -2,6 +2,7 @@
 
 mod auth;
 mod balancing;
+mod dns;
 mod edge_filters;
 mod examples;
 mod filters;

@@ -245,8 +245,12 @@ pub struct AdminConfig {
 pub struct UpstreamConfig {
     /// The name routes refer to.
     pub name: String,
-    /// `"ip:port"` or `{ addr = "ip:port", weight = N }`.
+    /// `"ip:port"`, `"host:port"` (every address the name resolves to is a backend), or
+    /// `{ addr = "…", weight = N }`.
     pub backends: Vec<BackendConfig>,
+    /// How often backends given by name are resolved again.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// How a backend is picked for each request.
     #[serde(default)]
     pub balance: Balance,
@@ -315,6 +319,36 @@ fn default_max_ejection_percent() -> u32 {
     50
 }
 
+/// When a backend name is looked up again: after the answer's TTL, held between
+/// `min_refresh` and `max_refresh` (a resolver that reports no TTL, as the system's, is asked
+/// every `max_refresh`; a failed lookup is retried after `min_refresh`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The shortest time an answer is kept.
+    #[serde(default = "default_dns_min_refresh", with = "duration")]
+    pub min_refresh: Duration,
+    /// The longest time an answer is kept.
+    #[serde(default = "default_dns_max_refresh", with = "duration")]
+    pub max_refresh: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            min_refresh: default_dns_min_refresh(),
+            max_refresh: default_dns_max_refresh(),
+        }
+    }
+}
+
+fn default_dns_min_refresh() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_dns_max_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
 /// How many retries may be in flight to a pool (Envoy's retry budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -351,7 +385,7 @@ pub enum BackendConfig {
     Addr(String),
     /// An address with a relative weight (used by `weighted` and `consistent_hash`).
     Weighted {
-        /// `ip:port` of the backend.
+        /// `ip:port` or `host:port` of the backend (each address of a name gets the weight).
         addr: String,
         /// Relative share of traffic.
         #[serde(default = "default_weight")]
@@ -360,7 +394,7 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// The backend's `ip:port` text.
+    /// The backend's `ip:port` or `host:port` text.
     pub fn addr(&self) -> &str {
         match self {
             BackendConfig::Addr(a) => a,

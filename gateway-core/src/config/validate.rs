@@ -296,11 +296,29 @@ fn validate_upstream(up: &UpstreamConfig, at: &str, issues: &mut Issues) {
         );
     }
     let mut seen = HashSet::new();
+    let mut seen_names = HashSet::new();
+    if up.dns.min_refresh.is_zero() {
+        issues.add(format!("{at}.dns.min_refresh"), "must be more than 0s");
+    }
+    if up.dns.max_refresh < up.dns.min_refresh {
+        issues.add(
+            format!("{at}.dns.max_refresh"),
+            "must be at least min_refresh",
+        );
+    }
     for (j, b) in up.backends.iter().enumerate() {
         match b.addr().parse::<SocketAddr>() {
+            Err(_) if crate::resolve::split_name(b.addr()).is_some() => {
+                if !seen_names.insert(b.addr()) {
+                    issues.add(
+                        format!("{at}.backends[{j}]"),
+                        format!("backend {} is listed twice", b.addr()),
+                    );
+                }
+            }
             Err(_) => issues.add(
                 format!("{at}.backends[{j}]"),
-                format!("{:?} is not an ip:port address", b.addr()),
+                format!("{:?} is not an ip:port or host:port address", b.addr()),
             ),
             Ok(addr) if !seen.insert(addr) => issues.add(
                 format!("{at}.backends[{j}]"),

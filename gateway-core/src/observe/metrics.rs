@@ -24,6 +24,8 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// `gatehouse_config_reloads_total{result}`: applied, unchanged, failed.
     reloads: IntCounterVec,
+    /// `gatehouse_dns_lookups_total{name,result}`: background lookups of backend names.
+    dns_lookups: IntCounterVec,
     /// `gatehouse_filter_decisions_total{filter,decision,reason}`.
     filter_decisions: IntCounterVec,
     /// `gatehouse_upstream_duration_seconds{upstream}`: from picking a backend to its response header.
@@ -158,6 +160,11 @@ impl Metrics {
             "Ejected backends back in service after their ejection time.",
             &["upstream", "backend"],
         );
+        let dns_lookups = counter(
+            "gatehouse_dns_lookups_total",
+            "Background lookups of backend names (host:port), by result: unchanged, changed, failed (the last addresses kept).",
+            &["name", "result"],
+        );
         let over_budget = counter(
             "gatehouse_retries_over_budget_total",
             "Retries not made because the pool's retry budget was spent.",
@@ -179,6 +186,7 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(returns.clone()),
             Box::new(over_budget.clone()),
+            Box::new(dns_lookups.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(requests.clone()),
@@ -197,6 +205,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            dns_lookups,
             requests,
             duration,
             in_flight,
@@ -293,6 +302,13 @@ impl Metrics {
                 .observe(seconds),
             None => self.duration.with_label_values(&[name]).observe(seconds),
         }
+    }
+
+    /// Count a background lookup of a backend name.
+    pub fn dns_lookup(&self, name: &str, lookup: crate::resolve::Lookup) {
+        self.dns_lookups
+            .with_label_values(&[name, lookup.label()])
+            .inc();
     }
 
     /// Record a reload's result: `applied`, `unchanged` or `failed`.

@@ -1,5 +1,6 @@
 //! The process's `tracing` subscriber: console lines on stderr filtered by `RUST_LOG`
-//! (default `info`), plus, with the `otlp` feature and `[observability] otlp_endpoint` set,
+//! (default `info`), text or, with `LOG_FORMAT=json` as the services read it, one JSON object
+//! per line (platform mode's services log through this subscriber too), plus, with the `otlp` feature and `[observability] otlp_endpoint` set,
 //! OTLP export of each request's span.
 
 use gateway_core::config::ObservabilityConfig;
@@ -27,11 +28,27 @@ fn console_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
+/// The console layer: text, or JSON lines with `LOG_FORMAT=json`.
+fn console_layer<S>() -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        layer.json().flatten_event(true).boxed()
+    } else {
+        layer.boxed()
+    }
+}
+
 /// Console logging only (`check`, `explain`, or a config that does not load).
 pub fn init_console() -> Telemetry {
-    tracing_subscriber::fmt()
-        .with_env_filter(console_filter())
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    tracing_subscriber::registry()
+        .with(console_layer().with_filter(console_filter()))
         .init();
     Telemetry {
         #[cfg(feature = "otlp")]
@@ -65,9 +82,7 @@ pub fn init(observability: &ObservabilityConfig) -> anyhow::Result<Telemetry> {
         &observability.otlp_service_name,
     )
     .context("cannot start OTLP span export")?;
-    let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(console_filter());
+    let console = console_layer().with_filter(console_filter());
     tracing_subscriber::registry()
         .with(console)
         .with(exporter.layer())

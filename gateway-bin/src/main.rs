@@ -1,4 +1,5 @@
-//! `gateway`: run a Gatehouse config, check one, or explain which route a request takes.
+//! `gateway`: run a Gatehouse config, check one, explain which route a request takes, or
+//! probe a health endpoint.
 //! A config with a `[platform]` section also runs the backend services it names in the same
 //! process (see [`platform`]).
 
@@ -50,6 +51,15 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: the health check of an image with
+    /// no shell or curl (a Compose `healthcheck`, a Docker `HEALTHCHECK`).
+    Probe {
+        /// The URL, e.g. `http://127.0.0.1:9090/ready`.
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
             logging::init_console();
             explain(&config, &method, &url, &headers)
         }
+        Command::Probe { url, timeout } => probe(&url, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +87,27 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn probe(url: &str, timeout: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(timeout))
+                .build()?;
+            client.get(url).send().await
+        })
+        .with_context(|| format!("GET {url}"))?
+        .status();
+    println!("{url}: {status}");
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(anyhow!("GET {url} answered {status}"))
     }
 }
 

@@ -808,3 +808,105 @@ upstream = "legacy"
         describe(&out)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// gateway probe
+// ---------------------------------------------------------------------------------------
+
+/// A one-connection-at-a-time HTTP server answering every request with `status`.
+fn answer_with(status: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn probe_exits_0_on_2xx_and_1_on_anything_else() {
+    let ok = answer_with("200 OK");
+    let out = gateway(&["probe", &format!("http://{ok}/ready")]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let draining = answer_with("503 Service Unavailable");
+    let out = gateway(&["probe", &format!("http://{draining}/ready")]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{}",
+        describe(&out)
+    );
+
+    let nobody = format!("http://127.0.0.1:{}/ready", free_port());
+    let out = gateway(&["probe", &nobody]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
+
+#[test]
+fn run_logs_json_lines_with_log_format_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        "gateway.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut child = ChildGuard(
+        Command::new(GATEWAY)
+            .args(["run", "--config", config.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gateway run"),
+    );
+    let stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.expect("a log line");
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\nbefore: {seen:?}"));
+        if event["message"] == "gatehouse starting" {
+            assert_eq!(event["level"], "INFO", "{line}");
+            return;
+        }
+        seen.push(line);
+    }
+    panic!("the gateway exited without logging its start: {seen:?}");
+}
+
+#[test]
+fn check_warns_about_a_backend_name_that_does_not_resolve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `.invalid` never resolves (RFC 6761).
+    let config = write_config(
+        dir.path(),
+        "gateway.toml",
+        "[[upstreams]]\nname = \"api\"\nbackends = [\"api.gatehouse.invalid:8080\"]\n",
+    );
+    let path = config.to_str().expect("utf-8 path");
+    let out = gateway(&["check", "--config", path]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    assert!(
+        lines[0].starts_with(&format!(
+            "{path}: warning: upstreams[0].backends[0]: \"api.gatehouse.invalid:8080\" does not resolve yet"
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(lines[1], format!("{path}: ok (1 upstream, 0 routes)"));
+}

@@ -1,5 +1,5 @@
-//! The admin listener: `/health`, `/ready`, `/metrics`, `GET /admin/config` and
-//! `POST /admin/reload`. It listens on its own address (loopback by default) because it can
+//! The admin listener: `/health`, `/ready`, `/metrics`, `GET /admin/config`,
+//! `GET /admin/health` and `POST /admin/reload`. It listens on its own address (loopback by default) because it can
 //! change what the gateway serves.
 
 use std::sync::Arc;
@@ -35,6 +35,133 @@ impl AdminApp {
     pub fn with_drain(mut self, drain: Arc<Drain>) -> AdminApp {
         self.drain = drain;
         self
+    }
+
+    /// The platform's health: the gateway's own readiness, and each pool with each backend's
+    /// active health, ejection and own `/ready` answer (asked now, 1 s at most; a service's
+    /// `/ready` names the dependency it lacks: its database, its event bus). A pool is
+    /// healthy when every backend is up, degraded when some are, unhealthy when none is; the
+    /// whole is as bad as its worst part. Always 200: the status is in the body.
+    async fn health(&self) -> Response<Vec<u8>> {
+        let s = self.store.load();
+        let mut gateway_reasons: Vec<String> = Vec::new();
+        if self.drain.is_draining() {
+            gateway_reasons.push("draining".into());
+        }
+        for (name, (_, f)) in &s.filters {
+            if let Some(why) = f.filter.not_ready() {
+                gateway_reasons.push(format!("filter {name}: {why}"));
+            }
+        }
+        for (name, _, failing) in s.names.known() {
+            if failing {
+                gateway_reasons.push(format!(
+                    "backend name {name} does not resolve (its last addresses serve)"
+                ));
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(1))
+            .build()
+            .unwrap_or_default();
+        let mut pools = Vec::new();
+        let mut worst = if gateway_reasons.is_empty() {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        };
+        for pool in s.upstreams.values() {
+            let ejections = pool.ejections();
+            let asks = pool.health().into_iter().map(|(addr, healthy)| {
+                let ejected = ejections
+                    .iter()
+                    .flatten()
+                    .any(|(a, out_for, _)| *a == addr && out_for.is_some());
+                let ask = (pool.tls().is_none()).then(|| client.get(format!("http://{addr}/ready")).send());
+                async move {
+                    let ready = match ask {
+                        None => None,
+                        Some(ask) => Some(match ask.await {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body = r.json::<serde_json::Value>().await.unwrap_or(serde_json::Value::Null);
+                                (status, body)
+                            }
+                            Err(e) => (0, json!(e.to_string())),
+                        }),
+                    };
+                    let reason = if !healthy {
+                        Some("failing its health check".to_string())
+                    } else if ejected {
+                        Some("ejected after consecutive failures".to_string())
+                    } else {
+                        match &ready {
+                            Some((200, _)) | Some((404, _)) | None => None,
+                            Some((0, e)) => Some(format!("/ready unreachable: {}", e.as_str().unwrap_or_default())),
+                            Some((status, body)) => Some(format!("/ready answered {status}: {body}")),
+                        }
+                    };
+                    json!({
+                        "addr": addr.to_string(),
+                        "up": reason.is_none(),
+                        "reason": reason,
+                        "ready": ready.map(|(status, body)| json!({"status": status, "body": body})),
+                    })
+                }
+            });
+            let backends = futures::future::join_all(asks).await;
+            let up = backends.iter().filter(|b| b["up"] == true).count();
+            let health = match up {
+                n if n == backends.len() && n > 0 => Health::Healthy,
+                0 => Health::Unhealthy,
+                _ => Health::Degraded,
+            };
+            worst = worst.max(health);
+            pools.push(json!({
+                "name": &**pool.name(),
+                "status": health.label(),
+                "reason": match health {
+                    Health::Healthy => None,
+                    _ => Some(format!("{up} of {} backends up", backends.len())),
+                },
+                "backends": backends,
+            }));
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "status": worst.label(),
+                "gateway": {
+                    "status": if gateway_reasons.is_empty() { "healthy" } else { "unhealthy" },
+                    "reasons": gateway_reasons,
+                },
+                "upstreams": pools,
+            }),
+        )
+    }
+
+    /// 200 when every filter can do its work; 503 naming the ones that cannot yet (a JWT
+    /// filter with no keys would refuse every token).
+    fn ready(&self) -> Response<Vec<u8>> {
+        let s = self.store.load();
+        let waiting: Vec<_> = s
+            .filters
+            .iter()
+            .filter_map(|(name, (_, f))| {
+                Some(json!({"filter": name, "reason": f.filter.not_ready()?}))
+            })
+            .collect();
+        if waiting.is_empty() {
+            json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "generation": s.generation}),
+            )
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "generation": s.generation, "waiting": waiting}),
+            )
+        }
     }
 
     fn config_info(&self) -> serde_json::Value {
@@ -113,6 +240,24 @@ impl AdminApp {
     }
 }
 
+/// A part of the platform, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Health {
+    fn label(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     response(
         status,
@@ -169,10 +314,7 @@ impl ServeHttp for AdminApp {
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "draining", "generation": self.store.load().generation}),
             ),
-            "/ready" if get => json_response(
-                StatusCode::OK,
-                &json!({"status": "ready", "generation": self.store.load().generation}),
-            ),
+            "/ready" if get => self.ready(),
             "/metrics" if get => {
                 self.metrics.publish_ejections(&self.store.load());
                 response(
@@ -182,8 +324,11 @@ impl ServeHttp for AdminApp {
                 )
             }
             "/admin/config" if get => json_response(StatusCode::OK, &self.config_info()),
+            "/admin/health" if get => self.health().await,
             "/admin/reload" if method == Method::POST => self.reload().await,
-            "/health" | "/ready" | "/metrics" | "/admin/config" => not_allowed("GET"),
+            "/health" | "/ready" | "/metrics" | "/admin/config" | "/admin/health" => {
+                not_allowed("GET")
+            }
             "/admin/reload" => not_allowed("POST"),
             _ => problem_response(
                 StatusCode::NOT_FOUND,

@@ -385,3 +385,63 @@ async fn health_checks_take_a_dead_backend_out_and_back_in() {
     );
     support::stop(gw).await;
 }
+
+/// `/admin/health`: a pool with every backend up is healthy, one with a backend down is
+/// degraded (saying how many are up), one with none up is unhealthy, and so is the whole.
+/// A backend's own `/ready` answer is shown with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_health_grades_each_pool_by_its_backends() {
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let check = r#"health_check = { kind = "tcp", interval = "100ms", timeout = "500ms", unhealthy_after = 1, healthy_after = 1 }"#;
+    let gw = support::gateway(&format!(
+        r#"
+[[upstreams]]
+name = "whole"
+backends = ["{one}"]
+{check}
+
+[[upstreams]]
+name = "half"
+backends = ["{two}", "{dead}"]
+{check}
+
+[[upstreams]]
+name = "gone"
+backends = ["{dead}"]
+{check}
+"#,
+        one = one.addr,
+        two = two.addr,
+    ))
+    .await;
+    let client = support::client();
+    let url = format!("http://{}/admin/health", gw.admin_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let health: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        if health["upstreams"][1]["status"] == "degraded" {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Pools in name order: gone, half, whole.
+    assert_eq!(health["upstreams"][0]["status"], "unhealthy", "{health}");
+    assert_eq!(
+        health["upstreams"][1]["reason"], "1 of 2 backends up",
+        "{health}"
+    );
+    assert_eq!(health["upstreams"][2]["status"], "healthy", "{health}");
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    assert_eq!(health["gateway"]["status"], "healthy", "{health}");
+    // The test upstream answers /ready like any path: 200 with its echo.
+    let backend = &health["upstreams"][2]["backends"][0];
+    assert_eq!(backend["ready"]["status"], 200, "{health}");
+    assert_eq!(backend["ready"]["body"]["upstream"], "one", "{health}");
+    support::stop(gw).await;
+}

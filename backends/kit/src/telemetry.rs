@@ -11,7 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use tracing::Instrument;
 
 use crate::problem::Problem;
@@ -47,6 +49,8 @@ struct Inner {
     requests: IntCounterVec,
     duration: HistogramVec,
     checks: Vec<Arc<dyn ReadyCheck>>,
+    /// `service_dependency_up{dependency}`, set by every `/ready` and scrape.
+    dependency_up: IntGaugeVec,
 }
 
 impl Telemetry {
@@ -89,6 +93,18 @@ impl Telemetry {
             &["method", "route"],
         )
         .expect("valid metric");
+        let dependency_up = IntGaugeVec::new(
+            Opts::new(
+                "service_dependency_up",
+                "Whether a dependency /ready checks (database, bus) answered at the last /ready or scrape: 1 or 0",
+            )
+            .const_label("service", service),
+            &["dependency"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dependency_up.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(requests.clone()))
             .expect("registered once");
@@ -102,6 +118,7 @@ impl Telemetry {
                 requests,
                 duration,
                 checks,
+                dependency_up,
             }),
         }
     }
@@ -128,13 +145,27 @@ async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(t): State<Telemetry>) -> Response {
-    let mut failed = Vec::new();
-    for c in &t.inner.checks {
-        if !c.ready().await {
-            failed.push(c.name());
+impl Telemetry {
+    /// Run every readiness check, publish each outcome as `service_dependency_up`, and name
+    /// the ones that failed.
+    async fn check_dependencies(&self) -> Vec<&'static str> {
+        let mut failed = Vec::new();
+        for c in &self.inner.checks {
+            let up = c.ready().await;
+            self.inner
+                .dependency_up
+                .with_label_values(&[c.name()])
+                .set(i64::from(up));
+            if !up {
+                failed.push(c.name());
+            }
         }
+        failed
     }
+}
+
+async fn ready(State(t): State<Telemetry>) -> Response {
+    let failed = t.check_dependencies().await;
     if failed.is_empty() {
         axum::Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
@@ -145,6 +176,8 @@ async fn ready(State(t): State<Telemetry>) -> Response {
 }
 
 async fn metrics(State(t): State<Telemetry>) -> Response {
+    // Scrapes see the dependencies as they are now, not as the last probe found them.
+    t.check_dependencies().await;
     let mut buf = Vec::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder

@@ -235,6 +235,14 @@ pub trait Filter: Send + Sync + 'static {
 
     /// Before the response header goes to the client (proxied answers and gateway answers alike).
     fn on_response(&self, _resp: &mut ResponseHeader, _state: &mut FilterState) {}
+
+    /// Why the filter cannot do its work yet (a JWT filter whose key set was never fetched),
+    /// or `None` when it can. The gateway's `/ready` answers 503 while any filter says so, so
+    /// an orchestrator sends it no traffic it would only refuse. Asked on every `/ready`: it
+    /// may start what it is waiting for, but must not block.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a factory gets to build one filter.

@@ -342,3 +342,51 @@ async fn an_unchanged_jwt_filter_keeps_its_key_set_over_a_reload() {
     assert_eq!(jwks.hits(), 1, "no fetch after the reload");
     support::stop(gw).await;
 }
+
+/// `/ready` is 503 while a JWT filter has never obtained keys (it would refuse every token)
+/// and turns 200 once the JWKS endpoint answers: the probes themselves fetch the keys, before
+/// any request came. `/admin/health` says why meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_key_set_and_fetches_it_itself() {
+    let jwks = JwksServer::start(vec![jwk("ed25519.key.pem", "a")], true).await;
+    let up = Upstream::start("users").await;
+    let gw = support::gateway(&jwks_config(jwks.addr, up.addr, "5m")).await;
+    let client = support::client();
+    let admin = gw.admin_addr().unwrap();
+    let ready = format!("http://{admin}/ready");
+
+    let resp = client.get(&ready).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["waiting"][0]["filter"], "auth");
+    let health: Value = client
+        .get(format!("http://{admin}/admin/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    assert!(
+        health["gateway"]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("filter auth: no keys from"),
+        "{health}"
+    );
+
+    jwks.down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while client.get(&ready).send().await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No request reached the route (the upstream only saw /admin/health asking its /ready).
+    assert!(
+        up.requests().iter().all(|r| r.uri == "/ready"),
+        "no request was needed"
+    );
+    support::stop(gw).await;
+}

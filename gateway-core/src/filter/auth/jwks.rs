@@ -213,6 +213,21 @@ impl Jwks {
     }
 
     /// Start the background refresher on the current runtime, once.
+    /// `None` once a key set was obtained; until then why not, after asking for one (a
+    /// fetch on the current runtime, at most every `min_refresh`) so that readiness probes
+    /// bring the keys even before any request does.
+    pub fn not_ready(self: &Arc<Self>) -> Option<String> {
+        if self.current().is_some() {
+            return None;
+        }
+        self.start_refresher();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let jwks = Arc::clone(self);
+            runtime.spawn(async move { jwks.refresh(false).await });
+        }
+        Some(format!("no keys from {} yet", self.settings.url))
+    }
+
     fn start_refresher(self: &Arc<Self>) {
         if self.refresher_started.load(Ordering::Relaxed)
             || self.refresher_started.swap(true, Ordering::AcqRel)

@@ -218,6 +218,13 @@ impl JwtFilter {
 
 #[async_trait]
 impl Filter for JwtFilter {
+    fn not_ready(&self) -> Option<String> {
+        match &self.keys {
+            Keys::Configured(_) => None,
+            Keys::Jwks(jwks) => jwks.not_ready(),
+        }
+    }
+
     /// A missing or malformed token, or one in the verified-token cache, is decided at once;
     /// only a token that needs its signature checked (and maybe keys fetched) waits.
     fn decide_now(&self, req: &mut RequestInfo<'_>, state: &mut FilterState) -> Option<Decision> {

@@ -149,9 +149,18 @@ impl Telemetry {
     /// Run every readiness check, publish each outcome as `service_dependency_up`, and name
     /// the ones that failed.
     async fn check_dependencies(&self) -> Vec<&'static str> {
+        // All at once, each bounded: a database that is gone makes a pool wait its whole
+        // acquire timeout (10 s), and a probe gives up long before (2 s in deploy/k8s); the
+        // answer must be a 503 that says why, in time.
+        let outcomes =
+            futures_util::future::join_all(self.inner.checks.iter().map(|c| async move {
+                tokio::time::timeout(READY_CHECK_TIMEOUT, c.ready())
+                    .await
+                    .unwrap_or(false)
+            }))
+            .await;
         let mut failed = Vec::new();
-        for c in &self.inner.checks {
-            let up = c.ready().await;
+        for (c, up) in self.inner.checks.iter().zip(outcomes) {
             self.inner
                 .dependency_up
                 .with_label_values(&[c.name()])
@@ -163,6 +172,9 @@ impl Telemetry {
         failed
     }
 }
+
+/// How long one `/ready` check may take before it counts as down.
+const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn ready(State(t): State<Telemetry>) -> Response {
     let failed = t.check_dependencies().await;

@@ -549,6 +549,16 @@ async fn redis_down_follows_on_store_error() {
         Some(5.0),
         "{metrics}"
     );
+    // Failing open is counted too: nothing else would show the limits are off.
+    let errors = |filter: &str, outcome: &str| {
+        support::metric_value(
+            &metrics,
+            "gatehouse_rate_limit_store_errors_total",
+            &[("filter", filter), ("outcome", outcome)],
+        )
+    };
+    assert!(errors("rl-open", "allowed") >= Some(1.0), "{metrics}");
+    assert!(errors("rl-closed", "denied") >= Some(1.0), "{metrics}");
     support::stop(gw).await;
 }
 

@@ -8,6 +8,50 @@ use prometheus::{
 
 use crate::upstream::Upstream;
 
+/// Series counted where no gateway's [`Metrics`] reach (filters are built by factories that
+/// get no handle on them): process-wide, and registered in every gateway's registry.
+pub(crate) mod shared {
+    use std::sync::LazyLock;
+
+    use prometheus::{GaugeVec, IntCounterVec, Opts};
+
+    /// `gatehouse_jwks_refreshes_total{filter,result}`: JWKS fetches, `ok` or `failed`.
+    pub static JWKS_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        IntCounterVec::new(
+            Opts::new(
+                "gatehouse_jwks_refreshes_total",
+                "JWKS fetches by jwt filter and result: ok (keys installed or unchanged), failed (the last keys keep serving).",
+            ),
+            &["filter", "result"],
+        )
+        .expect("valid metric")
+    });
+
+    /// `gatehouse_jwks_last_success_timestamp_seconds{filter}`.
+    pub static JWKS_LAST_SUCCESS: LazyLock<GaugeVec> = LazyLock::new(|| {
+        GaugeVec::new(
+            Opts::new(
+                "gatehouse_jwks_last_success_timestamp_seconds",
+                "When a jwt filter last fetched its JWKS successfully (Unix time).",
+            ),
+            &["filter"],
+        )
+        .expect("valid metric")
+    });
+
+    /// `gatehouse_rate_limit_store_errors_total{filter,outcome}`.
+    pub static RATE_LIMIT_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        IntCounterVec::new(
+            Opts::new(
+                "gatehouse_rate_limit_store_errors_total",
+                "Rate-limit store (Redis) errors and timeouts by filter, and what on_store_error made of the request: allowed or denied.",
+            ),
+            &["filter", "outcome"],
+        )
+        .expect("valid metric")
+    });
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     /// The registry `/metrics` renders.
@@ -195,6 +239,9 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(generation.clone()),
             Box::new(reloads.clone()),
+            Box::new(shared::JWKS_REFRESHES.clone()),
+            Box::new(shared::JWKS_LAST_SUCCESS.clone()),
+            Box::new(shared::RATE_LIMIT_STORE_ERRORS.clone()),
             // `gatehouse_rate_limit_keys{filter}`, read from the live limiters at scrape time.
             Box::new(crate::filter::ratelimit::RateLimitKeys::new()),
         ] {

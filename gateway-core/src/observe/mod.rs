@@ -2,7 +2,7 @@
 //! (feature `otlp`) OTLP export of the per-request spans.
 
 pub mod access_log;
-mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod request_id;

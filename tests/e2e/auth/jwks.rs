@@ -383,6 +383,28 @@ async fn ready_waits_for_the_first_key_set_and_fetches_it_itself() {
         assert!(std::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The failed fetches and the good one are counted, and when it came.
+    let metrics = support::admin_metrics(&client, admin).await;
+    let refreshes = |result: &str| {
+        support::metric_value(
+            &metrics,
+            "gatehouse_jwks_refreshes_total",
+            &[("filter", "auth"), ("result", result)],
+        )
+    };
+    assert!(refreshes("failed") >= Some(1.0), "{metrics}");
+    assert!(refreshes("ok") >= Some(1.0), "{metrics}");
+    let last = support::metric_value(
+        &metrics,
+        "gatehouse_jwks_last_success_timestamp_seconds",
+        &[("filter", "auth")],
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 60.0, "{last} vs {now}");
     // No request reached the route (the upstream only saw /admin/health asking its /ready).
     assert!(
         up.requests().iter().all(|r| r.uri == "/ready"),

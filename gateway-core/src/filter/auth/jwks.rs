@@ -21,12 +21,15 @@ use tokio::sync::Notify;
 use super::cache::{digest, TokenDigest};
 use super::keys::{KeyEntry, KeySet};
 use super::reject::Rejection;
+use crate::observe::metrics::shared;
 
 /// JWKS documents larger than this are refused (a JWKS holds a handful of keys).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// Settings of a [`Jwks`].
 pub(crate) struct JwksSettings {
+    /// The filter's name, for its metrics.
+    pub filter: String,
     pub url: String,
     pub algorithms: Vec<Algorithm>,
     pub refresh: Duration,
@@ -150,8 +153,22 @@ impl Jwks {
             state.last_attempt = Some(Instant::now());
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch().await {
-            Ok(body) => self.install(&body),
+        let filter = self.settings.filter.as_str();
+        let fetched = self.fetch().await;
+        let result = if fetched.is_ok() { "ok" } else { "failed" };
+        shared::JWKS_REFRESHES
+            .with_label_values(&[filter, result])
+            .inc();
+        match fetched {
+            Ok(body) => {
+                self.install(&body);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                shared::JWKS_LAST_SUCCESS
+                    .with_label_values(&[filter])
+                    .set(now.as_secs_f64());
+            }
             Err(e) => tracing::warn!(
                 url = %self.settings.url,
                 serving_last_good = self.current().is_some(),

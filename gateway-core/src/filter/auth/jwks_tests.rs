@@ -44,6 +44,7 @@ async fn server(initial: Option<&str>) -> Server {
 fn jwks(url: &str, refresh: Duration, min_refresh: Duration) -> Arc<Jwks> {
     Arc::new(
         Jwks::new(JwksSettings {
+            filter: "test".to_string(),
             url: url.to_string(),
             algorithms: vec![Algorithm::EdDSA],
             refresh,

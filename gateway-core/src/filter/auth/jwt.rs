@@ -62,6 +62,7 @@ impl JwtFilter {
                 keys::from_pem_file(p, &algorithms)?,
             ))),
             KeySource::Jwks(url) => Keys::Jwks(Arc::new(Jwks::new(JwksSettings {
+                filter: spec.name.to_string(),
                 url: url.to_string(),
                 algorithms: algorithms.clone(),
                 refresh: cfg.jwks_refresh,

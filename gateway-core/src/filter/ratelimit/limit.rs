@@ -232,6 +232,9 @@ impl Filter for RateLimit {
             Err(e) => {
                 let open = *on_error == OnStoreError::Allow;
                 limiter.warn(&self.name, &e, open);
+                crate::observe::metrics::shared::RATE_LIMIT_STORE_ERRORS
+                    .with_label_values(&[&*self.name, if open { "allowed" } else { "denied" }])
+                    .inc();
                 state.response_headers.extend(self.headers.policy_only());
                 if open {
                     return Decision::Continue;

@@ -636,3 +636,49 @@ async fn an_unreachable_nats_server_is_a_connect_error() {
         "{err:?}"
     );
 }
+
+/// A scrape of `/metrics` measures the outbox: how many events wait for the relay and how old
+/// the oldest is (the relay's lag, which an alert watches); both fall to 0 once relayed.
+#[tokio::test]
+async fn the_outbox_backlog_and_its_age_are_on_metrics() {
+    for test_db in databases().await {
+        let db = &test_db.db;
+        migrated(db).await;
+        commit_events(db, [1, 2]).await;
+        let telemetry = kit::Telemetry::for_service("ledger", db, None);
+        let app = kit::testing::spawn_app(telemetry.wrap(axum::Router::new())).await;
+        let scrape = || async {
+            reqwest::get(app.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        let value = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = scrape().await;
+        assert_eq!(value(&text, "outbox_pending"), 2.0, "{}", test_db.label());
+        assert!(
+            value(&text, "outbox_oldest_pending_age_seconds") > 0.0,
+            "{text}"
+        );
+
+        let bus = kit::testing::bus().await;
+        let relay = Relay::spawn(db.clone(), bus, fast_relay());
+        eventually("the outbox relayed", || async {
+            let text = scrape().await;
+            (value(&text, "outbox_pending") == 0.0
+                && value(&text, "outbox_oldest_pending_age_seconds") == 0.0)
+                .then_some(())
+        })
+        .await;
+        relay.shutdown().await;
+    }
+}

@@ -919,7 +919,10 @@ const EVENT_ONLY: &[(&str, &str)] = &[
         "a retry refused by the budget",
     ),
     ("gatehouse_dns_lookups_total", "a backend given by name"),
-    ("gatehouse_rate_limit_store_errors_total", "Redis unreachable from a rate limit"),
+    (
+        "gatehouse_rate_limit_store_errors_total",
+        "Redis unreachable from a rate limit",
+    ),
 ];
 
 /// After the shop flow: every metric name `deploy/checks/metric_names.py` finds in the alert

@@ -163,10 +163,14 @@ impl Env {
         self
     }
 
-    /// Reads the file named by `<SERVICE>_CONFIG_FILE` or `CONFIG_FILE`, if either is set.
+    /// Reads the file named by `--config` (set as `CONFIG_FILE`), `<SERVICE>_CONFIG_FILE` or
+    /// `CONFIG_FILE`, if any is given.
     pub fn with_file_from_env(mut self) -> Result<Env, ConfigError> {
         let named = self
-            .var(&format!("{}CONFIG_FILE", self.prefix))
+            .set
+            .get("CONFIG_FILE")
+            .map(|path| ("--config".to_owned(), path.clone()))
+            .or_else(|| self.var(&format!("{}CONFIG_FILE", self.prefix)))
             .or_else(|| self.var("CONFIG_FILE"));
         if let Some((variable, path)) = named {
             let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
@@ -470,6 +474,25 @@ mod tests {
             env.duration("RESERVATION_TTL").unwrap(),
             Some(Duration::from_secs(60))
         );
+    }
+
+    /// `--config FILE` (which the command line sets as `CONFIG_FILE`) is read like the
+    /// variable, and wins over it.
+    #[test]
+    fn the_config_flag_names_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("flag.toml");
+        std::fs::write(&flag, "bind = \"127.0.0.1:4001\"\n").unwrap();
+        let var = dir.path().join("var.toml");
+        std::fs::write(&var, "bind = \"127.0.0.1:4002\"\n").unwrap();
+        let var_text = var.display().to_string();
+        let env = Env::from_lookup("user", lookup(&[("CONFIG_FILE", &var_text)]))
+            .set("CONFIG_FILE", flag.display().to_string())
+            .with_file_from_env()
+            .unwrap();
+        let (from, bind) = env.lookup("BIND").unwrap();
+        assert_eq!(bind, "127.0.0.1:4001");
+        assert!(from.contains("flag.toml"), "{from}");
     }
 
     #[test]

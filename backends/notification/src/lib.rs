@@ -133,17 +133,7 @@ impl Settings {
             max: env.duration("RETRY_MAX")?.unwrap_or(d.retry.max),
             lease: env.duration("SEND_LEASE")?.unwrap_or(d.retry.lease),
         };
-        let key_file = data_dir.join("notification-link-key");
-        let link_key = kit::secret::read_or_make(&key_file, || {
-            use rand::RngCore;
-            let mut key = vec![0u8; 32];
-            rand::rng().fill_bytes(&mut key);
-            key
-        })
-        .map_err(|e| ConfigError {
-            variable: "DATA_DIR".into(),
-            reason: format!("cannot keep the link key in {}: {e}", key_file.display()),
-        })?;
+        let link_key = link_key(env, data_dir)?;
         let mail_from = env.string("MAIL_FROM").unwrap_or(d.mail_from);
         let push = PushSettings {
             key: vapid_key(env, data_dir)?,
@@ -189,6 +179,44 @@ impl Settings {
             push,
         })
     }
+}
+
+/// The key that signs unsubscribe links: `LINK_KEY`, else the file `LINK_KEY_FILE`, else
+/// `<DATA_DIR>/notification-link-key`, made on first start. Replicas must share it (a link
+/// one signs, another checks), and it must outlive a pod's scratch folder: give it as a
+/// Secret then.
+fn link_key(env: &Env, data_dir: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    const SHORTEST: usize = 32;
+    if let Some((variable, key)) = env.lookup("LINK_KEY") {
+        if key.len() < SHORTEST {
+            return Err(ConfigError {
+                variable,
+                reason: format!("must be at least {SHORTEST} characters"),
+            });
+        }
+        return Ok(key.into_bytes());
+    }
+    let (variable, file) = match env.lookup("LINK_KEY_FILE") {
+        Some((variable, path)) => (variable, PathBuf::from(path)),
+        None => ("DATA_DIR".into(), data_dir.join("notification-link-key")),
+    };
+    let key = kit::secret::read_or_make(&file, || {
+        use rand::RngCore;
+        let mut key = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        key
+    })
+    .map_err(|e| ConfigError {
+        variable: variable.clone(),
+        reason: format!("cannot keep the link key in {}: {e}", file.display()),
+    })?;
+    if key.len() < SHORTEST {
+        return Err(ConfigError {
+            variable,
+            reason: format!("{}: must hold at least {SHORTEST} bytes", file.display()),
+        });
+    }
+    Ok(key)
 }
 
 /// The VAPID key: `VAPID_PRIVATE_KEY` (PEM), else the file `VAPID_PRIVATE_KEY_FILE`, else
@@ -258,6 +286,15 @@ pub const SETTINGS: &[Setting] = &[
     Setting::env(
         "SEND_CONCURRENCY",
         "deliveries in flight at once, per replica (8)",
+    ),
+    Setting::env(
+        "LINK_KEY",
+        "the key signing unsubscribe links, 32 characters or more; replicas share it \
+         (default: made and kept in the data folder)",
+    ),
+    Setting::env(
+        "LINK_KEY_FILE",
+        "a file with the link key (<DATA_DIR>/notification-link-key)",
     ),
     Setting::env(
         "VAPID_PRIVATE_KEY",
@@ -487,4 +524,46 @@ fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// The service's OpenAPI document, as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     finish(api().into_openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup("notification", move |k| {
+            pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    /// Replicas sign and check each other's unsubscribe links: the key comes from a setting
+    /// or a file they share, or is made once in the data folder and kept.
+    #[test]
+    fn the_link_key_comes_from_the_setting_a_file_or_the_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = "a-link-key-of-at-least-thirty-two-characters";
+        let read = |pairs: &[(&str, &str)]| Settings::read(&env(pairs), dir.path());
+        assert_eq!(
+            read(&[("LINK_KEY", given)]).unwrap().link_key,
+            given.as_bytes()
+        );
+        let e = read(&[("NOTIFICATION_LINK_KEY", "short")]).err().unwrap();
+        assert_eq!(e.variable, "NOTIFICATION_LINK_KEY");
+
+        let file = dir.path().join("mounted-key");
+        std::fs::write(&file, [7u8; 48]).unwrap();
+        let path = file.display().to_string();
+        assert_eq!(
+            read(&[("LINK_KEY_FILE", &path)]).unwrap().link_key,
+            [7u8; 48]
+        );
+
+        let made = read(&[]).unwrap().link_key;
+        assert_eq!(made.len(), 32);
+        assert_eq!(read(&[]).unwrap().link_key, made, "kept, not made again");
+    }
 }

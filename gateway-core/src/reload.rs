@@ -510,19 +510,32 @@ const DNS_TICK: Duration = Duration::from_millis(250);
 #[async_trait]
 impl BackgroundService for DnsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(DNS_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            if self.store.load().dns_names.is_empty() {
-                continue;
-            }
+        every(DNS_TICK, &mut shutdown, || {
             let store = Arc::clone(&self.store);
-            let _ = tokio::task::spawn_blocking(move || store.refresh_names()).await;
+            async move {
+                if !store.load().dns_names.is_empty() {
+                    let _ = tokio::task::spawn_blocking(move || store.refresh_names()).await;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Run `pass` every `period` until `shutdown` (a pass that overruns delays the next one).
+async fn every<F, Fut>(period: Duration, shutdown: &mut ShutdownWatch, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
         }
+        pass().await;
     }
 }
 
@@ -539,13 +552,7 @@ const HEALTH_TICK: Duration = Duration::from_millis(50);
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(HEALTH_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(HEALTH_TICK, &mut shutdown, || {
             let snapshot = self.store.load();
             let now = std::time::Instant::now();
             for pool in snapshot.upstreams.values() {
@@ -559,6 +566,8 @@ impl BackgroundService for HealthService {
                     metrics.record_health(&pool);
                 });
             }
-        }
+            std::future::ready(())
+        })
+        .await;
     }
 }

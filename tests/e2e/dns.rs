@@ -39,19 +39,11 @@ impl Resolve for Table {
 }
 
 async fn gateway_with(table: &Arc<Table>, text: &str) -> gatehouse::GatewayHandle {
-    let text = support::with_test_listeners(text);
     let resolver: Arc<dyn Resolve> = Arc::clone(table) as Arc<dyn Resolve>;
-    tokio::task::spawn_blocking(move || {
-        gatehouse::Gateway::builder()
-            .config_toml(text)
-            .resolver(resolver)
-            .build()
-            .expect("config is valid")
-            .spawn()
-            .expect("gateway starts")
-    })
-    .await
-    .unwrap()
+    let builder = gatehouse::Gateway::builder()
+        .config_toml(support::with_test_listeners(text))
+        .resolver(resolver);
+    support::spawn(builder).await
 }
 
 /// Two upstreams on one port: 127.0.0.1 and 127.0.0.2 (all of 127/8 is loopback).

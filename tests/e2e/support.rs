@@ -164,24 +164,18 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
 /// Spawn a gateway from TOML text. `[server] listen` and `[admin] listen` default to port 0
 /// when the text does not set them. Runs the blocking spawn off the async runtime.
 pub async fn gateway(toml: &str) -> GatewayHandle {
-    let toml = with_test_listeners(toml);
-    tokio::task::spawn_blocking(move || {
-        Gateway::builder()
-            .config_toml(toml)
-            .build()
-            .expect("config is valid")
-            .spawn()
-            .expect("gateway starts")
-    })
-    .await
-    .unwrap()
+    spawn(Gateway::builder().config_toml(with_test_listeners(toml))).await
 }
 
 /// Spawn a gateway serving a config file (watched for changes).
 pub async fn gateway_from_file(path: std::path::PathBuf) -> GatewayHandle {
+    spawn(Gateway::builder().config_file(path)).await
+}
+
+/// Build and spawn off the async runtime (building reads files and resolves names).
+pub async fn spawn(builder: gatehouse::GatewayBuilder) -> GatewayHandle {
     tokio::task::spawn_blocking(move || {
-        Gateway::builder()
-            .config_file(path)
+        builder
             .build()
             .expect("config is valid")
             .spawn()
@@ -335,17 +329,7 @@ impl Drop for SlowUpstream {
 /// Spawn a gateway serving a config file that is NOT watched (reloads only via
 /// `POST /admin/reload` or the store).
 pub async fn gateway_from_file_unwatched(path: std::path::PathBuf) -> GatewayHandle {
-    tokio::task::spawn_blocking(move || {
-        Gateway::builder()
-            .config_file(path)
-            .watch_config(false)
-            .build()
-            .expect("config is valid")
-            .spawn()
-            .expect("gateway starts")
-    })
-    .await
-    .unwrap()
+    spawn(Gateway::builder().config_file(path).watch_config(false)).await
 }
 
 /// Value of one Prometheus sample in `/metrics` text: the line of `name` whose labels

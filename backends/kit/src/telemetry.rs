@@ -56,7 +56,13 @@ struct Inner {
     outbox: Option<crate::Db>,
     outbox_pending: prometheus::IntGauge,
     outbox_age: prometheus::Gauge,
+    /// A service's own measurements, taken at each scrape (see [`Telemetry::on_scrape`]).
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
 }
+
+/// A measurement a service takes when `/metrics` is scraped.
+type ScrapeHook =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync + 'static>;
 
 impl Telemetry {
     /// [`Telemetry::new`] with the checks every service's `/ready` makes: its database,
@@ -147,8 +153,25 @@ impl Telemetry {
                 outbox: None,
                 outbox_pending,
                 outbox_age,
+                scrape_hooks: std::sync::Mutex::default(),
             }),
         }
+    }
+
+    /// Run `hook` at every scrape, before the metrics are read: for a gauge that must be
+    /// current even when the code that would set it is stuck (a queue's age, say). Each run
+    /// is bounded to 1 s.
+    pub fn on_scrape<F, Fut>(&self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let hook: ScrapeHook = Arc::new(move || Box::pin(hook()));
+        self.inner
+            .scrape_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// The registry, for a service's own metrics.
@@ -246,6 +269,15 @@ async fn metrics(State(t): State<Telemetry>) -> Response {
     // Scrapes see the dependencies as they are now, not as the last probe found them.
     t.check_dependencies().await;
     t.measure_outbox().await;
+    let hooks = t
+        .inner
+        .scrape_hooks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for hook in hooks {
+        let _ = tokio::time::timeout(READY_CHECK_TIMEOUT, hook()).await;
+    }
     let mut buf = Vec::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder

@@ -494,6 +494,16 @@ impl kit::Service for Service {
 pub fn router(state: AppState) -> Router {
     let telemetry = Telemetry::for_service("notification", &state.db, state.bus.as_ref());
     state.metrics.register(telemetry.registry());
+    let (db, gauge) = (state.db.clone(), state.metrics.oldest_due_age.clone());
+    telemetry.on_scrape(move || {
+        let (db, gauge) = (db.clone(), gauge.clone());
+        async move {
+            let now = kit::db::now_ms();
+            if let Ok(oldest) = queue::oldest_due(&db, now).await {
+                gauge.set(oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0));
+            }
+        }
+    });
     let (api, doc) = api().split_for_parts();
     let api = api
         .with_state(state)

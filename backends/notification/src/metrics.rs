@@ -12,6 +12,9 @@ pub struct Metrics {
     pub attempts: IntCounterVec,
     /// WebSocket connections open now.
     pub websocket_clients: IntGauge,
+    /// How long the oldest delivery that is due has waited (0 when none is due), measured
+    /// at each scrape: it grows when the workers stop, which nothing they set would show.
+    pub oldest_due_age: prometheus::Gauge,
 }
 
 impl Default for Metrics {
@@ -38,6 +41,11 @@ impl Default for Metrics {
                 "WebSocket connections open now",
             )
             .expect("a valid gauge"),
+            oldest_due_age: prometheus::Gauge::new(
+                "notification_oldest_due_age_seconds",
+                "How long the oldest delivery due to be sent has waited (0 when none is due)",
+            )
+            .expect("a valid gauge"),
         }
     }
 }
@@ -49,6 +57,7 @@ impl Metrics {
             Box::new(self.deliveries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(self.attempts.clone()),
             Box::new(self.websocket_clients.clone()),
+            Box::new(self.oldest_due_age.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::warn!(error = %e, "notification metrics not registered");

@@ -318,6 +318,19 @@ pub async fn depth(db: &Db) -> Result<Vec<(String, i64)>, DbError> {
         .map_err(DbError::from)
 }
 
+/// When the oldest delivery that is due now (queued, or failed and past its backoff) was
+/// due (Unix ms), if one is.
+pub async fn oldest_due(db: &Db, now_ms: i64) -> Result<Option<i64>, DbError> {
+    let (oldest,): (Option<i64>,) = sqlx::query_as(
+        "SELECT MIN(next_attempt_at) FROM deliveries \
+         WHERE state IN ('queued', 'failed') AND next_attempt_at <= $1",
+    )
+    .bind(now_ms)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(oldest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

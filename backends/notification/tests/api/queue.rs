@@ -78,3 +78,50 @@ async fn two_instances_on_one_database_send_each_of_1000_messages_once() {
     assert_eq!(attempts, 0, "one attempt each");
     eprintln!("first instance sent {from_a}, second {}", 1000 - from_a);
 }
+
+/// With the workers stopped, a due message's wait shows on `/metrics`, measured at the
+/// scrape (the workers that would refresh a gauge are the ones stuck); once they run again
+/// it is sent and the age falls to 0.
+#[tokio::test]
+async fn the_age_of_the_oldest_due_message_is_measured_at_each_scrape() {
+    for db in kit::testing::databases().await {
+        let mut t = start(db, |_| {}).await;
+        t.stop().await;
+        let k = kind("order_confirmed").unwrap();
+        let mut tx = t.db.db.begin().await.unwrap();
+        queue::enqueue(
+            &mut tx,
+            "event-late",
+            &Channel::EMAIL,
+            "late@example.com",
+            None,
+            k,
+            &serde_json::json!({"order_id": "o-late", "total": 100, "currency": "EUR"}),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // Due five minutes ago.
+        sqlx::query("UPDATE deliveries SET next_attempt_at = next_attempt_at - 300000")
+            .execute(t.db.db.pool())
+            .await
+            .unwrap();
+        let url = t.app.url("/metrics");
+        let age = || async {
+            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("notification_oldest_due_age_seconds "))
+                .unwrap_or_else(|| panic!("no queue age in\n{text}"))
+                .parse::<f64>()
+                .unwrap()
+        };
+        let waited = age().await;
+        assert!((299.0..400.0).contains(&waited), "{waited} ({})", t.label());
+
+        t.restart().await;
+        eventually("the message is sent and the age falls to 0", || async {
+            (age().await == 0.0).then_some(())
+        })
+        .await;
+    }
+}

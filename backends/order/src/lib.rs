@@ -20,6 +20,7 @@ pub mod api;
 pub mod clients;
 pub mod error;
 pub mod lease;
+pub mod metrics;
 pub mod order;
 pub mod saga;
 pub mod store;
@@ -334,6 +335,7 @@ impl Service {
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
     let telemetry = Telemetry::for_service("order", &state.db, state.bus.as_ref());
+    metrics::register(&telemetry, &state.db);
     let keys = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))
         .required(true);

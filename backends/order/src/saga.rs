@@ -333,12 +333,16 @@ impl Saga {
         match outcome {
             Ok(fact) => self.record(id, fact).await,
             Err(failed) => {
-                let reason = match failed {
-                    Failed::Rejected(reason) => reason,
-                    Failed::Deadline => {
-                        format!("{}:{}", reasons::DEADLINE, step_name(order, pivoted))
-                    }
+                let (kind, reason) = match failed {
+                    Failed::Rejected(reason) => ("rejected", reason),
+                    Failed::Deadline => (
+                        "deadline",
+                        format!("{}:{}", reasons::DEADLINE, step_name(order, pivoted)),
+                    ),
                 };
+                crate::metrics::COMPENSATIONS
+                    .with_label_values(&[kind])
+                    .inc();
                 tracing::info!(order_id = id, reason, "order saga compensating");
                 let open = |o: &Order| {
                     !matches!(

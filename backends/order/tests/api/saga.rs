@@ -223,3 +223,61 @@ async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
         assert_eq!(w.replayed(&id).await, done, "{label}: replay = API");
     }
 }
+
+/// `/metrics` counts a saga that compensated, and measures from the `orders` table how many
+/// sagas are unfinished and how long the least recently progressed one has stood still, so
+/// a stuck saga shows even when no runner is left to report it.
+#[tokio::test]
+async fn compensations_and_unfinished_sagas_are_on_metrics() {
+    for db in kit::testing::databases().await {
+        let w = World::new(db).await;
+        let label = w.label();
+        w.products.add("SKU-1", 500, 3);
+        let id = w.order(&w.customer("ann"), "SKU-1", 1, PM_DECLINE).await;
+        cancelled_with(&w, &id, "payment_failed:card_declined").await;
+        let url = w.app().url("/metrics");
+        let scrape = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
+        let value = |text: &str, series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        let text = scrape().await;
+        assert!(
+            value(&text, "order_saga_compensations_total{kind=\"rejected\"}") >= 1.0,
+            "{label}"
+        );
+        assert_eq!(
+            value(&text, "order_sagas_unfinished{status=\"pending\"}"),
+            0.0,
+            "{label}"
+        );
+        assert_eq!(
+            value(&text, "order_saga_oldest_unfinished_age_seconds"),
+            0.0,
+            "{label}"
+        );
+
+        // An order that has stood still for ten minutes (its events are missing, so no runner
+        // can move it either).
+        let ten_minutes_ago = kit::db::now_ms() - 600_000;
+        sqlx::query(
+            "INSERT INTO orders (id, customer_id, status, seq, created_at, updated_at) \
+             VALUES ('stuck', 'ann', 'reserved', 2, $1, $1)",
+        )
+        .bind(ten_minutes_ago)
+        .execute(w.db.db.pool())
+        .await
+        .unwrap();
+        let text = scrape().await;
+        assert_eq!(
+            value(&text, "order_sagas_unfinished{status=\"reserved\"}"),
+            1.0,
+            "{label}"
+        );
+        let age = value(&text, "order_saga_oldest_unfinished_age_seconds");
+        assert!((599.0..700.0).contains(&age), "{label}: {age}");
+    }
+}

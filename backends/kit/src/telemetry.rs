@@ -51,11 +51,6 @@ struct Inner {
     checks: Vec<Arc<dyn ReadyCheck>>,
     /// `service_dependency_up{dependency}`, set by every `/ready` and scrape.
     dependency_up: IntGaugeVec,
-    /// The database whose outbox each scrape measures (`outbox_pending`,
-    /// `outbox_oldest_pending_age_seconds`).
-    outbox: Option<crate::Db>,
-    outbox_pending: prometheus::IntGauge,
-    outbox_age: prometheus::Gauge,
     /// A service's own measurements, taken at each scrape (see [`Telemetry::on_scrape`]).
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
 }
@@ -76,15 +71,54 @@ impl Telemetry {
         if let Some(bus) = bus {
             checks.push(Arc::new(crate::bus::BusReady(bus.clone())));
         }
-        let mut telemetry = Telemetry::new(service, checks);
-        if let Some(inner) = Arc::get_mut(&mut telemetry.inner) {
-            inner.outbox = Some(db.clone());
-        }
+        let telemetry = Telemetry::new(service, checks);
+        telemetry.measure_outbox(service, db.clone());
         telemetry
     }
 
-    /// Metrics for `service` (a constant `service` label on every series); `/ready` runs
-    /// `checks`.
+    /// Measure `db`'s outbox at each scrape: how many events wait for the relay, and how old
+    /// the oldest is (0 when none waits): the relay's lag. A scrape that cannot read the
+    /// table (a service without one) leaves the gauges as they were.
+    fn measure_outbox(&self, service: &'static str, db: crate::Db) {
+        let pending = prometheus::IntGauge::with_opts(
+            Opts::new(
+                "outbox_pending",
+                "Events recorded in the outbox and not yet published to the bus",
+            )
+            .const_label("service", service),
+        )
+        .expect("valid metric");
+        let age = prometheus::Gauge::with_opts(
+            Opts::new(
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest event waiting in the outbox (0 when none waits): the relay's lag",
+            )
+            .const_label("service", service),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(age.clone()),
+        ] {
+            self.inner.registry.register(c).expect("registered once");
+        }
+        self.on_scrape(move || {
+            let (db, pending, age) = (db.clone(), pending.clone(), age.clone());
+            async move {
+                let found = sqlx::query_as::<_, (i64, Option<i64>)>(
+                    "SELECT COUNT(*), MIN(created_at) FROM kit_outbox WHERE sent_at IS NULL",
+                )
+                .fetch_one(db.pool())
+                .await;
+                if let Ok((waiting, oldest)) = found {
+                    pending.set(waiting);
+                    let age_ms = oldest.map_or(0, |t| (crate::db::now_ms() - t).max(0));
+                    age.set(age_ms as f64 / 1000.0);
+                }
+            }
+        });
+    }
+
     pub fn new(service: &'static str, checks: Vec<Arc<dyn ReadyCheck>>) -> Telemetry {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -120,22 +154,6 @@ impl Telemetry {
         registry
             .register(Box::new(dependency_up.clone()))
             .expect("registered once");
-        let outbox_pending = prometheus::IntGauge::with_opts(
-            Opts::new(
-                "outbox_pending",
-                "Events recorded in the outbox and not yet published to the bus",
-            )
-            .const_label("service", service),
-        )
-        .expect("valid metric");
-        let outbox_age = prometheus::Gauge::with_opts(
-            Opts::new(
-                "outbox_oldest_pending_age_seconds",
-                "Age of the oldest event waiting in the outbox (0 when none waits): the relay's lag",
-            )
-            .const_label("service", service),
-        )
-        .expect("valid metric");
         registry
             .register(Box::new(requests.clone()))
             .expect("registered once");
@@ -150,9 +168,6 @@ impl Telemetry {
                 duration,
                 checks,
                 dependency_up,
-                outbox: None,
-                outbox_pending,
-                outbox_age,
                 scrape_hooks: std::sync::Mutex::default(),
             }),
         }
@@ -238,37 +253,9 @@ async fn ready(State(t): State<Telemetry>) -> Response {
     }
 }
 
-impl Telemetry {
-    /// Measure the outbox: how many events wait and since when. Registered on the first
-    /// scrape that finds the table (a service without one exports neither gauge).
-    async fn measure_outbox(&self) {
-        let Some(db) = &self.inner.outbox else { return };
-        let query = sqlx::query_as::<_, (i64, Option<i64>)>(
-            "SELECT COUNT(*), MIN(created_at) FROM kit_outbox WHERE sent_at IS NULL",
-        )
-        .fetch_one(db.pool());
-        let Ok(Ok((pending, oldest))) = tokio::time::timeout(READY_CHECK_TIMEOUT, query).await
-        else {
-            return;
-        };
-        let inner = &self.inner;
-        if inner
-            .registry
-            .register(Box::new(inner.outbox_pending.clone()))
-            .is_ok()
-        {
-            let _ = inner.registry.register(Box::new(inner.outbox_age.clone()));
-        }
-        inner.outbox_pending.set(pending);
-        let age_ms = oldest.map_or(0, |t| (crate::db::now_ms() - t).max(0));
-        inner.outbox_age.set(age_ms as f64 / 1000.0);
-    }
-}
-
 async fn metrics(State(t): State<Telemetry>) -> Response {
     // Scrapes see the dependencies as they are now, not as the last probe found them.
     t.check_dependencies().await;
-    t.measure_outbox().await;
     let hooks = t
         .inner
         .scrape_hooks

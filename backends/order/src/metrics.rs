@@ -32,6 +32,11 @@ const UNFINISHED: [&str; 6] = [
     "refunding",
 ];
 
+/// Each unfinished status: how many orders, and when the least recently updated changed.
+const UNFINISHED_QUERY: &str = "SELECT status, COUNT(*), MIN(updated_at) FROM orders \
+     WHERE status IN ('pending', 'reserved', 'authorized', 'confirming', 'cancelling', 'refunding') \
+     GROUP BY status";
+
 /// Adds the order metrics to `telemetry`'s registry and measures the sagas at each scrape.
 pub fn register(telemetry: &Telemetry, db: &Db) {
     let unfinished = IntGaugeVec::new(
@@ -64,17 +69,9 @@ pub fn register(telemetry: &Telemetry, db: &Db) {
     telemetry.on_scrape(move || {
         let (db, unfinished, oldest) = (db.clone(), unfinished.clone(), oldest.clone());
         async move {
-            let in_list = UNFINISHED
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let rows = sqlx::query_as::<_, (String, i64, Option<i64>)>(&format!(
-                "SELECT status, COUNT(*), MIN(updated_at) FROM orders \
-                 WHERE status IN ({in_list}) GROUP BY status"
-            ))
-            .fetch_all(db.pool())
-            .await;
+            let rows = sqlx::query_as::<_, (String, i64, Option<i64>)>(UNFINISHED_QUERY)
+                .fetch_all(db.pool())
+                .await;
             let Ok(rows) = rows else { return };
             for status in UNFINISHED {
                 let n = rows.iter().find(|r| r.0 == status).map_or(0, |r| r.1);

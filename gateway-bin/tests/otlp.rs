@@ -1,5 +1,6 @@
 //! OTLP span export as an operator runs it: the real `gateway` binary (built with
-//! `--features otlp`) with `[observability] otlp_endpoint` pointing at a fake collector.
+//! `--features otlp`) with `[observability] otlp_endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`)
+//! pointing at a fake collector, alone and in platform mode with every service.
 //!
 //! The collector and the upstream are plain std HTTP/1.1 servers that record what they get;
 //! the collector's protobuf bodies are decoded field by field (the OTLP trace schema needs
@@ -17,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod support;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
@@ -161,7 +164,7 @@ fn bytes_of(message: &[u8], number: u64) -> Vec<&[u8]> {
 }
 
 /// An attribute value (`AnyValue`): a string, an int, or something the test ignores.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Attr {
     Str(String),
     Int(i64),
@@ -192,25 +195,39 @@ struct Exported {
     span_id: String,
     parent_span_id: String,
     name: String,
+    /// `SpanKind`: 2 server, 3 client, 5 consumer.
+    kind: u64,
     attributes: BTreeMap<String, Attr>,
 }
 
+const SERVER: u64 = 2;
+const CLIENT: u64 = 3;
+const CONSUMER: u64 = 5;
+
 /// Every span of an `ExportTraceServiceRequest`: resource_spans = 1 { resource = 1 {
 /// attributes = 1 }, scope_spans = 2 { spans = 2 { trace_id = 1, span_id = 2,
-/// parent_span_id = 4, name = 5, attributes = 9 } } }.
+/// parent_span_id = 4, name = 5, kind = 6, attributes = 9 } } }.
 fn decode_spans(request: &[u8]) -> Vec<Exported> {
     let mut out = Vec::new();
     for resource_spans in bytes_of(request, 1) {
         let resource = bytes_of(resource_spans, 1).concat();
-        let mut service = attributes(&resource, 1);
+        let service = attributes(&resource, 1);
         for scope_spans in bytes_of(resource_spans, 2) {
             for span in bytes_of(scope_spans, 2) {
+                let kind = fields(span)
+                    .into_iter()
+                    .find_map(|(n, v)| match v {
+                        Field::Varint(k) if n == 6 => Some(k),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
                 out.push(Exported {
-                    service_name: service.remove("service.name"),
+                    service_name: service.get("service.name").cloned(),
                     trace_id: hex(&bytes_of(span, 1).concat()),
                     span_id: hex(&bytes_of(span, 2).concat()),
                     parent_span_id: hex(&bytes_of(span, 4).concat()),
                     name: String::from_utf8_lossy(&bytes_of(span, 5).concat()).into_owned(),
+                    kind,
                     attributes: attributes(span, 9),
                 });
             }
@@ -452,4 +469,163 @@ upstream = "app"
         !console.contains("request finished") && !console.contains(client_trace),
         "per-request lines on the console:\n{console}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// One trace across the platform
+// ---------------------------------------------------------------------------------------
+
+/// The services' spans of one trace, by `service.name`.
+fn of_service<'a>(spans: &'a [Exported], service: &str) -> Vec<&'a Exported> {
+    spans
+        .iter()
+        .filter(|s| s.service_name == Some(Attr::Str(service.into())))
+        .collect()
+}
+
+/// The platform exports to `OTEL_EXPORTER_OTLP_ENDPOINT`: an order placed through the gateway
+/// is one trace. The gateway's span continues the client's; the order service's server span
+/// is its child; each call the order service makes to product and payment (while answering,
+/// and from the saga after it answered) is a client span under it, parent of the callee's
+/// server span; the events the order recorded reach the notification and analytics
+/// consumers in the same trace.
+#[tokio::test]
+async fn an_order_through_the_platform_is_one_trace_across_the_services() {
+    use reqwest::Method;
+    use support::platform::platform_with_admin_and;
+
+    let collector = Recorder::start("application/x-protobuf");
+    let endpoint = format!("http://{}", collector.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let (gateway, c, admin) = platform_with_admin_and(dir.path(), &[], &env).await;
+    c.stock(&admin, "MUG-1", 3).await;
+    let (ann, card) = c.customer("ann@example.com", "4242 4242 4242 4242").await;
+
+    let trace = "5c1f0e9a6b3d4c2e8f7a1b0c9d8e7f60";
+    let client_parent = "a1b2c3d4e5f60718";
+    let body =
+        serde_json::json!({ "items": [{ "sku": "MUG-1", "qty": 1 }], "payment_method_id": card });
+    let placed = c
+        .send(
+            c.with(Method::POST, "/api/orders", &ann)
+                .header("idempotency-key", "traced-order")
+                .header("traceparent", format!("00-{trace}-{client_parent}-01"))
+                .json(&body),
+        )
+        .await;
+    let order_id = placed["id"].as_str().expect("order id").to_owned();
+    let order = c.settled(&ann, &order_id).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    // The consumers of its events have handled them: the confirmation is in ann's inbox.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let inbox = c
+            .send(c.with(Method::GET, "/api/notifications", &ann))
+            .await;
+        if inbox.to_string().contains("order_confirmed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation in the inbox: {inbox}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stop flushes every queued span.
+    let log = gateway.log.clone();
+    gateway.terminate();
+
+    let spans: Vec<Exported> = collector
+        .received()
+        .iter()
+        .flat_map(|p| decode_spans(&p.body))
+        .filter(|s| s.trace_id == trace)
+        .collect();
+    let console = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !spans.is_empty(),
+        "nothing of the trace exported:\n{console}"
+    );
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let by_id = |id: &str| spans.iter().find(|s| s.span_id == id);
+
+    // The gateway's span continues the client's, and the order service's span is its child.
+    let edge = spans
+        .iter()
+        .find(|s| s.parent_span_id == client_parent)
+        .unwrap_or_else(|| panic!("no span under the client's: {spans:#?}"));
+    assert_eq!(edge.service_name, Some(Attr::Str("gatehouse".into())));
+    let placing = of_service(&spans, "order")
+        .into_iter()
+        .find(|s| s.kind == SERVER && s.name == "POST /orders")
+        .unwrap_or_else(|| panic!("no order server span: {spans:#?}"));
+    assert_eq!(
+        placing.parent_span_id, edge.span_id,
+        "order under the gateway"
+    );
+    assert_eq!(
+        placing.attributes.get("http.request.method"),
+        Some(&Attr::Str("POST".into()))
+    );
+    assert_eq!(
+        placing.attributes.get("http.route"),
+        Some(&Attr::Str("/orders".into()))
+    );
+    assert!(
+        matches!(
+            placing.attributes.get("http.response.status_code"),
+            Some(Attr::Int(201 | 202))
+        ),
+        "{placing:#?}"
+    );
+
+    // Every call the order made is a client span under its server span, and each callee's
+    // server span hangs under one of those calls.
+    let calls: Vec<&Exported> = of_service(&spans, "order")
+        .into_iter()
+        .filter(|s| s.kind == CLIENT)
+        .collect();
+    assert!(!calls.is_empty(), "no client spans: {spans:#?}");
+    for call in &calls {
+        assert_eq!(call.parent_span_id, placing.span_id, "{call:#?}");
+    }
+    for callee in ["product", "payment"] {
+        let served: Vec<&Exported> = of_service(&spans, callee)
+            .into_iter()
+            .filter(|s| s.kind == SERVER)
+            .collect();
+        assert!(
+            !served.is_empty(),
+            "no {callee} span in the trace: {spans:#?}"
+        );
+        for s in &served {
+            let parent = by_id(&s.parent_span_id)
+                .unwrap_or_else(|| panic!("{callee}'s parent is not in the trace: {s:#?}"));
+            assert!(
+                parent.kind == CLIENT && parent.service_name == Some(Attr::Str("order".into())),
+                "{callee} under an order call: {s:#?} under {parent:#?}"
+            );
+        }
+    }
+
+    // The consumers of the order's events joined the trace.
+    for consumer in ["notification", "analytics"] {
+        let handled = of_service(&spans, consumer)
+            .into_iter()
+            .find(|s| s.kind == CONSUMER && s.name == "process order.confirmed")
+            .unwrap_or_else(|| panic!("no {consumer} span for order.confirmed: {spans:#?}"));
+        assert_eq!(handled.parent_span_id, placing.span_id, "{handled:#?}");
+    }
+
+    // One trace, no loose ends: every parent but the client's is a span of the trace.
+    for s in &spans {
+        assert!(
+            s.parent_span_id == client_parent || ids.contains(s.parent_span_id.as_str()),
+            "a span whose parent is not in the trace: {s:#?}"
+        );
+    }
 }

@@ -171,7 +171,7 @@ impl Service {
                 metrics: metrics.clone(),
                 changed: Arc::new(move || bump(&notify)),
             },
-            ConsumerOptions::default(),
+            ConsumerOptions::for_service(<Self as kit::Service>::NAME),
         )
         .await?;
         let ingest = Arc::new(Ingest {

@@ -22,6 +22,11 @@ pub struct Event {
     pub occurred_at: i64,
     /// The event's data, as the producer serialized it.
     pub payload: serde_json::Value,
+    /// The W3C `traceparent` of the work that recorded it (see [`crate::trace`]), so the
+    /// consumers' work joins its trace. Absent from envelopes of events recorded outside
+    /// any traced work, and from those of older producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Event {

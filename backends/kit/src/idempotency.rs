@@ -587,8 +587,8 @@ fn decode_answer(stored: Stored) -> Result<Response, &'static str> {
     Ok(resp)
 }
 
-/// Runs the handler in a task of its own (a client hanging up does not cancel it) and
-/// settles the key with its answer.
+/// Runs the handler in a task of its own (a client hanging up does not cancel it), in the
+/// request's trace, and settles the key with its answer.
 async fn run<S>(config: Arc<Config>, inner: S, req: Request, claim: Claim) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
@@ -603,7 +603,7 @@ where
             None => resp,
         }
     };
-    match tokio::spawn(task.instrument(tracing::Span::current())).await {
+    match crate::trace::spawn(task.instrument(tracing::Span::current())).await {
         Ok(resp) => resp,
         Err(e) => {
             // The guard released the key from a task of its own; release it here too, so

@@ -11,7 +11,7 @@
 //! delivery → begin → `apply_once` → `handler.handle(tx, event)` → commit → ack.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sqlx::{Any, Transaction};
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use crate::bus::{BoxError, BusError, Delivery, EventBus, Subscription};
 use crate::db::{now_ms, Db, DbError};
 use crate::event::Event;
 use crate::problem::error_chain;
+use crate::trace::{Current, Span, SpanKind, TraceContext, Tracer, Value};
 
 /// Records inside `tx` that `consumer` applies `event_id`: `true` the first time, `false`
 /// when a committed (or, on PostgreSQL, a concurrently committing) transaction already did,
@@ -104,18 +105,33 @@ pub async fn process(
     Ok(true)
 }
 
-/// How a consumer retries.
+/// How a consumer retries, and where its spans go.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
     /// How long after a failed delivery (handler or database error) it is delivered again,
     /// and how long to wait after a subscription error before reading on.
     pub retry_delay: Duration,
+    /// Records a consumer span per delivery, in the trace of the work that recorded the
+    /// event. Without one, the trace still continues into what the handler records and
+    /// calls; no span is exported.
+    pub tracer: Option<Tracer>,
 }
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
         ConsumerOptions {
             retry_delay: Duration::from_secs(1),
+            tracer: None,
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// The defaults, with `service`'s spans exported (see [`crate::trace`]).
+    pub fn for_service(service: &'static str) -> ConsumerOptions {
+        ConsumerOptions {
+            tracer: Some(Tracer::for_service(service)),
+            ..ConsumerOptions::default()
         }
     }
 }
@@ -200,7 +216,26 @@ impl Loop {
 
     async fn deliver(&self, delivery: Delivery) {
         let id = delivery.event.id.clone();
-        match process(&self.db, &self.name, &*self.handler, &delivery.event).await {
+        let current = Current {
+            trace: TraceContext::continue_from(delivery.event.traceparent.as_deref()),
+            tracer: self
+                .options
+                .tracer
+                .clone()
+                .unwrap_or_else(|| Tracer::disabled("consumer")),
+        };
+        let start = SystemTime::now();
+        let processed = current
+            .clone()
+            .scope(process(
+                &self.db,
+                &self.name,
+                &*self.handler,
+                &delivery.event,
+            ))
+            .await;
+        self.record_span(current, start, &delivery, &processed);
+        match processed {
             Ok(_) => {
                 // A lost ack means a redelivery, which the inbox skips.
                 if let Err(e) = delivery.ack().await {
@@ -213,6 +248,41 @@ impl Loop {
                 let _ = delivery.nack(self.options.retry_delay).await;
             }
         }
+    }
+
+    /// The delivery's consumer span, after OpenTelemetry's messaging conventions.
+    fn record_span(
+        &self,
+        current: Current,
+        start: SystemTime,
+        delivery: &Delivery,
+        processed: &Result<bool, ConsumeError>,
+    ) {
+        if !current.tracer.exporting() {
+            return;
+        }
+        let event = &delivery.event;
+        let attempt = i64::try_from(delivery.attempt).unwrap_or(i64::MAX);
+        let error = processed.as_ref().err().map(|e| error_chain(e));
+        let mut attributes: Vec<(&'static str, Value)> = vec![
+            ("messaging.operation.type", "process".into()),
+            ("messaging.destination.name", event.topic.as_str().into()),
+            ("messaging.consumer.group.name", self.name.as_str().into()),
+            ("messaging.message.id", event.id.as_str().into()),
+            ("gatehouse.delivery.attempt", attempt.into()),
+        ];
+        if let Some(e) = &error {
+            attributes.push(("error.type", e.clone().into()));
+        }
+        current.tracer.record(Span {
+            name: format!("process {}", event.topic),
+            kind: SpanKind::Consumer,
+            context: current.trace,
+            start,
+            end: SystemTime::now(),
+            attributes,
+            error,
+        });
     }
 
     /// Waits `retry_delay` unless stopped first.

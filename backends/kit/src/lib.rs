@@ -41,6 +41,7 @@ pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use bus::{BusError, Delivery, EventBus, InProcessBus, NatsBus, Subscription};
 pub use config::{Env, ServiceConfig};
@@ -52,7 +53,8 @@ pub use inbox::{Consumer, Handler};
 pub use problem::{Json, Problem, Query};
 pub use relay::{OutboxWaker, Relay};
 pub use service::Service;
-pub use telemetry::{Telemetry, TraceContext};
+pub use telemetry::Telemetry;
+pub use trace::TraceContext;
 
 /// Lower-case hex of `bytes` (digests, keys and ids the services store or show as text).
 pub fn hex(bytes: &[u8]) -> String {

@@ -17,7 +17,7 @@ use crate::db::{new_id, now_ms, Db, DbError};
 use crate::event::validate_topic;
 
 /// Writes an event for `topic` with `payload` (serialized to JSON) into the outbox inside
-/// `tx`, and returns its id. Nothing is published until `tx` commits and the relay runs; a
+/// `tx`, with the current trace context ([`crate::trace::current`]), and returns its id. Nothing is published until `tx` commits and the relay runs; a
 /// rolled-back transaction leaves no row and so never publishes.
 ///
 /// Fails with [`DbError::Other`] (an encode error) when the topic is not a valid topic name
@@ -32,13 +32,14 @@ pub async fn record(
         .map_err(|e| DbError::Other(sqlx::Error::Encode(e.into())))?;
     let id = new_id();
     sqlx::query(
-        "INSERT INTO kit_outbox (id, topic, payload, created_at, attempts) \
-         VALUES ($1, $2, $3, $4, 0)",
+        "INSERT INTO kit_outbox (id, topic, payload, created_at, attempts, traceparent) \
+         VALUES ($1, $2, $3, $4, 0, $5)",
     )
     .bind(&id)
     .bind(topic)
     .bind(payload)
     .bind(now_ms())
+    .bind(crate::trace::current_traceparent())
     .execute(&mut **tx)
     .await?;
     Ok(id)

@@ -210,7 +210,7 @@ impl Worker {
             return Ok(Pass::NotLeader);
         }
         let rows = sqlx::query(
-            "SELECT id, topic, payload, created_at FROM kit_outbox \
+            "SELECT id, topic, payload, created_at, traceparent FROM kit_outbox \
              WHERE sent_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(i64::from(self.options.batch_size.max(1)))
@@ -237,6 +237,7 @@ impl Worker {
                 topic: row.try_get("topic").map_err(DbError::from)?,
                 occurred_at: row.try_get("created_at").map_err(DbError::from)?,
                 payload,
+                traceparent: row.try_get("traceparent").map_err(DbError::from)?,
             };
             self.publish(event).await?;
         }

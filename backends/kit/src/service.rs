@@ -327,6 +327,7 @@ pub fn main<S: Service>(version: &'static str) -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     init_logging();
+    crate::trace::install_from_env();
     let run = async {
         let env = env.with_file_from_env()?;
         let running = Launcher::of::<S>()
@@ -345,6 +346,7 @@ pub fn main<S: Service>(version: &'static str) -> std::process::ExitCode {
         .build()
         .context("starting the runtime")
         .and_then(|rt| rt.block_on(run));
+    crate::trace::shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,9 +1,9 @@
 //! What operators see of a service: `/health` (liveness), `/ready` (database and bus
-//! reachable), `/metrics` (Prometheus text), per-request metrics, and a tracing span per
-//! request that continues the caller's W3C `traceparent`.
+//! reachable), `/metrics` (Prometheus text), per-request metrics, and a span per request
+//! that continues the caller's W3C `traceparent` (see [`crate::trace`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -17,6 +17,7 @@ use prometheus::{
 use tracing::Instrument;
 
 use crate::problem::Problem;
+use crate::trace::{Current, SpanKind, TraceContext, Tracer};
 
 /// Something `/ready` checks: the database, the event bus.
 #[async_trait::async_trait]
@@ -53,6 +54,8 @@ struct Inner {
     dependency_up: IntGaugeVec,
     /// A service's own measurements, taken at each scrape (see [`Telemetry::on_scrape`]).
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
+    /// Where the request spans go.
+    tracer: Tracer,
 }
 
 /// A measurement a service takes when `/metrics` is scraped.
@@ -169,6 +172,7 @@ impl Telemetry {
                 checks,
                 dependency_up,
                 scrape_hooks: std::sync::Mutex::default(),
+                tracer: Tracer::for_service(service),
             }),
         }
     }
@@ -187,6 +191,11 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(hook);
+    }
+
+    /// The tracer the request spans go to, for the service's other spans.
+    pub fn tracer(&self) -> &Tracer {
+        &self.inner.tracer
     }
 
     /// The registry, for a service's own metrics.
@@ -283,83 +292,14 @@ async fn metrics(State(t): State<Telemetry>) -> Response {
         .into_response()
 }
 
-/// The trace context of the request being served: the caller's trace id (or a new one) and
-/// this service's span id. Handlers that call other services send [`TraceContext::header`].
-#[derive(Debug, Clone)]
-pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// This service's span: 16 lowercase hex digits.
-    pub span_id: String,
-    /// The caller's span, when a valid `traceparent` came in.
-    pub parent_id: Option<String>,
-    /// The caller's sampled flag (`01`) or ours.
-    pub flags: String,
-}
-
-impl TraceContext {
-    /// Continues a W3C `traceparent` (version 00, or a later one read as 00), or starts a
-    /// trace when it is absent or malformed.
-    pub fn continue_from(traceparent: Option<&str>) -> TraceContext {
-        let span_id = random_hex(8);
-        if let Some((trace_id, parent, flags)) = traceparent.and_then(parse_traceparent) {
-            return TraceContext {
-                trace_id,
-                span_id,
-                parent_id: Some(parent),
-                flags,
-            };
-        }
-        TraceContext {
-            trace_id: random_hex(16),
-            span_id,
-            parent_id: None,
-            flags: "01".into(),
-        }
-    }
-
-    /// The `traceparent` to send on a call this request makes.
-    pub fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
-    }
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// `version-traceid-parentid-flags`, as W3C Trace Context (and the gateway) read it: a
-/// version other than `00` is parsed as `00` and may carry more fields after the flags
-/// (ignored); version `ff`, upper-case hex and all-zero ids are invalid.
-fn parse_traceparent(v: &str) -> Option<(String, String, String)> {
-    let mut parts = v.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let ok = is_hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && is_hex(trace, 32)
-        && is_hex(parent, 16)
-        && is_hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    ok.then(|| (trace.to_owned(), parent.to_owned(), flags.to_owned()))
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    crate::hex(&buf)
-}
-
 async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
+    let start = SystemTime::now();
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(|m| m.as_str().to_owned());
+    let route = matched.as_deref().unwrap_or("unmatched").to_owned();
     let method = req.method().clone();
     let trace = TraceContext::continue_from(
         req.headers()
@@ -375,8 +315,17 @@ async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Re
         span_id = %trace.span_id,
         parent_id = trace.parent_id.as_deref().unwrap_or(""),
     );
-    req.extensions_mut().insert(trace);
-    let resp = next.run(req).instrument(span).await;
+    let path = t
+        .inner
+        .tracer
+        .exporting()
+        .then(|| req.uri().path().to_owned());
+    req.extensions_mut().insert(trace.clone());
+    let current = Current {
+        trace,
+        tracer: t.inner.tracer.clone(),
+    };
+    let resp = current.clone().scope(next.run(req).instrument(span)).await;
     let status = resp.status();
     t.inner
         .requests
@@ -386,56 +335,50 @@ async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Re
         .duration
         .with_label_values(&[method.as_str(), route.as_str()])
         .observe(started.elapsed().as_secs_f64());
+    if let Some(path) = path {
+        server_span(current, start, &method, matched, path, status);
+    }
     resp
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// W3C Trace Context §3.2.4: a higher version is parsed as version 00, and the fields it
-    /// may add after the flags are ignored. The gateway does the same, so a trace crosses
-    /// both.
-    #[test]
-    fn a_higher_version_is_read_as_version_00() {
-        for future in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
-        ] {
-            let t = TraceContext::continue_from(Some(future));
-            assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{future}");
-            assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
-            assert_eq!(t.flags, "01");
-            assert!(
-                t.header().starts_with("00-"),
-                "we send the version we speak"
-            );
-        }
+/// Records a request's server span after OpenTelemetry's HTTP server conventions: named
+/// `{method} {route}`, failed on a 5xx.
+fn server_span(
+    current: Current,
+    start: SystemTime,
+    method: &axum::http::Method,
+    route: Option<String>,
+    path: String,
+    status: StatusCode,
+) {
+    use crate::trace::Value;
+    let mut attributes: Vec<(&'static str, Value)> = vec![
+        ("http.request.method", method.as_str().into()),
+        ("url.path", path.into()),
+        ("url.scheme", "http".into()),
+        (
+            "http.response.status_code",
+            i64::from(status.as_u16()).into(),
+        ),
+    ];
+    let name = match &route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    if let Some(r) = route {
+        attributes.push(("http.route", r.into()));
     }
-
-    #[test]
-    fn a_valid_traceparent_is_continued_and_a_bad_one_starts_a_trace() {
-        let t = TraceContext::continue_from(Some(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ));
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
-        assert!(t
-            .header()
-            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "garbage",
-        ] {
-            let t = TraceContext::continue_from(Some(bad));
-            assert!(t.parent_id.is_none(), "{bad}");
-            assert!(is_hex(&t.trace_id, 32));
-        }
+    let error = status.is_server_error().then(|| status.as_str().to_owned());
+    if let Some(e) = &error {
+        attributes.push(("error.type", e.clone().into()));
     }
+    current.tracer.record(crate::trace::Span {
+        name,
+        kind: SpanKind::Server,
+        context: current.trace,
+        start,
+        end: SystemTime::now(),
+        attributes,
+        error,
+    });
 }

@@ -213,6 +213,7 @@ fn event(n: i64) -> Event {
         topic: "account.added".into(),
         occurred_at: kit::db::now_ms(),
         payload: serde_json::json!({ "n": n }),
+        traceparent: None,
     }
 }
 

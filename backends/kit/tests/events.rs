@@ -356,6 +356,7 @@ fn event(amount: i64) -> Event {
         topic: "account.added".into(),
         occurred_at: kit::db::now_ms(),
         payload: serde_json::json!({ "amount": amount }),
+        traceparent: None,
     }
 }
 

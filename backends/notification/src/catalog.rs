@@ -448,6 +448,7 @@ mod tests {
             topic: topic.into(),
             occurred_at: 0,
             payload,
+            traceparent: None,
         }
     }
 

@@ -417,7 +417,7 @@ impl Service {
                 live: fanout_wake.clone(),
                 named,
             },
-            ConsumerOptions::default(),
+            ConsumerOptions::for_service(<Self as kit::Service>::NAME),
         )
         .await?;
         let metrics = metrics::Metrics::default();

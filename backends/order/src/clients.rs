@@ -178,11 +178,11 @@ impl Http {
             .bearer_auth(token))
     }
 
-    /// Sends and sorts the failure: transport errors, 5xx, 408, 429, 401, 403 and an
+    /// Sends (a client span in the current trace: [`kit::trace::send`]) and sorts the
+    /// failure: transport errors, 5xx, 408, 429, 401, 403 and an
     /// idempotency key in flight are transient; other answers are handed back.
     async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, StepError> {
-        let resp = req
-            .send()
+        let resp = kit::trace::send(req)
             .await
             .map_err(|e| StepError::Transient(format!("{what}: {e}")))?;
         let s = resp.status();

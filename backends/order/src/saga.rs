@@ -126,13 +126,15 @@ impl Saga {
         }))
     }
 
-    /// Drives `order_id` in the background unless a runner already does.
+    /// Drives `order_id` in the background unless a runner already does. Started while a
+    /// request is handled, its calls and events continue that request's trace, although
+    /// the request has been answered by then; a saga resumed later starts traces of its own.
     pub fn start(&self, order_id: String) {
         if self.stopped() {
             return;
         }
         let saga = self.clone();
-        tokio::spawn(async move { saga.run(order_id).await });
+        kit::trace::spawn(async move { saga.run(order_id).await });
     }
 
     /// Starts a runner for every unfinished order nobody drives; how many were found.

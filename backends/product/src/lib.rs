@@ -279,7 +279,7 @@ impl Service {
             cache::Invalidator {
                 cache: state.cache.clone(),
             },
-            ConsumerOptions::default(),
+            ConsumerOptions::for_service(<Self as kit::Service>::NAME),
         )
         .await?;
         let relay = Relay::spawn(db.clone(), bus.clone(), RelayOptions::default());

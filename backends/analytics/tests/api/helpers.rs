@@ -128,6 +128,7 @@ impl TestAnalytics {
             topic: topic.into(),
             occurred_at,
             payload,
+            traceparent: None,
         };
         self.bus.publish(&event).await.expect("publish");
         event

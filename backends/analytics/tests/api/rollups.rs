@@ -171,6 +171,7 @@ async fn check(a: &TestAnalytics, s: Stream) {
                         payload: json!({"order_id": format!("o-{i}"), "customer_id": "c",
                             "total": spec.value, "currency": currency,
                             "items": [{"sku": NAMES[spec.name], "qty": 1, "unit_price": spec.value}]}),
+                        traceparent: None,
                     };
                     for _ in 0..2 {
                         kit::inbox::process(&a.db.db, CONSUMER, &facts, &event)

@@ -94,6 +94,7 @@ impl TestNotify {
             topic: topic.into(),
             occurred_at: kit::db::now_ms(),
             payload,
+            traceparent: None,
         };
         self.bus.publish(&event).await.expect("publish");
         event

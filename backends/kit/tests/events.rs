@@ -683,3 +683,88 @@ async fn the_outbox_backlog_and_its_age_are_on_metrics() {
         relay.shutdown().await;
     }
 }
+
+/// Remembers the trace context each event was handled in.
+struct TraceSeen(Arc<std::sync::Mutex<Vec<(String, Option<kit::TraceContext>)>>>);
+
+#[async_trait::async_trait]
+impl Handler for TraceSeen {
+    async fn handle(
+        &self,
+        _tx: &mut Transaction<'static, Any>,
+        event: &Event,
+    ) -> Result<(), kit::bus::BoxError> {
+        let current = kit::trace::current().map(|c| c.trace);
+        self.0.lock().unwrap().push((event.id.clone(), current));
+        Ok(())
+    }
+}
+
+/// An event recorded while a request is traced is handled in that trace, as a child of the
+/// span that recorded it, over both buses; one recorded outside any trace starts its own.
+#[tokio::test]
+async fn an_event_recorded_in_a_trace_is_handled_in_that_trace() {
+    use kit::trace::{Current, Tracer};
+    for (bus_name, bus, _nats) in buses(Duration::from_secs(5)).await {
+        let t = kit::testing::sqlite().await;
+        migrated(&t.db).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let consumer = Consumer::spawn(
+            t.db.clone(),
+            bus.clone(),
+            "traced",
+            "traced.>",
+            TraceSeen(seen.clone()),
+            ConsumerOptions::default(),
+        )
+        .await
+        .unwrap();
+        let request = kit::TraceContext::continue_from(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        let record = |topic: &'static str| {
+            let db = t.db.clone();
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                let id = outbox::record(&mut tx, topic, &Added { amount: 1 })
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                id
+            }
+        };
+        let traced = Current {
+            trace: request.clone(),
+            tracer: Tracer::disabled("test"),
+        }
+        .scope(record("traced.inside"))
+        .await;
+        let untraced = record("traced.outside").await;
+        let relay = Relay::spawn(t.db.clone(), bus.clone(), fast_relay());
+        let handled = eventually(bus_name, || async {
+            let seen = seen.lock().unwrap().clone();
+            (seen.len() == 2).then_some(seen)
+        })
+        .await;
+        let context_of = |id: &str| {
+            handled
+                .iter()
+                .find(|(e, _)| e == id)
+                .and_then(|(_, c)| c.clone())
+                .unwrap_or_else(|| panic!("{bus_name}: {id} handled without a context"))
+        };
+        let inside = context_of(&traced);
+        assert_eq!(inside.trace_id, request.trace_id, "{bus_name}");
+        assert_eq!(
+            inside.parent_id.as_deref(),
+            Some(request.span_id.as_str()),
+            "{bus_name}: a child of the span that recorded it"
+        );
+        assert_ne!(inside.span_id, request.span_id, "{bus_name}");
+        let outside = context_of(&untraced);
+        assert_ne!(outside.trace_id, request.trace_id, "{bus_name}");
+        assert_eq!(outside.parent_id, None, "{bus_name}: a trace of its own");
+        relay.shutdown().await;
+        consumer.shutdown().await;
+    }
+}

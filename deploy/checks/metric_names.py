@@ -80,6 +80,17 @@ WHEN = {
     "notification_websocket_clients": "always",
     "analytics_events_total": "always (every outcome is created at start)",
     "analytics_rollup_lag_milliseconds": "always",
+    "gatehouse_jwks_refreshes_total": "after a jwt filter's first JWKS fetch",
+    "gatehouse_rate_limit_store_errors_total": "after Redis fails a rate limit",
+    "notification_oldest_due_age_seconds": "always (measured at each scrape)",
+    "order_saga_compensations_total": "always (both kinds are created at start)",
+    "order_saga_oldest_unfinished_age_seconds": "always (measured at each scrape)",
+    "outbox_oldest_pending_age_seconds": "always (measured at each scrape)",
+    "service_dependency_up": "after the first /ready or scrape",
+    "payment_authorizations_total": "always (every result is created at start)",
+    "payment_declines_total": "after the first declined card",
+    "payment_captured_minor_units_total": "after the first capture",
+    "payment_refunded_minor_units_total": "after the first refund",
 }
 
 # PromQL words that look like metric names but are not.

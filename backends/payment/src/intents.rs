@@ -46,7 +46,7 @@ use crate::fraud::{self, Decision, Facts, Outcome};
 use crate::processor::{AuthorizationState, Authorize, ProcessorError, Risk};
 use kit::page::Page;
 
-use crate::{cards, doc, events, ledger, AppState};
+use crate::{cards, doc, events, ledger, metrics, AppState};
 
 /// Waiting for `confirm`.
 pub const REQUIRES_CONFIRMATION: &str = "requires_confirmation";
@@ -425,6 +425,7 @@ pub async fn confirm(
         events::record(&mut tx, "failed", &blocked, blocked.amount, None).await?;
         tx.commit().await?;
         state.outbox.wake();
+        metrics::not_authorized("fraud_blocked");
         tracing::info!(payment_intent = %intent_id, rule = ?outcome.rule, "payment blocked by fraud rules");
         return Ok(Json(blocked));
     }
@@ -638,6 +639,9 @@ async fn authorized_with(
     events::record(&mut tx, "authorized", &done, done.amount_authorized, None).await?;
     tx.commit().await?;
     state.outbox.wake();
+    metrics::AUTHORIZATIONS
+        .with_label_values(&["approved"])
+        .inc();
     Ok(done)
 }
 
@@ -651,6 +655,7 @@ async fn failed(state: &AppState, intent: &Intent, reason: &str) -> Result<Inten
     events::record(&mut tx, "failed", &done, done.amount, None).await?;
     tx.commit().await?;
     state.outbox.wake();
+    metrics::not_authorized(reason);
     Ok(done)
 }
 
@@ -819,6 +824,7 @@ async fn captured(state: &AppState, intent_id: &str) -> Result<Intent, Error> {
     events::record(&mut tx, "captured", &done, amount, None).await?;
     tx.commit().await?;
     state.outbox.wake();
+    metrics::add(&metrics::CAPTURED, &done.currency, amount);
     Ok(done)
 }
 

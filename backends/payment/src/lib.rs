@@ -61,6 +61,7 @@ pub mod events;
 pub mod fraud;
 pub mod intents;
 pub mod ledger;
+pub mod metrics;
 pub mod processor;
 pub mod refunds;
 
@@ -418,6 +419,7 @@ async fn recover_interrupted_forever(state: AppState) {
 /// The HTTP surface, with `/health`, `/ready` and `/metrics`.
 pub fn router(state: AppState) -> Router {
     let telemetry = Telemetry::for_service("payment", &state.db, state.bus.as_ref());
+    metrics::register(&telemetry);
     // Bodies carry card numbers: their stored fingerprints are keyed, never a bare hash.
     let idempotency = IdempotencyLayer::new(state.db.clone())
         .scope(CallerScope(state.verifier.clone()))

@@ -30,7 +30,7 @@ use sqlx::Row;
 use crate::error::Error;
 use crate::intents::{self, optional_body, Intent, SUCCEEDED};
 use crate::processor::ProcessorError;
-use crate::{doc, events, ledger, AppState};
+use crate::{doc, events, ledger, metrics, AppState};
 
 /// `POST /payment-intents/{id}/refunds` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -234,6 +234,7 @@ async fn finish(state: &AppState, refund_id: &str, how: Settled) -> Result<bool,
     };
     let intent_id: String = row.try_get("payment_intent_id")?;
     let amount: i64 = row.try_get("amount")?;
+    let mut refunded = None;
     match how {
         Settled::Refunded => {
             let intent = intents::load_tx(&mut tx, &intent_id)
@@ -245,6 +246,7 @@ async fn finish(state: &AppState, refund_id: &str, how: Settled) -> Result<bool,
             ];
             ledger::post(&mut tx, "refund", &intent_id, &intent.currency, &entries).await?;
             events::record(&mut tx, "refunded", &intent, amount, Some(refund_id)).await?;
+            refunded = Some(intent.currency);
         }
         Settled::Refused => {
             sqlx::query(
@@ -260,6 +262,9 @@ async fn finish(state: &AppState, refund_id: &str, how: Settled) -> Result<bool,
     }
     tx.commit().await?;
     state.outbox.wake();
+    if let Some(currency) = refunded {
+        metrics::add(&metrics::REFUNDED, &currency, amount);
+    }
     Ok(true)
 }
 

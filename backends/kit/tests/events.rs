@@ -684,8 +684,11 @@ async fn the_outbox_backlog_and_its_age_are_on_metrics() {
     }
 }
 
+/// Each event id with the trace context it was handled in.
+type Handled = Vec<(String, Option<kit::TraceContext>)>;
+
 /// Remembers the trace context each event was handled in.
-struct TraceSeen(Arc<std::sync::Mutex<Vec<(String, Option<kit::TraceContext>)>>>);
+struct TraceSeen(Arc<std::sync::Mutex<Handled>>);
 
 #[async_trait::async_trait]
 impl Handler for TraceSeen {

@@ -61,6 +61,19 @@ impl TraceContext {
         }
     }
 
+    /// The span a `traceparent` names, as it is (not a child of it): for work that goes on
+    /// in a span recorded earlier, such as a saga resumed from the `traceparent` its order
+    /// kept. `None` when the header is malformed.
+    pub fn resume(traceparent: &str) -> Option<TraceContext> {
+        let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            parent_id: None,
+            flags,
+        })
+    }
+
     /// A new span in this trace whose parent is this one.
     pub fn child(&self) -> TraceContext {
         TraceContext {
@@ -581,6 +594,15 @@ mod tests {
             assert!(t.parent_id.is_none(), "{bad}");
             assert!(is_hex(&t.trace_id, 32));
         }
+    }
+
+    #[test]
+    fn a_resumed_span_is_the_one_the_header_names() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = TraceContext::resume(header).expect("valid");
+        assert_eq!(span.header(), header);
+        assert_eq!(span.child().parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(TraceContext::resume("garbage"), None);
     }
 
     #[test]

@@ -105,6 +105,8 @@ struct Inner {
     payments: Arc<dyn Payments>,
     settings: SagaSettings,
     stop: watch::Receiver<bool>,
+    /// Where a resumed runner's spans go (a runner started by a request uses the request's).
+    tracer: kit::trace::Tracer,
 }
 
 impl Saga {
@@ -123,6 +125,7 @@ impl Saga {
             payments,
             settings,
             stop,
+            tracer: kit::trace::Tracer::for_service("order"),
         }))
     }
 
@@ -188,12 +191,19 @@ impl Saga {
                 return;
             }
         }
+        let trace = self.trace(&order_id).await;
+        let drive = async {
+            match trace {
+                Some(current) => current.scope(self.drive(&order_id)).await,
+                None => self.drive(&order_id).await,
+            }
+        };
         let mut stop = self.0.stop.clone();
         let done = tokio::select! {
             // Stopping leaves the lease to expire, exactly as a crash would.
             _ = stop.changed() => return,
             _ = self.heartbeat(&order_id, &owner) => return,
-            done = self.drive(&order_id) => done,
+            done = drive => done,
         };
         if let Err(e) = done {
             if matches!(e, SagaError::Crashed(_)) {
@@ -204,6 +214,36 @@ impl Saga {
         if let Err(e) = lease::release(&db, &order_id, &owner).await {
             tracing::warn!(order_id, error = %error_chain(&e), "releasing an order's saga lease failed");
         }
+    }
+
+    /// The trace the runner's calls and events continue: that of the request that started
+    /// it, which the order keeps, so that a runner resumed after a restart (or on another
+    /// replica) continues it too. `None` for an order placed outside any trace.
+    async fn trace(&self, order_id: &str) -> Option<kit::trace::Current> {
+        let db = self.0.store.db();
+        if let Some(current) = kit::trace::current() {
+            let kept = sqlx::query("UPDATE orders SET traceparent = $2 WHERE id = $1")
+                .bind(order_id)
+                .bind(current.trace.header())
+                .execute(db.pool())
+                .await;
+            if let Err(e) = kept {
+                tracing::warn!(order_id, error = %e, "keeping the order's trace context failed");
+            }
+            return Some(current);
+        }
+        let kept: Option<String> =
+            sqlx::query_scalar("SELECT traceparent FROM orders WHERE id = $1")
+                .bind(order_id)
+                .fetch_optional(db.pool())
+                .await
+                .ok()
+                .flatten()
+                .flatten();
+        Some(kit::trace::Current {
+            trace: kit::TraceContext::resume(&kept?)?,
+            tracer: self.0.tracer.clone(),
+        })
     }
 
     /// Renews the lease every third of it; returns when it is lost.

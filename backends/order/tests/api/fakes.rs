@@ -299,6 +299,8 @@ pub struct PaymentState {
     /// Hold every confirm until cleared (an outage between steps).
     pub hold_confirm: AtomicBool,
     pub confirms: AtomicUsize,
+    /// The `traceparent` of each capture request (`None` when it had none).
+    pub capture_traces: Mutex<Vec<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -434,11 +436,18 @@ async fn confirm(
 async fn capture(
     State(f): State<FakePayments>,
     id: Identity,
+    headers: HeaderMap,
     Path(intent): Path<String>,
 ) -> Response {
     if let Err(r) = allowed(&id, "payments:charge") {
         return r;
     }
+    let trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    f.state
+        .capture_traces
+        .lock()
+        .unwrap()
+        .push(trace.map(str::to_owned));
     f.update(&intent, |i| match i.status {
         "requires_capture" => {
             i.status = "succeeded";

@@ -194,15 +194,34 @@ async fn a_customer_cancels_before_confirmation_but_not_after() {
 
 /// The order service stops between steps (the authorization outstanding) and starts
 /// again: the saga resumes from its events and confirms, with one payment intent, one
-/// capture and the stock taken once.
+/// capture and the stock taken once; the resumed runner's calls continue the trace of the
+/// request that placed the order.
 #[tokio::test]
 async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     for db in kit::testing::databases().await {
         let mut w = World::new(db).await;
         let label = w.label();
         w.products.add("SKU-1", 500, 3);
         w.payments.state.hold_confirm.store(true, Ordering::SeqCst);
-        let id = w.order(&w.customer("ann"), "SKU-1", 1, PM_APPROVE).await;
+        let placed = w
+            .app()
+            .client
+            .post(w.app().url("/orders"))
+            .bearer_auth(w.customer("ann"))
+            .header("idempotency-key", "traced")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .json(&serde_json::json!({
+                "items": [{"sku": "SKU-1", "qty": 1}], "payment_method_id": PM_APPROVE
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placed.status(), 202, "{label}");
+        let id = placed.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         while w.payments.state.confirms.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -221,6 +240,12 @@ async fn a_saga_stopped_between_steps_resumes_after_a_restart() {
         let stock = w.products.stock("SKU-1");
         assert_eq!((stock.on_hand, stock.reserved), (2, 0), "{label}");
         assert_eq!(w.replayed(&id).await, done, "{label}: replay = API");
+        let traces = w.payments.state.capture_traces.lock().unwrap().clone();
+        assert!(!traces.is_empty(), "{label}");
+        for t in traces {
+            let t = t.unwrap_or_else(|| panic!("{label}: a capture without traceparent"));
+            assert_eq!(t.split('-').nth(1), Some(TRACE), "{label}: {t}");
+        }
     }
 }
 

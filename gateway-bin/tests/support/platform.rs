@@ -209,13 +209,7 @@ pub async fn platform_with_admin_and(
             base,
         };
         wait_ready(&c.c, &c.base).await;
-        let r = c
-            .post(
-                "/api/users",
-                json!({ "email": "admin@example.com", "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(r.status(), 201);
+        c.register("admin@example.com").await;
         gateway.terminate();
     }
     let (gateway, base) = start_with(dir, Some("admin@example.com"), databases, env);
@@ -246,15 +240,36 @@ impl Client {
         .await;
     }
 
-    /// A registered, logged-in customer with a card: (tokens, payment method id).
-    pub async fn customer(&self, email: &str, card: &str) -> (Value, String) {
+    /// Registers `email` with [`PASSWORD`].
+    pub async fn register(&self, email: &str) {
         let r = self
             .post(
                 "/api/users",
                 json!({ "email": email, "password": PASSWORD }),
             )
             .await;
-        assert_eq!(r.status(), 201);
+        assert_eq!(r.status(), 201, "registering {email}");
+    }
+
+    /// Waits until `pair`'s inbox holds a notification of `kind`, and returns the inbox page.
+    pub async fn notified(&self, pair: &Value, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = self
+                .send(self.with(reqwest::Method::GET, "/api/notifications", pair))
+                .await;
+            let items = page["items"].as_array();
+            if items.is_some_and(|items| items.iter().any(|n| n["kind"] == kind)) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "no {kind} notification: {page}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A registered, logged-in customer with a card: (tokens, payment method id).
+    pub async fn customer(&self, email: &str, card: &str) -> (Value, String) {
+        self.register(email).await;
         let pair = self.login_as(email, PASSWORD).await;
         let body = json!({
             "card_number": card, "exp_month": 12, "exp_year": 2040,

@@ -218,15 +218,11 @@ impl Loop {
         let id = delivery.event.id.clone();
         let current = Current {
             trace: TraceContext::continue_from(delivery.event.traceparent.as_deref()),
-            tracer: self
-                .options
-                .tracer
-                .clone()
-                .unwrap_or_else(|| Tracer::disabled("consumer")),
+            tracer: self.options.tracer.clone().unwrap_or_default(),
         };
         let start = SystemTime::now();
+        let exported = current.tracer.exporting().then(|| current.clone());
         let processed = current
-            .clone()
             .scope(process(
                 &self.db,
                 &self.name,
@@ -234,7 +230,9 @@ impl Loop {
                 &delivery.event,
             ))
             .await;
-        self.record_span(current, start, &delivery, &processed);
+        if let Some(current) = exported {
+            self.record_span(current, start, &delivery, &processed);
+        }
         match processed {
             Ok(_) => {
                 // A lost ack means a redelivery, which the inbox skips.
@@ -258,9 +256,6 @@ impl Loop {
         delivery: &Delivery,
         processed: &Result<bool, ConsumeError>,
     ) {
-        if !current.tracer.exporting() {
-            return;
-        }
         let event = &delivery.event;
         let attempt = i64::try_from(delivery.attempt).unwrap_or(i64::MAX);
         let error = processed.as_ref().err().map(|e| error_chain(e));

@@ -193,11 +193,6 @@ impl Telemetry {
             .push(hook);
     }
 
-    /// The tracer the request spans go to, for the service's other spans.
-    pub fn tracer(&self) -> &Tracer {
-        &self.inner.tracer
-    }
-
     /// The registry, for a service's own metrics.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
@@ -292,14 +287,14 @@ async fn metrics(State(t): State<Telemetry>) -> Response {
         .into_response()
 }
 
-async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Response {
+async fn observe(State(t): State<Telemetry>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let start = SystemTime::now();
-    let matched = req
+    let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let route = matched.as_deref().unwrap_or("unmatched").to_owned();
+    let label = route.as_deref().unwrap_or("unmatched");
     let method = req.method().clone();
     let trace = TraceContext::continue_from(
         req.headers()
@@ -310,33 +305,33 @@ async fn observe(State(t): State<Telemetry>, mut req: Request, next: Next) -> Re
         "request",
         service = t.inner.service,
         %method,
-        route = %route,
+        route = label,
         trace_id = %trace.trace_id,
         span_id = %trace.span_id,
         parent_id = trace.parent_id.as_deref().unwrap_or(""),
     );
-    let path = t
-        .inner
-        .tracer
-        .exporting()
-        .then(|| req.uri().path().to_owned());
-    req.extensions_mut().insert(trace.clone());
     let current = Current {
         trace,
         tracer: t.inner.tracer.clone(),
     };
-    let resp = current.clone().scope(next.run(req).instrument(span)).await;
+    // What the server span needs beyond the answer, kept only when spans are exported.
+    let exported = t
+        .inner
+        .tracer
+        .exporting()
+        .then(|| (current.clone(), req.uri().path().to_owned()));
+    let resp = current.scope(next.run(req).instrument(span)).await;
     let status = resp.status();
     t.inner
         .requests
-        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .with_label_values(&[method.as_str(), label, status.as_str()])
         .inc();
     t.inner
         .duration
-        .with_label_values(&[method.as_str(), route.as_str()])
+        .with_label_values(&[method.as_str(), label])
         .observe(started.elapsed().as_secs_f64());
-    if let Some(path) = path {
-        server_span(current, start, &method, matched, path, status);
+    if let Some((current, path)) = exported {
+        server_span(current, start, &method, route, path, status);
     }
     resp
 }

@@ -187,16 +187,14 @@ pub struct Span {
 
 /// Where a service's spans go: nowhere, or the OTLP exporter [`install`] set up, under the
 /// service's own name. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Tracer {
-    service: &'static str,
     sink: Option<Arc<dyn Sink>>,
 }
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracer")
-            .field("service", &self.service)
             .field("exporting", &self.sink.is_some())
             .finish()
     }
@@ -212,22 +210,13 @@ impl Tracer {
     /// exporter, recording nothing otherwise.
     pub fn for_service(service: &'static str) -> Tracer {
         Tracer {
-            service,
             sink: export::sink(service),
         }
     }
 
     /// A tracer that records nothing (contexts still propagate).
-    pub fn disabled(service: &'static str) -> Tracer {
-        Tracer {
-            service,
-            sink: None,
-        }
-    }
-
-    /// The service it records for.
-    pub fn service(&self) -> &'static str {
-        self.service
+    pub fn disabled() -> Tracer {
+        Tracer::default()
     }
 
     /// Whether spans go anywhere.
@@ -644,7 +633,7 @@ mod tests {
         ));
         let current = Current {
             trace: request.clone(),
-            tracer: Tracer::disabled("test"),
+            tracer: Tracer::disabled(),
         };
         let seen = current
             .scope(async { send(client.get(&url)).await.unwrap().text().await.unwrap() })

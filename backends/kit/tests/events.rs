@@ -738,7 +738,7 @@ async fn an_event_recorded_in_a_trace_is_handled_in_that_trace() {
         };
         let traced = Current {
             trace: request.clone(),
-            tracer: Tracer::disabled("test"),
+            tracer: Tracer::disabled(),
         }
         .scope(record("traced.inside"))
         .await;
